@@ -1,0 +1,5 @@
+import sys
+
+from geosolver.cli import main
+
+sys.exit(main())

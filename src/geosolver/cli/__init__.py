@@ -1,0 +1,58 @@
+"""The ``geosolver`` command line: a thin layer over the Python API.
+
+Each sub-command lives in its own module under ``geosolver.cli`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
+parsed ``argparse.Namespace`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Order here is the order of `geosolver --help`.
+COMMAND_MODULES = [
+    "geosolver.cli.embed_cmd",
+    "geosolver.cli.info_cmd",
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one clear line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from geosolver import __version__
+
+    p = argparse.ArgumentParser(prog="geosolver", description="Geolocate photos by retrieval over image embeddings.")
+    p.add_argument("--version", action="version", version=f"geosolver {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    from geosolver.errors import GeosolverError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, GeosolverError, FileNotFoundError) as e:
+        print(f"geosolver {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"geosolver {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

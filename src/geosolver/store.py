@@ -1,0 +1,462 @@
+"""EmbeddingStore: sharded, L2-normalised float16 embeddings plus per-row metadata on disk.
+
+Layout of a store directory (format version 1)::
+
+    manifest.json          encoder identity, dim, dtype, rows, shard list with checksums, config
+    shard-00000.npy        float16 (rows, dim), rows L2-normalised
+    shard-00000.parquet    one row per embedding, same order: id, lat, lon, metadata columns...
+    failures.parquet       id, reason, shard: inputs that could not be read or embedded
+
+Writes are crash-safe: each file is written under a temporary name and renamed, and the
+manifest, rewritten after every shard, is the commit point. Files not listed in the manifest
+are leftovers of a killed run and are removed when the store is opened for writing again.
+
+Each shard records ``n_inputs``, the number of input samples it covers (successes plus
+failures), so a resumed batch job knows exactly where to continue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from geosolver.errors import GeosolverError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FAILURES = "failures.parquet"
+REQUIRED_COLUMNS = ("id", "lat", "lon")
+
+
+class StoreError(GeosolverError):
+    """A store is missing, corrupt, or incompatible with what was asked of it."""
+
+
+def _version() -> str:
+    from geosolver import __version__
+
+    return __version__
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _atomic_write_npy(path: Path, arr: np.ndarray) -> str:
+    """Write ``arr`` as .npy under a temporary name, rename, return the file's sha256."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    digest = _sha256(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm, as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, eps)
+
+
+def check_metadata(meta: pd.DataFrame, where: str) -> None:
+    """Raise :class:`StoreError` unless ``meta`` has ``id``/``lat``/``lon`` with valid coordinates."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
+    if missing:
+        raise StoreError(f"{where}: metadata lacks column(s) {missing}; has {list(meta.columns)}")
+    if len(meta):
+        from geosolver.geo import CoordinateError, validate_coords
+
+        try:
+            validate_coords(meta["lat"].to_numpy(), meta["lon"].to_numpy(), where)
+        except CoordinateError as e:
+            raise StoreError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as listed in the manifest."""
+
+    name: str
+    rows: int
+    n_inputs: int
+    sha256: str
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ShardInfo":
+        return cls(name=d["name"], rows=int(d["rows"]), n_inputs=int(d.get("n_inputs", d["rows"])), sha256=d["sha256"])
+
+
+def encoder_compatible(a: dict, b: dict) -> tuple[bool, str]:
+    """Whether two encoder identities (from manifests) embed into the same space.
+
+    Returns:
+        ``(ok, reason)``; ``reason`` says what differs when not ok.
+    """
+    for key in ("name", "dim", "revision"):
+        if a.get(key) != b.get(key):
+            return False, f"encoder {key} differs: {a.get(key)!r} vs {b.get(key)!r}"
+    return True, ""
+
+
+class StoreWriter:
+    """Appends shards to a store directory, crash-safely; resumes an unfinished store.
+
+    Args:
+        path: the store directory (created if missing).
+        encoder: encoder identity, at least ``name`` and ``dim`` (see :meth:`Encoder.identity`).
+        config: the command/configuration that produced the store, kept in the manifest.
+        resume: if the directory already holds a store, continue it (encoder must match);
+            otherwise an existing store is an error.
+    """
+
+    def __init__(self, path: str | os.PathLike, encoder: dict, config: dict | None = None, resume: bool = True):
+        self.path = Path(path)
+        if "dim" not in encoder or "name" not in encoder:
+            raise StoreError(f"encoder identity needs 'name' and 'dim', got {encoder}")
+        self.dim = int(encoder["dim"])
+        self.path.mkdir(parents=True, exist_ok=True)
+        mpath = self.path / MANIFEST
+        if mpath.exists():
+            if not resume:
+                raise StoreError(f"{self.path} already holds a store; pass resume=True or pick another --out")
+            self.manifest = json.loads(mpath.read_text())
+            ok, why = encoder_compatible(self.manifest["encoder"], encoder)
+            if not ok:
+                raise StoreError(f"cannot resume {self.path}: {why}")
+            if config is not None:
+                self.manifest.setdefault("resumed_with", []).append(config)
+            self._cleanup()
+        else:
+            self.manifest = {
+                "format_version": FORMAT_VERSION,
+                "geosolver_version": _version(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "encoder": dict(encoder),
+                "dim": self.dim,
+                "dtype": "float16",
+                "normalized": True,
+                "rows": 0,
+                "n_inputs": 0,
+                "complete": False,
+                "shards": [],
+                "config": config or {},
+            }
+            _atomic_write_json(mpath, self.manifest)
+        self._failures = self._load_failures()
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def shards(self) -> list[ShardInfo]:
+        return [ShardInfo.from_json(s) for s in self.manifest["shards"]]
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def n_inputs_done(self) -> int:
+        """Input samples covered by committed shards (successes plus failures)."""
+        return int(self.manifest["n_inputs"])
+
+    def _cleanup(self) -> None:
+        listed = {s["name"] for s in self.manifest["shards"]}
+        for p in self.path.iterdir():
+            stem = p.name.split(".")[0]
+            if ".tmp" in p.name or (stem.startswith("shard-") and stem not in listed):
+                p.unlink()
+
+    def _load_failures(self) -> pd.DataFrame:
+        fp = self.path / FAILURES
+        cols = ["id", "reason", "shard"]
+        if not fp.exists():
+            return pd.DataFrame({c: pd.Series(dtype=str) for c in cols})
+        df = pd.read_parquet(fp)
+        listed = {s["name"] for s in self.manifest["shards"]}
+        return df[df["shard"].isin(listed)].reset_index(drop=True)
+
+    # -- writing --------------------------------------------------------------------------
+    def next_shard_name(self, prefix: str = "shard") -> str:
+        return f"{prefix}-{len(self.manifest['shards']):05d}"
+
+    def write_shard(
+        self,
+        embeddings: np.ndarray,
+        meta: pd.DataFrame,
+        failures: Sequence[dict] | pd.DataFrame | None = None,
+        n_inputs: int | None = None,
+        name: str | None = None,
+    ) -> ShardInfo:
+        """Commit one shard.
+
+        Args:
+            embeddings: ``(rows, dim)`` float array; rows are L2-normalised and stored as float16.
+            meta: one row per embedding with at least ``id``, ``lat``, ``lon`` (degrees).
+            failures: records ``{"id", "reason"}`` for inputs of this shard that failed.
+            n_inputs: input samples this shard covers; default ``rows + len(failures)``.
+            name: shard file stem; default ``shard-NNNNN``.
+        """
+        emb = np.asarray(embeddings)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise StoreError(f"shard embeddings must be (rows, {self.dim}), got {emb.shape}")
+        if len(meta) != emb.shape[0]:
+            raise StoreError(f"shard has {emb.shape[0]} embeddings but {len(meta)} metadata rows")
+        if not np.isfinite(emb).all():
+            raise StoreError("shard embeddings contain NaN or inf")
+        check_metadata(meta, "shard metadata")
+        fail_df = pd.DataFrame(list(failures) if not isinstance(failures, pd.DataFrame) else failures)
+        if len(fail_df) == 0:
+            fail_df = pd.DataFrame({"id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+        name = name or self.next_shard_name()
+        if any(s["name"] == name for s in self.manifest["shards"]):
+            raise StoreError(f"shard {name} already exists in {self.path}")
+        emb16 = l2_normalize(emb).astype(np.float16) if emb.shape[0] else np.zeros((0, self.dim), np.float16)
+        digest = _atomic_write_npy(self.path / f"{name}.npy", np.ascontiguousarray(emb16))
+        _atomic_write_parquet(self.path / f"{name}.parquet", meta.reset_index(drop=True))
+        if len(fail_df):
+            fail_df = fail_df[["id", "reason"]].astype(str).assign(shard=name)
+            self._failures = pd.concat([self._failures, fail_df], ignore_index=True)
+            _atomic_write_parquet(self.path / FAILURES, self._failures)
+        n_in = int(n_inputs) if n_inputs is not None else emb.shape[0] + len(fail_df)
+        info = ShardInfo(name=name, rows=int(emb.shape[0]), n_inputs=n_in, sha256=digest)
+        self.manifest["shards"].append(info.__dict__.copy())
+        self.manifest["rows"] = int(self.manifest["rows"]) + info.rows
+        self.manifest["n_inputs"] = int(self.manifest.get("n_inputs", 0)) + n_in
+        self.manifest["n_failures"] = int(len(self._failures))
+        _atomic_write_json(self.path / MANIFEST, self.manifest)
+        return info
+
+    def finalize(self, **extra: Any) -> "EmbeddingStore":
+        """Mark the store complete (optionally recording extra manifest fields) and open it."""
+        self.manifest["complete"] = True
+        self.manifest.update(extra)
+        if not (self.path / FAILURES).exists():
+            _atomic_write_parquet(self.path / FAILURES, self._failures)
+        _atomic_write_json(self.path / MANIFEST, self.manifest)
+        return EmbeddingStore(self.path)
+
+
+class EmbeddingStore:
+    """Read access to a store directory: memmapped shards, metadata as a DataFrame.
+
+    Args:
+        path: the store directory.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not mpath.exists():
+            raise StoreError(f"{self.path} is not an embedding store (no {MANIFEST}); build one with `geosolver embed`")
+        try:
+            self.manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{mpath} is not valid JSON: {e}") from None
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: unsupported store format {self.manifest.get('format_version')}")
+        self.shards = [ShardInfo.from_json(s) for s in self.manifest["shards"]]
+        self.offsets = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
+        self._meta: pd.DataFrame | None = None
+        self._mm: dict[int, np.ndarray] = {}
+
+    # -- basic facts ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder(self) -> dict:
+        return dict(self.manifest["encoder"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete", False))
+
+    def __repr__(self) -> str:
+        return f"EmbeddingStore({str(self.path)!r}, rows={len(self)}, dim={self.dim}, encoder={self.encoder.get('name')!r})"
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """All rows' metadata in store order (cached). Columns: id, lat, lon, ..."""
+        if self._meta is None:
+            parts = [pd.read_parquet(self.path / f"{s.name}.parquet") for s in self.shards]
+            parts = [p for p in parts if len(p)] or parts[:1]
+            self._meta = (
+                pd.concat(parts, ignore_index=True)
+                if parts
+                else pd.DataFrame({"id": pd.Series(dtype=str), "lat": pd.Series(dtype=float), "lon": pd.Series(dtype=float)})
+            )
+        return self._meta
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lat, lon)`` float64 arrays in degrees, in store order."""
+        m = self.metadata
+        return m["lat"].to_numpy(np.float64), m["lon"].to_numpy(np.float64)
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        fp = self.path / FAILURES
+        if not fp.exists():
+            return pd.DataFrame({"id": pd.Series(dtype=str), "reason": pd.Series(dtype=str), "shard": pd.Series(dtype=str)})
+        return pd.read_parquet(fp)
+
+    # -- embeddings -----------------------------------------------------------------------
+    def shard_embeddings(self, i: int) -> np.ndarray:
+        """Shard ``i``'s embeddings as a read-only float16 memmap, shape ``(rows_i, dim)``."""
+        if i not in self._mm:
+            s = self.shards[i]
+            arr = np.load(self.path / f"{s.name}.npy", mmap_mode="r")
+            if arr.shape != (s.rows, self.dim):
+                raise StoreError(f"{self.path / s.name}.npy has shape {arr.shape}, manifest says ({s.rows}, {self.dim})")
+            self._mm[i] = arr
+        return self._mm[i]
+
+    def iter_shards(self) -> Iterator[tuple[int, np.ndarray, pd.DataFrame]]:
+        """Yield ``(row_offset, embeddings_memmap, metadata)`` shard by shard."""
+        for i, s in enumerate(self.shards):
+            yield int(self.offsets[i]), self.shard_embeddings(i), pd.read_parquet(self.path / f"{s.name}.parquet")
+
+    def iter_batches(self, batch_size: int = 65536, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(row_offset, embeddings)`` in row order, never more than one batch in RAM."""
+        for i in range(len(self.shards)):
+            mm = self.shard_embeddings(i)
+            for s in range(0, mm.shape[0], batch_size):
+                yield int(self.offsets[i]) + s, np.ascontiguousarray(mm[s : s + batch_size], dtype=dtype)
+
+    def embeddings(self, rows: Sequence[int] | np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+        """Embeddings of ``rows`` (all rows when ``None``) as a contiguous array, shape ``(n, dim)``."""
+        if rows is None:
+            if len(self) == 0:
+                return np.zeros((0, self.dim), dtype)
+            return np.concatenate([np.asarray(self.shard_embeddings(i), dtype=dtype) for i in range(len(self.shards))])
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range for store of {len(self)} rows")
+        out = np.empty((rows.size, self.dim), dtype=dtype)
+        shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i in np.unique(shard_of):
+            sel = np.nonzero(shard_of == i)[0]
+            local = rows[sel] - self.offsets[i]
+            out[sel] = self.shard_embeddings(int(i))[local]
+        return out
+
+    # -- derived stores -------------------------------------------------------------------
+    def subset(self, rows: Sequence[int] | np.ndarray, out: str | os.PathLike, config: dict | None = None, shard_size: int = 100_000) -> "EmbeddingStore":
+        """Write the given rows (in the given order) into a new store at ``out``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        meta = self.metadata.iloc[rows].reset_index(drop=True)
+        cfg = {"subset_of": str(self.path), "rows": int(rows.size)}
+        cfg.update(config or {})
+        w = StoreWriter(out, self.encoder, config=cfg, resume=False)
+        for sl in range(0, rows.size, shard_size):
+            idx = rows[sl : sl + shard_size]
+            w.write_shard(self.embeddings(idx), meta.iloc[sl : sl + shard_size].reset_index(drop=True))
+        return w.finalize()
+
+    def verify(self) -> list[str]:
+        """Check every shard's checksum and shape; return a list of problems (empty if fine)."""
+        problems = []
+        for i, s in enumerate(self.shards):
+            f = self.path / f"{s.name}.npy"
+            if not f.exists():
+                problems.append(f"{f} missing")
+                continue
+            if _sha256(f) != s.sha256:
+                problems.append(f"{f} checksum mismatch")
+            try:
+                self.shard_embeddings(i)
+            except StoreError as e:
+                problems.append(str(e))
+            if len(pd.read_parquet(self.path / f"{s.name}.parquet")) != s.rows:
+                problems.append(f"{s.name}.parquet row count differs from manifest ({s.rows})")
+        return problems
+
+    def describe(self) -> str:
+        """A human-readable summary (what `geosolver info` prints)."""
+        m = self.manifest
+        enc = m["encoder"]
+        meta = self.metadata
+        lines = [
+            f"store       {self.path}",
+            f"rows        {len(self):,} in {len(self.shards)} shard(s); failures {m.get('n_failures', 0):,}; complete={self.complete}",
+            f"encoder     {enc.get('name')} (revision {enc.get('revision')}) dim={self.dim} dtype={m['dtype']} normalized={m['normalized']}",
+        ]
+        if enc.get("preprocessing"):
+            lines.append(f"preprocess  {enc['preprocessing']}")
+        if len(meta):
+            lines.append(
+                f"lat range   [{meta['lat'].min():.3f}, {meta['lat'].max():.3f}]   lon range [{meta['lon'].min():.3f}, {meta['lon'].max():.3f}]"
+            )
+        extra = [c for c in meta.columns if c not in REQUIRED_COLUMNS]
+        if extra:
+            lines.append(f"columns     {', '.join(extra)}")
+        lines.append(f"created     {m.get('created')} by geosolver {m.get('geosolver_version')}")
+        return "\n".join(lines)
+
+
+def write_store(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    meta: pd.DataFrame,
+    encoder: dict,
+    config: dict | None = None,
+    shard_size: int = 100_000,
+) -> EmbeddingStore:
+    """Write in-memory embeddings ``(n, dim)`` and metadata (id, lat, lon, ...) as a new store."""
+    emb = np.asarray(embeddings)
+    enc = dict(encoder)
+    enc.setdefault("dim", int(emb.shape[1]))
+    w = StoreWriter(path, enc, config=config, resume=False)
+    meta = meta.reset_index(drop=True)
+    for s in range(0, max(len(meta), 1), shard_size):
+        w.write_shard(emb[s : s + shard_size], meta.iloc[s : s + shard_size].reset_index(drop=True))
+    return w.finalize()
