@@ -14,8 +14,18 @@ import sys
 
 # Order here is the order of `geosolver --help`.
 COMMAND_MODULES = [
+    "geosolver.cli.demo_cmd",
     "geosolver.cli.embed_cmd",
     "geosolver.cli.info_cmd",
+    "geosolver.cli.index_cmd",
+    "geosolver.cli.locate_cmd",
+    "geosolver.cli.evaluate_cmd",
+    "geosolver.cli.analyze_cmd",
+    "geosolver.cli.enrich_cmd",
+    "geosolver.cli.curate_cmd",
+    "geosolver.cli.terrain_cmd",
+    "geosolver.cli.train_cmd",
+    "geosolver.cli.serve_cmd",
 ]
 
 
@@ -31,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # command not built yet in this checkout
+                continue
+            raise
+        mod.register(sub)
     return p
 
 

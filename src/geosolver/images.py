@@ -1,0 +1,172 @@
+"""Opening images from every place Geosolver reads them: files, members of zip archives, bytes.
+
+A *source* is one of:
+
+* a filesystem path (``str`` or ``Path``);
+* ``"zip://<archive path>::<member name>"`` — a member of a zip archive, read without extraction;
+* raw encoded bytes (``bytes`` / ``bytearray`` / ``memoryview``);
+* an already opened ``PIL.Image.Image``.
+
+Every image comes back in RGB, turned upright by its EXIF orientation. With ``min_side`` set,
+JPEGs are decoded with PIL's draft mode (DCT scaling) at the smallest power-of-two reduction
+whose shorter side is still at least ``min_side`` pixels — several times faster for large
+photos, and the model resizes further anyway.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Union
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from geosolver.errors import GeosolverError
+
+ZIP_PREFIX = "zip://"
+ZIP_SEP = "::"
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+
+# Guard against decompression bombs: ~180 megapixels is far above any photo we need.
+Image.MAX_IMAGE_PIXELS = 180_000_000
+
+
+class ImageReadError(GeosolverError):
+    """An image could not be read or decoded; the message names the source and the cause."""
+
+
+def zip_source(archive: str | os.PathLike, member: str) -> str:
+    """The source string for ``member`` inside the zip file ``archive``."""
+    return f"{ZIP_PREFIX}{archive}{ZIP_SEP}{member}"
+
+
+def parse_zip_source(source: str) -> tuple[str, str]:
+    body = source[len(ZIP_PREFIX) :]
+    archive, sep, member = body.partition(ZIP_SEP)
+    if not sep:
+        raise ImageReadError(f"malformed zip source {source!r}: expected zip://ARCHIVE::MEMBER")
+    return archive, member
+
+
+# One open ZipFile per (process, thread, archive): DataLoader workers each get their own handles.
+_zip_cache = threading.local()
+
+
+def _zip_handle(archive: str) -> zipfile.ZipFile:
+    cache = getattr(_zip_cache, "files", None)
+    if cache is None or getattr(_zip_cache, "pid", None) != os.getpid():
+        cache = _zip_cache.files = {}
+        _zip_cache.pid = os.getpid()
+    zf = cache.get(archive)
+    if zf is None:
+        zf = cache[archive] = zipfile.ZipFile(archive)
+    return zf
+
+
+def read_bytes(source: ImageSource) -> bytes:
+    """The encoded bytes of ``source`` (not for PIL images)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    s = os.fspath(source)
+    try:
+        if s.startswith(ZIP_PREFIX):
+            archive, member = parse_zip_source(s)
+            return _zip_handle(archive).read(member)
+        with open(s, "rb") as f:
+            return f.read()
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise ImageReadError(f"cannot read {describe_source(source)}: {e}") from None
+
+
+def describe_source(source: ImageSource) -> str:
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.size[0]}x{source.size[1]} {source.mode}>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return os.fspath(source)
+
+
+def open_image(source: ImageSource, min_side: int | None = None) -> Image.Image:
+    """Decode ``source`` to an upright RGB ``PIL.Image``.
+
+    Args:
+        source: see the module docstring.
+        min_side: if set, JPEG decoding may be reduced (draft mode) while keeping the shorter
+            side at least this many pixels.
+
+    Raises:
+        ImageReadError: unreadable file, unknown format, truncated data or decompression bomb.
+    """
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        data = read_bytes(source)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                if min_side and img.format == "JPEG":
+                    w, h = img.size
+                    # EXIF rotation swaps sides but not the shorter one, so draft is safe.
+                    scale = max(1, min(w, h) // int(min_side))
+                    if scale >= 2:
+                        img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+                img.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageReadError(f"cannot decode {describe_source(source)}: {type(e).__name__}: {e}") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose an otherwise fine image
+        pass
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels are composited on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def exif_gps(source: ImageSource) -> tuple[float, float] | None:
+    """``(lat, lon)`` in degrees from an image's EXIF GPS block, or ``None`` if it has none."""
+    img = source if isinstance(source, Image.Image) else None
+    if img is None:
+        try:
+            img = Image.open(io.BytesIO(read_bytes(source)))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ImageReadError(f"cannot decode {describe_source(source)}: {e}") from None
+    try:
+        gps = img.getexif().get_ifd(0x8825)
+    except Exception:
+        return None
+    if not gps or 2 not in gps or 4 not in gps:
+        return None
+
+    def dms(v) -> float:
+        d, m, s = (float(x) for x in v)
+        return d + m / 60.0 + s / 3600.0
+
+    try:
+        lat = dms(gps[2]) * (-1.0 if str(gps.get(1, "N")).upper().startswith("S") else 1.0)
+        lon = dms(gps[4]) * (-1.0 if str(gps.get(3, "E")).upper().startswith("W") else 1.0)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not (abs(lat) <= 90 and abs(lon) <= 180):
+        return None
+    return lat, lon
+
+
+def is_path_like(source) -> bool:
+    return isinstance(source, (str, Path, os.PathLike))
