@@ -249,7 +249,7 @@ class StoreWriter:
         if not np.isfinite(emb).all():
             raise StoreError("shard embeddings contain NaN or inf")
         check_metadata(meta, "shard metadata")
-        fail_df = pd.DataFrame(list(failures) if not isinstance(failures, pd.DataFrame) else failures)
+        fail_df = failures if isinstance(failures, pd.DataFrame) else pd.DataFrame(list(failures or []))
         if len(fail_df) == 0:
             fail_df = pd.DataFrame({"id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
         name = name or self.next_shard_name()
