@@ -33,6 +33,7 @@ from geosolver.errors import GeosolverError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FAILURES = "failures.parquet"
+SKIPPED = "skipped.parquet"
 REQUIRED_COLUMNS = ("id", "lat", "lon")
 
 
@@ -271,6 +272,13 @@ class StoreWriter:
         _atomic_write_json(self.path / MANIFEST, self.manifest)
         return info
 
+    def record_skipped(self, skipped: pd.DataFrame) -> None:
+        """Keep the reader's skipped rows (id, reason) beside the store (rewritten atomically)."""
+        df = pd.DataFrame(skipped)[["id", "reason"]].astype(str)
+        _atomic_write_parquet(self.path / SKIPPED, df)
+        self.manifest["n_skipped"] = int(len(df))
+        _atomic_write_json(self.path / MANIFEST, self.manifest)
+
     def finalize(self, **extra: Any) -> "EmbeddingStore":
         """Mark the store complete (optionally recording extra manifest fields) and open it."""
         self.manifest["complete"] = True
@@ -347,6 +355,14 @@ class EmbeddingStore:
         fp = self.path / FAILURES
         if not fp.exists():
             return pd.DataFrame({"id": pd.Series(dtype=str), "reason": pd.Series(dtype=str), "shard": pd.Series(dtype=str)})
+        return pd.read_parquet(fp)
+
+    @property
+    def skipped(self) -> pd.DataFrame:
+        """Rows the dataset reader could not use (id, reason): never given to the model."""
+        fp = self.path / SKIPPED
+        if not fp.exists():
+            return pd.DataFrame({"id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
         return pd.read_parquet(fp)
 
     # -- embeddings -----------------------------------------------------------------------
