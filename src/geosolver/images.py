@@ -4,6 +4,8 @@ A *source* is one of:
 
 * a filesystem path (``str`` or ``Path``);
 * ``"zip://<archive path>::<member name>"`` — a member of a zip archive, read without extraction;
+* ``"tar://<tar path>::<member name>"`` — a member of an uncompressed tar file (webdataset shards),
+  read in place at its byte offset;
 * raw encoded bytes (``bytes`` / ``bytearray`` / ``memoryview``);
 * an already opened ``PIL.Image.Image``.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 import threading
 import warnings
 import zipfile
@@ -29,6 +32,7 @@ from geosolver.errors import GeosolverError
 
 ZIP_PREFIX = "zip://"
 ZIP_SEP = "::"
+TAR_PREFIX = "tar://"
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
@@ -68,6 +72,55 @@ def _zip_handle(archive: str) -> zipfile.ZipFile:
     return zf
 
 
+def tar_source(tar_path: str | os.PathLike, member: str) -> str:
+    """The source string for ``member`` inside the uncompressed tar file ``tar_path``."""
+    return f"{TAR_PREFIX}{tar_path}{ZIP_SEP}{member}"
+
+
+def parse_tar_source(source: str) -> tuple[str, str]:
+    body = source[len(TAR_PREFIX) :]
+    tar_path, sep, member = body.partition(ZIP_SEP)
+    if not sep:
+        raise ImageReadError(f"malformed tar source {source!r}: expected tar://TARPATH::MEMBER")
+    return tar_path, member
+
+
+# Per process: tar path -> {member name: (data offset, size)}, and one read-only file descriptor per
+# tar read with os.pread (no shared seek position, so threads can share it).
+_tar_lock = threading.Lock()
+_tar_cache: dict = {"pid": None, "index": {}, "fds": {}}
+
+
+def _tar_entry(tar_path: str, member: str) -> tuple[int, int, int]:
+    """``(fd, offset, size)`` of ``member``'s data inside ``tar_path`` (index built once per process)."""
+    with _tar_lock:
+        if _tar_cache["pid"] != os.getpid():  # forked worker: do not share the parent's descriptors
+            _tar_cache.update(pid=os.getpid(), index={}, fds={})
+        index = _tar_cache["index"].get(tar_path)
+        if index is None:
+            with tarfile.open(tar_path, "r:") as tf:
+                index = {m.name: (m.offset_data, m.size) for m in tf if m.isfile()}
+            _tar_cache["index"][tar_path] = index
+        fd = _tar_cache["fds"].get(tar_path)
+        if fd is None:
+            fd = _tar_cache["fds"][tar_path] = os.open(tar_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    offset, size = index[member]
+    return fd, offset, size
+
+
+def _read_tar_member(source: str) -> bytes:
+    fd, offset, size = _tar_entry(*parse_tar_source(source))
+    if hasattr(os, "pread"):
+        data = os.pread(fd, size, offset)
+    else:  # pragma: no cover - Windows has no pread
+        with _tar_lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            data = os.read(fd, size)
+    if len(data) != size:
+        raise OSError(f"short read: {len(data)} of {size} bytes (truncated tar?)")
+    return data
+
+
 def read_bytes(source: ImageSource) -> bytes:
     """The encoded bytes of ``source`` (not for PIL images)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -77,9 +130,11 @@ def read_bytes(source: ImageSource) -> bytes:
         if s.startswith(ZIP_PREFIX):
             archive, member = parse_zip_source(s)
             return _zip_handle(archive).read(member)
+        if s.startswith(TAR_PREFIX):
+            return _read_tar_member(s)
         with open(s, "rb") as f:
             return f.read()
-    except (OSError, KeyError, zipfile.BadZipFile) as e:
+    except (OSError, KeyError, zipfile.BadZipFile, tarfile.TarError) as e:
         raise ImageReadError(f"cannot read {describe_source(source)}: {e}") from None
 
 

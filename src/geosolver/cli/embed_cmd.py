@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geosolver.data import add_dataset_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,17 +15,13 @@ def register(sub) -> None:
         description="Embed every image of a dataset with an encoder and write an EmbeddingStore. "
         "Re-running the same command resumes an interrupted run.",
     )
-    p.add_argument("--dataset", choices=["osv5m", "folder", "exif", "webdataset"], default="folder")
-    p.add_argument("--root", required=True, help="dataset root directory")
-    p.add_argument("--split", default=None, help="OSV5M split: train or test")
-    p.add_argument("--csv", default=None, help="folder dataset: the CSV naming images and their lat/lon")
+    add_dataset_arguments(p)
     p.add_argument("--model", default="streetclip", help="encoder name, hub id or local directory (default: streetclip)")
     p.add_argument("--out", required=True, help="output store directory")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=None, help="decode/preprocess worker processes (default: by device)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--limit", type=int, default=None, help="embed only the first N usable rows")
     p.add_argument("--shard-size", type=int, default=None, help="input rows per shard (default 10000)")
     p.add_argument("--tta", choices=["flip", "d4"], default=None, help="average embeddings over flips (2) or rotations+flips (8)")
     p.add_argument("--no-progress", action="store_true")
@@ -31,11 +29,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geosolver.data import read_dataset
+    from geosolver.data import read_dataset_from_args
     from geosolver.embed import embed_table
     from geosolver.encoders import load_encoder
 
-    table = read_dataset(args.dataset, args.root, split=args.split, csv=args.csv, limit=args.limit)
+    table = read_dataset_from_args(args)
     skipped = table.attrs.get("skipped")
     if skipped is not None and len(skipped):
         print(f"reader skipped {len(skipped)} row(s) (first: {skipped.iloc[0]['id']}: {skipped.iloc[0]['reason']})", file=sys.stderr)
