@@ -476,3 +476,43 @@ def write_store(
     for s in range(0, max(len(meta), 1), shard_size):
         w.write_shard(emb[s : s + shard_size], meta.iloc[s : s + shard_size].reset_index(drop=True))
     return w.finalize()
+
+
+def rewrite_metadata(
+    path: str | os.PathLike,
+    fn,
+    log_entry: dict | None = None,
+    log_key: str = "metadata_rewrites",
+) -> "EmbeddingStore":
+    """Rewrite every shard's metadata parquet through ``fn``, atomically per shard.
+
+    Embeddings (and so the manifest checksums) are untouched. Each shard's parquet is written
+    under a temporary name and renamed; ``fn`` must keep the rows (same count, same ``id``,
+    ``lat``, ``lon``, same order). A run killed half-way leaves every shard either old or new,
+    so ``fn`` should be idempotent (e.g. only add columns a shard lacks) and the call repeated.
+
+    Args:
+        path: the store directory.
+        fn: ``fn(meta: DataFrame, shard_name: str) -> DataFrame`` for one shard.
+        log_entry: if given, appended to ``manifest[log_key]`` (a list) after all shards.
+        log_key: the manifest key that collects the log entries.
+
+    Returns:
+        The store, reopened.
+    """
+    store = EmbeddingStore(path)
+    for s in store.shards:
+        ppath = store.path / f"{s.name}.parquet"
+        meta = pd.read_parquet(ppath)
+        new = fn(meta.copy(), s.name).reset_index(drop=True)
+        if len(new) != len(meta):
+            raise StoreError(f"{ppath}: metadata rewrite changed the row count ({len(meta)} -> {len(new)})")
+        for c in REQUIRED_COLUMNS:
+            if c not in new.columns or not new[c].reset_index(drop=True).equals(meta[c].reset_index(drop=True)):
+                raise StoreError(f"{ppath}: metadata rewrite changed or dropped required column {c!r}")
+        _atomic_write_parquet(ppath, new)
+    if log_entry is not None:
+        manifest = json.loads((store.path / MANIFEST).read_text())
+        manifest.setdefault(log_key, []).append(log_entry)
+        _atomic_write_json(store.path / MANIFEST, manifest)
+    return EmbeddingStore(path)

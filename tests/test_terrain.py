@@ -1,0 +1,178 @@
+"""terrain: tile rendering (antimeridian, poles, augmentation) and the world builder (splits, determinism)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from geosolver import geodata, terrain
+from geosolver.cli import main
+from geosolver.places import reverse_geocode
+
+
+def _dihedral(t: np.ndarray) -> list[np.ndarray]:
+    out = []
+    for f in (t, t[:, ::-1]):
+        out += [np.rot90(f, k) for k in range(4)]
+    return out
+
+
+def _load_tiles(root, meta: pd.DataFrame) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(root / p)) for p in meta["path"]])
+
+
+def test_plain_tile_is_the_palette_coloured_window():
+    # Unaugmented tile = land-cover/climate window upsampled x2, colour 0.7*IGBP + 0.3*Koppen (computed here).
+    # the point sits 0.2 px into its source pixel (rows and columns), where the x2 nearest-neighbour
+    # sampling grid lines up with the integer window around the point's pixel
+    lat, lon = 48.04, 2.01
+    t = terrain.render_tiles([lat], [lon], augment=False, tile_size=64, window_px=32)[0]
+    lc = geodata.window("land_cover", lat, lon, 16).repeat(2, 0).repeat(2, 1)
+    kg = geodata.window("climate", lat, lon, 16).repeat(2, 0).repeat(2, 1)
+    expect = np.rint(0.7 * geodata.IGBP_PALETTE[lc].astype(float) + 0.3 * geodata.KOPPEN_PALETTE[kg]).astype(np.uint8)
+    assert np.abs(t.astype(int) - expect).max() <= 1  # float32 vs float64 rounding only
+    assert len(np.unique(lc)) > 1  # a window with structure, so the test can fail
+
+
+def test_tiles_across_the_antimeridian_match_and_have_no_blank_column():
+    t = terrain.render_tiles([67.01, 67.01, 67.01], [179.99, -179.99, 170.0], augment=False)
+    a, b, far = (x.astype(float) for x in t)
+    near_diff = np.abs(a - b).mean()
+    far_diff = np.abs(a - far).mean()
+    assert near_diff < 3.0 < far_diff  # 0.02° apart across ±180: nearly the same picture
+    # palette colours are never black: a black (or fill) column would be a seam
+    assert (t.reshape(3, -1, 3).sum(-1) > 0).all()
+    codes = geodata.window("land_cover", 67.01, 179.99, 16)
+    assert (codes != geodata.LAND_COVER_FILL).all()
+
+
+def test_tiles_at_the_poles_and_edges():
+    lat = np.array([90.0, -90.0, 89.99, -89.99, 0.0])
+    lon = np.array([0.0, 180.0, -180.0, 179.999, -180.0])
+    t = terrain.render_tiles(lat, lon, rng=0)
+    assert t.shape == (5, 64, 64, 3) and t.dtype == np.uint8
+    t2 = terrain.render_tiles(lat, lon, rng=0, tile_size=48, window_px=20)
+    assert t2.shape == (5, 48, 48, 3)
+
+
+def test_augmentation_hides_the_source_window():
+    lat, lon = np.full(8, 40.5), np.full(8, -3.5)
+    plain = terrain.render_tiles(lat[:1], lon[:1], augment=False)[0].astype(float)
+    aug = terrain.render_tiles(lat, lon, rng=1).astype(float)
+    for t in aug:  # no augmented tile is the plain tile under any rotation/flip
+        assert min(np.abs(d - t).mean() for d in _dihedral(plain)) > 2.0
+    assert len({t.tobytes() for t in aug}) == 8  # same point, different tiles
+    np.testing.assert_array_equal(terrain.render_tiles(lat, lon, rng=1), aug.astype(np.uint8))  # seeded
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worlds")
+    out = {}
+    for name, split, seed in [("a", "random", 0), ("a2", "random", 0), ("b", "random", 1), ("h", "held-out-cells", 0)]:
+        out[name] = (root / name, terrain.build_world(root / name, 200, 50, split=split, seed=seed, progress=False))
+    return out
+
+
+def test_world_files_and_columns(worlds):
+    root, info = worlds["a"]
+    g = pd.read_csv(root / "gallery.csv", keep_default_na=False)
+    q = pd.read_csv(root / "queries.csv", keep_default_na=False)
+    assert list(g.columns) == list(terrain.CSV_COLUMNS) and list(q.columns) == list(terrain.CSV_COLUMNS)
+    assert len(g) == 200 and len(q) == 50 and info["counts"]["gallery"] == 200
+    assert g["id"].is_unique and not set(g["id"]) & set(q["id"])
+    for p in list(g["path"]) + list(q["path"]):
+        im = Image.open(root / p)
+        assert im.size == (64, 64) and im.mode == "RGB"
+    # the metadata are the rasters' values at the labelled point
+    assert list(g["land_cover"]) == list(geodata.land_cover_name(g["lat"].to_numpy(), g["lon"].to_numpy()))
+    assert list(g["climate"]) == list(geodata.climate_name(g["lat"].to_numpy(), g["lon"].to_numpy()))
+    lat0 = np.floor((g["lat"] + 90) / 2) * 2 - 90
+    assert all(c.startswith(f"c2:{abs(int(a))}{'N' if a >= 0 else 'S'}_") for c, a in zip(g["cell"], lat0))
+    world = json.loads((root / "world.json").read_text())
+    assert "not comparable" in world["note"].lower() or "never with street-view" in world["note"]
+    assert {"land_cover", "climate", "places"} <= set(world["attribution"])
+    cfg = json.loads((root / "config.json").read_text())
+    assert cfg["seed"] == 0 and cfg["split"] == "random" and cfg["window_px"] == 32
+
+
+def test_points_are_on_land_near_populated_places(worlds):
+    for root, _ in worlds.values():
+        for f in ("gallery.csv", "queries.csv"):
+            m = pd.read_csv(root / f, keep_default_na=False)
+            assert geodata.is_land(m["lat"].to_numpy(), m["lon"].to_numpy()).all()
+            # jitter sigma 7 km: P(> 60 km) from the source place is ~e^-36
+            assert (reverse_geocode(m["lat"].to_numpy(), m["lon"].to_numpy())["place_km"] < 60).all()
+
+
+def test_world_is_deterministic_per_seed(worlds):
+    (ra, _), (ra2, _), (rb, _) = worlds["a"], worlds["a2"], worlds["b"]
+    for f in ("gallery.csv", "queries.csv"):
+        assert (ra / f).read_text() == (ra2 / f).read_text()
+        assert (ra / f).read_text() != (rb / f).read_text()
+    ga = pd.read_csv(ra / "gallery.csv")
+    np.testing.assert_array_equal(_load_tiles(ra, ga), _load_tiles(ra2, ga))
+    gb = pd.read_csv(rb / "gallery.csv")
+    assert np.abs(ga["lat"] - gb["lat"]).max() > 1.0
+
+
+def test_no_query_tile_is_a_gallery_tile(worlds):
+    root, _ = worlds["a"]
+    g = _load_tiles(root, pd.read_csv(root / "gallery.csv")).astype(np.float32)
+    q = _load_tiles(root, pd.read_csv(root / "queries.csv")).astype(np.float32)
+    gflat = g.reshape(len(g), -1)
+    best = np.inf
+    for t in q:
+        for d in _dihedral(t):
+            best = min(best, float(np.abs(gflat - d.reshape(1, -1)).mean(axis=1).min()))
+    assert best > 3.0  # the noise alone makes two renders of one place differ by ~6.8 grey levels
+
+
+def test_held_out_cells_split(worlds):
+    root, info = worlds["h"]
+    g = pd.read_csv(root / "gallery.csv", keep_default_na=False)
+    q = pd.read_csv(root / "queries.csv", keep_default_na=False)
+
+    def cells(m):  # 2-degree cells computed here, independently of the labels in the CSV
+        return set(zip(np.floor((m["lat"] + 90) / 2).astype(int), np.floor((m["lon"] + 180) / 2).astype(int)))
+
+    assert cells(g).isdisjoint(cells(q))
+    assert set(g["cell"]).isdisjoint(set(q["cell"]))
+    assert len(q) == 50 and info["counts"]["held_out_cells"] > 0
+    assert info["settings"]["split"] == "held-out-cells"
+
+
+def test_bad_arguments(tmp_path, worlds):
+    with pytest.raises(terrain.TerrainError, match="split"):
+        terrain.build_world(tmp_path / "x", 10, 5, split="by-country")
+    with pytest.raises(terrain.TerrainError):
+        terrain.build_world(tmp_path / "x", 0, 0)
+    root, _ = worlds["a"]
+    with pytest.raises(terrain.TerrainError, match="already holds"):
+        terrain.build_world(root, 10, 5)
+
+
+def test_cli_build_and_read_back(tmp_path, capsys):
+    out = tmp_path / "w"
+    rc = main(["terrain", "build", "--out", str(out), "--gallery", "30", "--queries", "10",
+               "--split", "held-out-cells", "--seed", "4", "--tile-size", "32", "--window", "16", "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "30 gallery + 10 query tiles" in text
+    assert Image.open(out / pd.read_csv(out / "queries.csv")["path"][0]).size == (32, 32)
+    assert main(["terrain", "build", "--out", str(out), "--gallery", "3", "--queries", "1"]) == 2  # exists
+    data = pytest.importorskip("geosolver.data")
+    ds = data.read_dataset("folder", root=out, csv=out / "gallery.csv")
+    assert len(ds) == 30
+    np.testing.assert_allclose(ds["lat"].to_numpy(), pd.read_csv(out / "gallery.csv")["lat"].to_numpy())
+
+
+def test_gallery_only_world(tmp_path):
+    info = terrain.build_world(tmp_path / "g", 7, 0, split="held-out-cells", seed=2, progress=False)
+    assert info["counts"]["gallery"] == 7 and info["counts"]["queries"] == 0
+    assert len(pd.read_csv(tmp_path / "g" / "queries.csv")) == 0
+    assert len(list((tmp_path / "g" / "images" / "gallery").glob("*.png"))) == 7
