@@ -1,0 +1,35 @@
+"""``geosolver index build STORE``: build and save a faiss kNN index next to a store."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build a kNN index (faiss) over an embedding store")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    b = isub.add_parser("build", help="build STORE/index-<kind>.faiss (+ .json settings)")
+    b.add_argument("store", help="embedding store directory (the gallery)")
+    b.add_argument("--kind", choices=["flat", "ivf", "ivfpq"], default="flat", help="flat = exact (default); ivf / ivfpq = approximate, for millions of rows")
+    b.add_argument("--nlist", type=int, default=None, help="IVF cells (default ~4*sqrt(rows))")
+    b.add_argument("--pq-m", type=int, default=None, help="PQ bytes per vector for ivfpq (must divide dim; default 64 or the largest divisor)")
+    b.add_argument("--nprobe", type=int, default=None, help="cells visited per query (default nlist/16)")
+    b.add_argument("--rerank", type=int, default=10, help="ivfpq: re-score rerank*k PQ candidates with the exact vectors from the store (0 = off; default 10)")
+    b.add_argument("--train-size", type=int, default=None, help="rows sampled to train IVF/PQ")
+    b.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads")
+    b.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from geosolver.index import build_index
+
+    t0 = time.time()
+    idx = build_index(
+        args.store, kind=args.kind, nlist=args.nlist, pq_m=args.pq_m, nprobe=args.nprobe,
+        rerank=args.rerank, train_size=args.train_size, threads=args.threads,
+    )
+    path = idx.save()
+    print(f"built {idx.kind} index over {len(idx):,} rows (dim {idx.dim}) in {time.time() - t0:.1f} s -> {path}")
+    print(f"settings: {idx.settings}")
+    return 0

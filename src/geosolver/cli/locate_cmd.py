@@ -1,0 +1,52 @@
+"""``geosolver locate PHOTO ... --gallery STORE``: where were these photos taken?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from geosolver.locate import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES
+
+    p = sub.add_parser("locate", help="geolocate photos against a gallery store")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or zip://ARCHIVE::MEMBER sources")
+    p.add_argument("--gallery", required=True, help="gallery embedding store")
+    p.add_argument("--model", default=None, help="encoder name/path (default: the gallery's encoder)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"neighbours that vote (default {DEFAULT_K})")
+    p.add_argument("--strategy", choices=STRATEGIES, default="densest", help="aggregation (default densest)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature on similarities")
+    p.add_argument("--radius-km", type=float, default=DEFAULT_RADIUS_KM, help="neighbourhood radius in km")
+    p.add_argument("--tta", choices=["flip", "d4"], default=None, help="test-time augmentation")
+    p.add_argument("--index", choices=["flat", "ivf", "ivfpq"], default="flat", help="gallery index kind")
+    p.add_argument("--show", type=int, default=5, help="neighbours to print per photo")
+    p.add_argument("--json", action="store_true", help="print one JSON object per photo")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from geosolver.images import ImageReadError, open_image
+    from geosolver.locate import Geolocator
+
+    geo = Geolocator.from_store(args.gallery, encoder=args.model, index_kind=args.index)
+    images, names, failed = [], [], 0
+    for src in args.photos:
+        try:
+            images.append(open_image(src))
+            names.append(src)
+        except (ImageReadError, OSError) as e:
+            print(f"geosolver locate: error: {src}: {e}", file=sys.stderr)
+            failed += 1
+    preds = geo.locate(images, k=args.k, strategy=args.strategy, tta=args.tta, temperature=args.temperature, radius_km=args.radius_km) if images else []
+    for name, p in zip(names, preds):
+        if args.json:
+            print(json.dumps({"photo": name, **p.to_dict()}))
+            continue
+        print(f"{name}")
+        print(f"  guess       {p.lat:.5f}, {p.lon:.5f}  country {p.country or '?'}  confidence {p.confidence:.2f}  ({p.strategy}, k={p.k})")
+        print(f"  map         {p.osm_url}")
+        print(f"  {'#':>3} {'similarity':>10} {'lat':>10} {'lon':>11} {'km':>8}  id")
+        for j, nb in enumerate(p.neighbours[: args.show], 1):
+            print(f"  {j:>3} {nb['similarity']:>10.4f} {nb['lat']:>10.4f} {nb['lon']:>11.4f} {nb['distance_km']:>8.0f}  {nb['id']}")
+    return 1 if failed else 0

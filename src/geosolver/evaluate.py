@@ -1,0 +1,477 @@
+"""Evaluate retrieval geolocation on a query store against a gallery store.
+
+Every query is located from its **stored** embedding (nothing is re-embedded). One kNN search
+with the largest ``k`` serves every (strategy, k) combination. For each combination we report:
+mean Geoscore (``5000·exp(-km/1492.7)``) with a 95 % bootstrap interval (queries resampled with
+replacement, 1000 times, fixed seed), median and mean error in km, accuracy within
+1 / 25 / 200 / 750 / 2500 km, and country accuracy.
+
+Two references are always reported beside the model:
+
+* ``random``: the guess is the location of a uniformly random gallery image (so it follows
+  the gallery's geographic distribution — a stronger baseline than uniform on land when the
+  gallery is clustered in a few countries);
+* ``oracle``: the guess is the gallery coordinate nearest to the true location — the upper
+  bound of any method that answers with a gallery location (``nn``), and close to the bound of
+  the averaging strategies.
+
+Country of a query: its ``country`` metadata column when present (ISO alpha-2, compared
+case-insensitively), else reverse geocoding of the true coordinates; the predicted country is
+the reverse geocode of the guess (:func:`geosolver.places.country_of`).
+
+``nn`` does not depend on ``k``: it is reported once, with ``k = 1``. The other strategies at
+``k = 1`` equal ``nn`` and are skipped when ``nn`` is also evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from geosolver.errors import GeosolverError
+from geosolver.geo import ACCURACY_THRESHOLDS_KM, distance_metrics, geoscore, haversine, latlon_to_xyz
+from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES, Geolocator, aggregate
+from geosolver.store import EmbeddingStore, _atomic_write_json, encoder_compatible
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (1, 5, 10, 50)
+METRIC_COLUMNS = ["geoscore", "geoscore_ci95", "median_km", "mean_km"] + [f"acc@{t:g}km" for t in ACCURACY_THRESHOLDS_KM] + ["country_acc"]
+OUTPUT_FILES = ("metrics.json", "metrics.md", "predictions.parquet", "config.json", "errors_map.png", "errors_hist.png")
+
+
+class EvaluateError(GeosolverError):
+    """Incompatible stores, bad settings, or an unreadable evaluation run."""
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics and references
+# ----------------------------------------------------------------------------------------------
+def bootstrap_ci(values: np.ndarray, reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement).
+
+    Returns:
+        ``(low, high)`` bounds of the central ``level`` interval.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0 or reps < 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(reps)
+    chunk = max(1, int(2e7 // v.size))
+    for s in range(0, reps, chunk):
+        r = min(chunk, reps - s)
+        means[s : s + r] = v[rng.integers(0, v.size, size=(r, v.size))].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def oracle_guess(
+    gal_lat: np.ndarray, gal_lon: np.ndarray, lat: np.ndarray, lon: np.ndarray, exclude_rows: Sequence[Sequence[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each true point ``(lat, lon)`` (degrees), the nearest gallery coordinate (skipping
+    ``exclude_rows[i]`` for point ``i``)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(latlon_to_xyz(gal_lat, gal_lon))
+    extra = max((len(e) for e in exclude_rows), default=0) if exclude_rows is not None else 0
+    kq = min(len(gal_lat), 1 + extra)
+    _, idx = tree.query(latlon_to_xyz(lat, lon), k=kq)
+    idx = np.asarray(idx).reshape(len(lat), kq)
+    pick = idx[:, 0].copy()
+    if extra:
+        for i, e in enumerate(exclude_rows):
+            if len(e):
+                ok = [j for j in idx[i] if j not in set(e)]
+                pick[i] = ok[0] if ok else idx[i, 0]
+    return gal_lat[pick], gal_lon[pick]
+
+
+def random_guess(
+    gal_lat: np.ndarray, gal_lon: np.ndarray, n: int, seed: int = 0, exclude_rows: Sequence[Sequence[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` guesses, each the location of a uniformly random gallery row (never an excluded one)."""
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(gal_lat), size=n)
+    if exclude_rows is not None:
+        for i, e in enumerate(exclude_rows):
+            if len(e) and len(e) < len(gal_lat):
+                while pick[i] in e:
+                    pick[i] = rng.integers(0, len(gal_lat))
+    return gal_lat[pick], gal_lon[pick]
+
+
+def _norm_cc(a) -> np.ndarray:
+    return np.array([("" if x is None or pd.isna(x) else str(x)).strip().upper() for x in a], dtype=object)
+
+
+def true_countries(queries: EmbeddingStore) -> np.ndarray:
+    """Country code of each query: the ``country`` column where set, else reverse geocoding."""
+    from geosolver.places import country_of
+
+    meta = queries.metadata
+    lat, lon = queries.coords()
+    cc = _norm_cc(meta["country"]) if "country" in meta.columns else np.full(len(meta), "", dtype=object)
+    missing = cc == ""
+    if missing.any():
+        cc[missing] = _norm_cc(country_of(lat[missing], lon[missing]))
+    return cc
+
+
+def score(true_lat, true_lon, pred_lat, pred_lon, true_cc: np.ndarray | None = None, bootstrap: int = 1000, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics of guesses against the truth (all degrees).
+
+    Returns:
+        ``(metrics, km (n,), pred_cc (n,))``: metrics has ``n``, ``geoscore`` (mean),
+        ``geoscore_ci95`` ([low, high]), ``median_km``, ``mean_km``, ``acc@<t>km`` and
+        ``country_acc`` (share of queries with a known country whose guess is in it).
+    """
+    from geosolver.places import country_of
+
+    km = haversine(true_lat, true_lon, pred_lat, pred_lon, check=False)
+    m = distance_metrics(km)
+    m["geoscore_ci95"] = list(bootstrap_ci(geoscore(km), bootstrap, seed))
+    pred_cc = _norm_cc(country_of(pred_lat, pred_lon))
+    if true_cc is not None:
+        known = true_cc != ""
+        m["country_acc"] = float(np.mean(pred_cc[known] == true_cc[known])) if known.any() else float("nan")
+    return m, km, pred_cc
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------
+def combos(strategies: Sequence[str], ks: Sequence[int]) -> list[tuple[str, int]]:
+    """The (strategy, k) pairs evaluated (``nn`` once at k=1; k=1 of others skipped when nn runs)."""
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise EvaluateError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise EvaluateError(f"k values must be >= 1, got {ks}")
+    out: list[tuple[str, int]] = []
+    for s in strategies:
+        if s == "nn":
+            out.append(("nn", 1))
+        else:
+            out.extend((s, k) for k in ks if not (k == 1 and "nn" in strategies))
+    return out
+
+
+def evaluate(
+    queries: EmbeddingStore | str | os.PathLike,
+    gallery: EmbeddingStore | str | os.PathLike,
+    strategies: Sequence[str] = STRATEGIES,
+    ks: Sequence[int] = DEFAULT_KS,
+    exclude_self: bool = False,
+    out: str | os.PathLike | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
+    radius_km: float = DEFAULT_RADIUS_KM,
+    index_kind: str = "flat",
+    index: Any = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    batch_size: int = 8192,
+    plots: bool = True,
+    progress: bool = True,
+    **index_params: Any,
+) -> dict:
+    """Locate every query of ``queries`` in ``gallery`` and measure the errors.
+
+    Args:
+        queries: store of query embeddings with true ``lat``/``lon`` (degrees).
+        gallery: store to retrieve from (same encoder as ``queries``).
+        strategies: aggregation strategies (see :mod:`geosolver.locate`).
+        ks: neighbour counts.
+        exclude_self: leave-one-out: never retrieve a gallery row whose ``id`` equals the
+            query's (use when the gallery contains the queries).
+        out: directory for ``metrics.json``, ``metrics.md``, ``predictions.parquet``,
+            ``config.json``, ``errors_map.png``, ``errors_hist.png`` (``None``: write nothing).
+        temperature, radius_km: aggregation settings (softmax temperature; radius in km).
+        index_kind: ``flat`` / ``ivf`` / ``ivfpq`` gallery index (ignored if ``index`` given).
+        index: a ready :class:`~geosolver.index.KnnIndex` over ``gallery``.
+        bootstrap: bootstrap repetitions for the Geoscore interval.
+        seed: seed of the bootstrap and of the random reference.
+        batch_size: queries per search batch.
+        plots: draw the map and the error distribution.
+        progress: progress bar.
+        **index_params: passed to :meth:`KnnIndex.for_store` (nlist, nprobe, ...).
+
+    Returns:
+        ``{"rows": [per (strategy, k) metrics], "best": row with the highest mean Geoscore,
+        "references": {"random": ..., "oracle": ...}, "config": ...}``.
+
+    Raises:
+        EvaluateError: stores from different encoders or of different dims, empty query store.
+    """
+    t0 = time.time()
+    todo = combos(strategies, ks)
+    qs, gs, geo, sims, rows = neighbour_table(
+        queries, gallery, max(k for _, k in todo), exclude_self, index, index_kind, batch_size, progress, **index_params
+    )
+    search_s = time.time() - t0
+    n, k_eff = rows.shape
+    q_ids = qs.metadata["id"].astype(str).to_numpy(dtype=object)
+    q_lat, q_lon = qs.coords()
+    g_lat, g_lon = gs.coords()
+
+    true_cc = true_countries(qs)
+    safe = np.where(rows >= 0, rows, 0)
+    nlat, nlon = g_lat[safe], g_lon[safe]
+    result_rows, pred_frames = [], []
+    for strategy, k in todo:
+        kk = min(k, k_eff)
+        plat, plon, conf = aggregate(sims[:, :kk], nlat[:, :kk], nlon[:, :kk], strategy, temperature, radius_km)
+        m, km, pcc = score(q_lat, q_lon, plat, plon, true_cc, bootstrap, seed)
+        result_rows.append({"strategy": strategy, "k": k, **m})
+        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, plat, plon, km, true_cc, pcc, strategy, k, conf))
+
+    excl_rows = [geo.rows_of_ids([i]) for i in q_ids] if exclude_self else None
+    refs = {}
+    for name, (plat, plon) in {
+        "random": random_guess(g_lat, g_lon, n, seed, excl_rows),
+        "oracle": oracle_guess(g_lat, g_lon, q_lat, q_lon, excl_rows),
+    }.items():
+        m, km, pcc = score(q_lat, q_lon, plat, plon, true_cc, bootstrap, seed)
+        refs[name] = {"strategy": name, "k": 0, **m}
+        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, plat, plon, km, true_cc, pcc, name, 0, np.full(n, np.nan)))
+
+    best = max(result_rows, key=lambda r: r["geoscore"])
+    config = {
+        "queries": str(qs.path.resolve()),
+        "gallery": str(gs.path.resolve()),
+        "n_queries": n,
+        "n_gallery": len(gs),
+        "encoder": gs.encoder,
+        "strategies": list(strategies),
+        "ks": sorted({int(k) for k in ks}),
+        "exclude_self": bool(exclude_self),
+        "temperature": float(temperature),
+        "radius_km": float(radius_km),
+        "index": {"kind": geo.index.kind, **geo.index.settings},
+        "bootstrap": int(bootstrap),
+        "seed": int(seed),
+        "random_reference": "location of a uniformly random gallery image",
+        "oracle_reference": "gallery coordinate nearest to the true location",
+        "geosolver_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    result = {"rows": result_rows, "best": best, "references": refs, "config": config, "timing_s": {"search": search_s, "total": time.time() - t0}}
+    if out is not None:
+        write_outputs(result, pd.concat(pred_frames, ignore_index=True), Path(out), plots=plots)
+    return result
+
+
+def _open(store) -> EmbeddingStore:
+    return store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+
+
+def neighbour_table(
+    queries: EmbeddingStore | str | os.PathLike,
+    gallery: EmbeddingStore | str | os.PathLike,
+    k: int,
+    exclude_self: bool = False,
+    index: Any = None,
+    index_kind: str = "flat",
+    batch_size: int = 8192,
+    progress: bool = True,
+    **index_params: Any,
+) -> tuple[EmbeddingStore, EmbeddingStore, Geolocator, np.ndarray, np.ndarray]:
+    """One kNN search of every stored query embedding in the gallery.
+
+    Returns:
+        ``(queries, gallery, geolocator, sims (n, k') float32, rows (n, k') int64)`` with
+        ``k' = min(k, len(gallery))``; with ``exclude_self`` no row has the query's ``id``.
+
+    Raises:
+        EvaluateError: different encoders / dims, empty query store.
+    """
+    from tqdm.auto import tqdm
+
+    qs, gs = _open(queries), _open(gallery)
+    ok, why = encoder_compatible(qs.encoder, gs.encoder)
+    if not ok:
+        raise EvaluateError(f"queries {qs.path} and gallery {gs.path} come from different encoders ({why})")
+    if qs.dim != gs.dim:
+        raise EvaluateError(f"queries {qs.path} have dim {qs.dim}, gallery {gs.path} has dim {gs.dim}")
+    if len(qs) == 0:
+        raise EvaluateError(f"query store {qs.path} is empty")
+    geo = Geolocator.from_store(gs, index=index, index_kind=index_kind, progress=progress, **index_params)
+    q_ids = qs.metadata["id"].astype(str).to_numpy(dtype=object)
+    n, k_eff = len(qs), min(int(k), len(gs))
+    sims = np.full((n, k_eff), -np.inf, np.float32)
+    rows = np.full((n, k_eff), -1, np.int64)
+    with tqdm(total=n, desc="search", unit="q", disable=not progress, leave=False) as bar:
+        for off, emb in qs.iter_batches(batch_size):
+            excl = list(q_ids[off : off + emb.shape[0]]) if exclude_self else None
+            s, r = geo.neighbours(emb, k_eff, exclude_ids=excl)
+            sims[off : off + emb.shape[0], : s.shape[1]] = s
+            rows[off : off + emb.shape[0], : r.shape[1]] = r
+            bar.update(emb.shape[0])
+    return qs, gs, geo, sims, rows
+
+
+def tune(
+    queries: EmbeddingStore | str | os.PathLike,
+    gallery: EmbeddingStore | str | os.PathLike,
+    ks: Sequence[int] = (5, 10, 20, 50),
+    temperatures: Sequence[float] = (0.01, 0.02, 0.05, 0.1),
+    radii_km: Sequence[float] = (100.0, 250.0, 500.0, 1000.0),
+    strategies: Sequence[str] = ("weighted-mean", "densest"),
+    exclude_self: bool = False,
+    **search_kw: Any,
+) -> pd.DataFrame:
+    """Grid search of (strategy, k, temperature, radius) by mean Geoscore, from one kNN search.
+
+    Tune on a validation split, then report with :func:`evaluate` on held-out queries.
+
+    Returns:
+        DataFrame ``strategy, k, temperature, radius_km, geoscore, median_km``, best first
+        (``weighted-mean`` does not use the radius: its rows have ``radius_km = NaN``).
+    """
+    qs, gs, _, sims, rows = neighbour_table(queries, gallery, max(ks), exclude_self, **search_kw)
+    q_lat, q_lon = qs.coords()
+    g_lat, g_lon = gs.coords()
+    safe = np.where(rows >= 0, rows, 0)
+    nlat, nlon = g_lat[safe], g_lon[safe]
+    out = []
+    for strategy in strategies:
+        for k in sorted(set(ks)):
+            kk = min(k, sims.shape[1])
+            for t in temperatures:
+                for r in radii_km if strategy == "densest" else [float("nan")]:
+                    plat, plon, _ = aggregate(sims[:, :kk], nlat[:, :kk], nlon[:, :kk], strategy, t, r if r == r else DEFAULT_RADIUS_KM)
+                    km = haversine(q_lat, q_lon, plat, plon, check=False)
+                    out.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "geoscore": float(geoscore(km).mean()), "median_km": float(np.median(km))})
+    return pd.DataFrame(out).sort_values("geoscore", ascending=False, ignore_index=True)
+
+
+def _version() -> str:
+    from geosolver import __version__
+
+    return __version__
+
+
+def _pred_frame(ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "true_lat": tlat,
+            "true_lon": tlon,
+            "pred_lat": plat,
+            "pred_lon": plon,
+            "km": km,
+            "geoscore": geoscore(km),
+            "country_true": tcc.astype(str),
+            "country_pred": pcc.astype(str),
+            "confidence": conf,
+            "strategy": strategy,
+            "k": np.int32(k),
+        }
+    )
+
+
+def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = True) -> None:
+    """Write every evaluation file into ``out`` (see :data:`OUTPUT_FILES`)."""
+    from geosolver.plots import plot_error_distribution, plot_error_map
+
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_json(out / "config.json", result["config"])
+    _atomic_write_json(out / "metrics.json", result)
+    (out / "metrics.md").write_text(metrics_markdown(result) + "\n")
+    preds.to_parquet(out / "predictions.parquet", index=False)
+    if plots:
+        b = result["best"]
+        sel = preds[(preds["strategy"] == b["strategy"]) & (preds["k"] == b["k"])]
+        plot_error_map(
+            sel["true_lat"].to_numpy(), sel["true_lon"].to_numpy(), sel["km"].to_numpy(), out / "errors_map.png",
+            title=f"{b['strategy']} k={b['k']}: error at each query's true location (mean Geoscore {b['geoscore']:.0f})",
+        )
+        series = {f"{b['strategy']} k={b['k']}": sel["km"].to_numpy()}
+        for ref in ("random", "oracle"):
+            series[ref] = preds.loc[preds["strategy"] == ref, "km"].to_numpy()
+        plot_error_distribution(series, out / "errors_hist.png", title=f"errors: best strategy vs references ({len(sel)} queries)")
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------
+def _fmt(v: Any, col: str) -> str:
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return f"[{v[0]:.0f}, {v[1]:.0f}]"
+    if isinstance(v, float):
+        if np.isnan(v):
+            return "–"
+        if col.startswith("acc@") or col == "country_acc":
+            return f"{100 * v:.1f}"
+        if col == "geoscore" or col.endswith("_km"):
+            return f"{v:.1f}" if col.endswith("_km") and v < 100 else f"{v:.0f}"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A GitHub markdown table of ``rows`` (dicts) with the given columns (accuracies in %)."""
+    head = [c if not (c.startswith("acc@") or c == "country_acc") else f"{c} %" for c in columns]
+    left = {"run", "encoder", "strategy"}
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if c in left else "---:" for c in columns) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, ""), c) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def metrics_markdown(result: dict) -> str:
+    """The evaluation table: every (strategy, k) row, then the random and oracle references."""
+    cols = ["strategy", "k", *METRIC_COLUMNS]
+    rows = list(result["rows"]) + [result["references"]["random"], result["references"]["oracle"]]
+    c = result["config"]
+    note = (
+        f"{c['n_queries']} queries, gallery of {c['n_gallery']} ({c['encoder'].get('name')}), "
+        f"temperature {c['temperature']:g}, radius {c['radius_km']:g} km, exclude_self={c['exclude_self']}. "
+        f"Best: {result['best']['strategy']} k={result['best']['k']}. geoscore_ci95: 95 % bootstrap interval."
+    )
+    return markdown_table(rows, cols) + "\n\n" + note
+
+
+def load_run(run_dir: str | os.PathLike) -> dict:
+    """Read ``metrics.json`` of an evaluation run directory."""
+    p = Path(run_dir) / "metrics.json"
+    if not p.exists():
+        raise EvaluateError(f"{run_dir} is not an evaluation run (no metrics.json); run `geosolver evaluate --out {run_dir}` first")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise EvaluateError(f"{p} is not valid JSON: {e}") from None
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike], all_rows: bool = False, references: bool = True) -> tuple[list[dict], str]:
+    """Put several evaluations in one table.
+
+    Args:
+        run_dirs: evaluation output directories.
+        all_rows: every (strategy, k) row instead of each run's best.
+        references: add each run's oracle reference row.
+
+    Returns:
+        ``(rows, markdown)``; each row has ``run`` (the directory name), ``encoder``, ``gallery_rows``,
+        ``strategy``, ``k`` and the metrics.
+    """
+    rows = []
+    for d in run_dirs:
+        r = load_run(d)
+        c = r.get("config", {})
+        tag = {"run": Path(d).name, "encoder": c.get("encoder", {}).get("name", "?"), "gallery_rows": c.get("n_gallery", "?")}
+        picked = r["rows"] if all_rows else [r["best"]]
+        rows.extend({**tag, **x} for x in picked)
+        if references:
+            rows.append({**tag, **r["references"]["oracle"]})
+    cols = ["run", "encoder", "gallery_rows", "strategy", "k", *METRIC_COLUMNS]
+    return rows, markdown_table(rows, cols)
