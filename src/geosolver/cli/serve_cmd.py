@@ -1,0 +1,40 @@
+"""`geosolver serve --gallery STORE`: the web app (drop a photo, see the guess on a map) + JSON API."""
+
+from __future__ import annotations
+
+from geosolver.locate import DEFAULT_K, STRATEGIES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="web app: drop a photo, see the guess on a map (+ JSON API)")
+    p.add_argument("--gallery", required=True, help="gallery embedding store")
+    p.add_argument("--model", default=None, help="encoder name/path (default: the gallery's encoder)")
+    p.add_argument("--device", default="auto", help="encoder device: auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--index", choices=["flat", "ivf", "ivfpq"], default="flat", help="gallery index kind")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest photo accepted, MB (default 20)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"default neighbours that vote (default {DEFAULT_K})")
+    p.add_argument("--strategy", choices=STRATEGIES, default="densest", help="default aggregation (default densest)")
+    p.add_argument("--max-batch", type=int, default=8, help="most concurrent photos per encoder batch (default 8)")
+    p.add_argument("--save-uploads", metavar="DIR", default=None, help="keep every upload and its answer in DIR (default: keep nothing)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        from geosolver.serve.app import create_app, open_geolocator, serve
+    except ModuleNotFoundError as e:
+        from geosolver.cli import UserError
+
+        raise UserError(f"the web app needs the [serve] extra ({e.name} is missing): pip install 'geosolver[serve]'") from None
+
+    geo = open_geolocator(args.gallery, args.model, device=args.device, index_kind=args.index)
+    app = create_app(
+        geo, max_upload_mb=args.max_upload_mb, default_k=args.k, default_strategy=args.strategy,
+        max_batch=args.max_batch, save_uploads=args.save_uploads,
+    )
+    print(f"geosolver serve: {geo.encoder.name} over {len(geo.gallery)} gallery photos ({geo.gallery.path})")
+    print(f"geosolver serve: open http://{args.host}:{args.port}/  (API docs at /docs; Ctrl-C to stop)")
+    serve(app, host=args.host, port=args.port)
+    return 0

@@ -1,0 +1,420 @@
+"""The web app: a page to drop a photo on and see the guess on a map, and its JSON API.
+
+Routes:
+
+* ``GET /`` — the page (plain HTML/JS/CSS under ``static/``; Leaflet vendored, no CDN).
+* ``POST /api/locate`` — multipart upload (field ``file``) or a raw image body; ``k`` and
+  ``strategy`` as query or form parameters. Answers the :class:`~geosolver.locate.Prediction`
+  (``lat``, ``lon``, ``confidence``, ``country``, ``neighbours``, ``osm_url``, ...) plus ``place``
+  (nearest populated place of the guess), ``image`` (upright size, format) and ``truth``
+  (``{lat, lon, km, geoscore, place}`` when the photo carries EXIF GPS, else ``null``).
+* ``GET /api/health`` — the model and gallery loaded, gallery size, limits.
+* ``GET /api/gallery/points`` — a subsample of the gallery's coordinates (map overlay).
+* ``GET /docs``, ``GET /openapi.json`` — FastAPI's API docs (the docs page loads Swagger UI from a
+  CDN; the JSON works offline).
+
+Robustness: the body is read in chunks and refused (413) as soon as it passes the size limit;
+non-images (415), unsupported formats (415), truncated or undecodable images (422) and
+decompression bombs (422, checked from the header before decoding) get a clear one-line
+``detail``; bad ``k``/``strategy`` get 422. Decoding and preprocessing run in the threadpool
+(JPEGs decoded reduced to the encoder's ``min_side``, as the embedding pipeline does); the model runs in
+one worker thread (:class:`~geosolver.serve.worker.ModelWorker`), so the event loop stays free
+and concurrent requests are micro-batched. Uploads are kept in memory and never written to disk
+unless ``save_uploads`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+
+from geosolver.errors import GeosolverError
+from geosolver.geo import geoscore, haversine
+from geosolver.images import ImageReadError, exif_gps, open_image
+from geosolver.locate import DEFAULT_K, STRATEGIES
+from geosolver.serve.upload import UploadError, read_upload
+from geosolver.serve.worker import ModelWorker
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+#: Image formats the app accepts (PIL format names; MPO is what many phone cameras write).
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+class ServeError(GeosolverError):
+    """Bad settings for the web app."""
+
+
+class PhotoError(Exception):
+    """An uploaded photo that cannot be used; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Photo:
+    """A decoded upload.
+
+    Attributes:
+        image: upright RGB image (possibly reduced by JPEG draft decoding, see ``min_side``).
+        format: PIL format name (``JPEG``, ``PNG``, ``WEBP`` ...).
+        gps: EXIF GPS ``(lat, lon)`` in degrees, or ``None``.
+        width, height: the photo's full upright size in pixels.
+    """
+
+    image: Image.Image
+    format: str
+    gps: tuple[float, float] | None
+    width: int
+    height: int
+
+
+def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None) -> Photo:
+    """Check and decode an uploaded photo.
+
+    The header is read first (format, declared size) so that unsupported formats and
+    decompression bombs are refused before any pixel is decoded.
+
+    Args:
+        data: the encoded bytes.
+        name: how to call the upload in messages (the client's file name).
+        min_side: JPEGs may be decoded reduced while keeping the shorter side at least this many
+            pixels (the encoder's ``min_side``: the same decoding the embedding pipeline uses).
+
+    Returns:
+        The :class:`Photo` (image turned upright by its EXIF orientation).
+
+    Raises:
+        PhotoError: 400 empty; 415 not an image / unsupported format; 422 decompression bomb,
+            truncated or undecodable data.
+    """
+    if not data:
+        raise PhotoError(400, f"{name}: the upload is empty (0 bytes)")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise PhotoError(415, f"{name}: not an image format Geosolver can read (send JPEG, PNG or WebP)") from None
+    except Image.DecompressionBombError as e:
+        raise PhotoError(422, f"{name}: refused as a possible decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise PhotoError(422, f"{name}: cannot read the image header: {type(e).__name__}: {e}") from None
+    fmt = str(probe.format or "")
+    if fmt not in ALLOWED_FORMATS:
+        raise PhotoError(415, f"{name}: image format {fmt or 'unknown'} is not accepted (send JPEG, PNG or WebP)")
+    w, h = probe.size
+    if limit and w * h > limit:
+        raise PhotoError(422, f"{name}: refused as a possible decompression bomb: it declares {w}x{h} = {w * h} pixels, more than the limit of {limit}")
+    try:
+        gps = exif_gps(probe)
+        orientation = int(probe.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block must not lose the photo
+        gps, orientation = None, 1
+    try:
+        img = open_image(data, min_side=min_side)
+    except ImageReadError as e:
+        raise PhotoError(422, f"{name}: the image data is truncated or corrupt ({e})") from None
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w  # turned by 90 degrees (open_image applied the EXIF orientation)
+    return Photo(img, fmt, gps, w, h)
+
+
+def _place(lat: float, lon: float) -> dict:
+    """Nearest populated place of a point: ``{name, admin1, cc, km}``."""
+    from geosolver.places import reverse_geocode
+
+    r = reverse_geocode([lat], [lon]).iloc[0]
+    return {"name": str(r["name"]), "admin1": str(r["admin1"]), "cc": str(r["cc"]), "km": float(r["place_km"])}
+
+
+def _truth(pred_lat: float, pred_lon: float, gps: tuple[float, float] | None) -> dict | None:
+    if gps is None:
+        return None
+    lat, lon = gps
+    km = float(haversine(lat, lon, pred_lat, pred_lon))
+    return {"lat": lat, "lon": lon, "km": km, "geoscore": float(geoscore(km)), "place": _place(lat, lon)}
+
+
+def _json_safe(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating, float)):
+        f = float(o)
+        return f if np.isfinite(f) else None
+    if isinstance(o, np.ndarray):
+        return _json_safe(o.tolist())
+    return o
+
+
+def create_app(
+    geolocator: Any,
+    *,
+    max_upload_mb: float = 20.0,
+    default_k: int = DEFAULT_K,
+    default_strategy: str = "densest",
+    max_k: int = 100,
+    max_batch: int = 8,
+    save_uploads: str | os.PathLike | None = None,
+    gallery_points: int = 3000,
+    warmup: bool = True,
+) -> FastAPI:
+    """Build the FastAPI app around a ready :class:`~geosolver.locate.Geolocator`.
+
+    Args:
+        geolocator: the geolocator (gallery + index + encoder).
+        max_upload_mb: largest photo accepted, in MB (10^6 bytes); larger uploads get 413.
+        default_k: neighbours that vote when a request names no ``k``.
+        default_strategy: aggregation when a request names no ``strategy``.
+        max_k: largest ``k`` a request may ask for.
+        max_batch: most concurrent requests embedded in one forward pass.
+        save_uploads: directory to keep each upload and its answer in (``None``: keep nothing);
+            its ``config.json`` records the app's settings.
+        gallery_points: most gallery coordinates ``/api/gallery/points`` returns.
+        warmup: run one blank image through the model now, so the first photo is not slow.
+
+    Returns:
+        The ``fastapi.FastAPI`` app (serve it with uvicorn).
+
+    Raises:
+        ServeError: bad settings.
+    """
+    if not max_upload_mb > 0:
+        raise ServeError(f"max_upload_mb must be > 0, got {max_upload_mb}")
+    if not 1 <= default_k <= max_k:
+        raise ServeError(f"default k must be in [1, {max_k}], got {default_k}")
+    if default_strategy not in STRATEGIES:
+        raise ServeError(f"unknown strategy {default_strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    max_bytes = int(max_upload_mb * 1e6)
+    encoder = geolocator.encoder  # loaded now: a bad model fails at start-up, not on the first photo
+    gallery = geolocator.gallery
+    save_dir = Path(save_uploads) if save_uploads else None
+    settings = {
+        "gallery": str(gallery.path),
+        "gallery_size": len(gallery),
+        "model": getattr(encoder, "name", None) or gallery.encoder.get("name"),
+        "max_upload_mb": max_upload_mb,
+        "default_k": default_k,
+        "default_strategy": default_strategy,
+        "max_k": max_k,
+        "max_batch": max_batch,
+        "save_uploads": str(save_dir) if save_dir else None,
+    }
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+    worker = ModelWorker(geolocator, max_batch=max_batch)
+    min_side = getattr(encoder, "min_side", None)
+    if warmup:  # one blank photo through model, index and reverse geocoder (first calls are slow)
+        blank = encoder.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))
+        p = worker.submit(blank, 1, default_strategy).result()
+        _place(p.lat, p.lon)
+
+    def prepare(data: bytes, name: str) -> tuple[Photo, np.ndarray]:
+        """Decode + preprocess (in the threadpool, outside the model worker)."""
+        photo = decode_photo(data, name, min_side=min_side)
+        return photo, encoder.preprocess(photo.image)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        worker.close()
+
+    app = FastAPI(
+        title="Geosolver",
+        description="Where was this photo taken? Retrieval over a geotagged gallery of image embeddings.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.worker = worker
+    app.state.geolocator = geolocator
+    app.state.settings = settings
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(GeosolverError)
+    async def _geosolver_error(request: Request, exc: GeosolverError):  # model/gallery failures
+        log.error("request failed: %s", exc)
+        return JSONResponse(status_code=500, content={"detail": f"the geolocator failed: {exc}"})
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/api/health", summary="Which model and gallery are loaded")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": {
+                "name": getattr(encoder, "name", None) or gallery.encoder.get("name"),
+                "backend": getattr(encoder, "backend", None) or gallery.encoder.get("backend"),
+                "dim": int(gallery.dim),
+                "image_size": getattr(encoder, "image_size", None),
+            },
+            "gallery": {"path": str(gallery.path), "size": len(gallery), "encoder": gallery.encoder.get("name")},
+            "defaults": {"k": default_k, "strategy": default_strategy},
+            "strategies": list(STRATEGIES),
+            "max_k": max_k,
+            "max_upload_bytes": max_bytes,
+            "saves_uploads": save_dir is not None,
+        }
+
+    @app.get("/api/gallery/points", summary="A subsample of the gallery's coordinates")
+    async def gallery_points_route(limit: int = Query(gallery_points, ge=1, le=100_000)) -> dict:
+        lat, lon = gallery.coords()
+        n = len(lat)
+        rows = np.arange(n) if n <= limit else np.random.default_rng(0).choice(n, limit, replace=False)
+        pts = np.round(np.stack([lat[rows], lon[rows]], axis=1), 4)
+        return {"total": n, "points": pts.tolist()}
+
+    upload_schema = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary", "description": "the photo (JPEG, PNG, WebP)"},
+                            "k": {"type": "integer", "minimum": 1, "maximum": max_k},
+                            "strategy": {"type": "string", "enum": list(STRATEGIES)},
+                        },
+                    }
+                },
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
+
+    @app.post(
+        "/api/locate",
+        summary="Where was this photo taken?",
+        openapi_extra=upload_schema,
+        responses={
+            400: {"description": "empty or malformed upload"},
+            413: {"description": "upload above the size limit"},
+            415: {"description": "not an image, or an unsupported format"},
+            422: {"description": "truncated/corrupt image, decompression bomb, missing field, bad k or strategy"},
+        },
+    )
+    async def locate(
+        request: Request,
+        k: int | None = Query(None, ge=1, le=max_k, description="neighbours that vote"),
+        strategy: Literal[STRATEGIES] | None = Query(None, description="how the neighbours vote"),  # type: ignore[valid-type]
+    ) -> dict:
+        t0 = time.perf_counter()
+        try:
+            up = await read_upload(request.headers, request.stream(), max_bytes)
+        except UploadError as e:
+            raise HTTPException(e.status, e.message) from None
+        k_eff, strategy_eff = _resolve_params(k, strategy, up.fields, default_k, default_strategy, max_k)
+        name = up.filename or "upload"
+        try:
+            photo, pixels = await run_in_threadpool(prepare, up.data, name)
+        except PhotoError as e:
+            raise HTTPException(e.status, e.message) from None
+        t1 = time.perf_counter()
+        pred = await asyncio.wrap_future(worker.submit(pixels, k_eff, strategy_eff))
+        t2 = time.perf_counter()
+        out = pred.to_dict()
+        out["place"] = _place(pred.lat, pred.lon)
+        out["truth"] = _truth(pred.lat, pred.lon, photo.gps)
+        out["image"] = {"filename": up.filename, "format": photo.format, "width": photo.width, "height": photo.height, "bytes": len(up.data)}
+        out["timing_ms"] = {"read_decode": round((t1 - t0) * 1e3, 1), "model": round((t2 - t1) * 1e3, 1)}
+        out = _json_safe(out)
+        if save_dir is not None:
+            await run_in_threadpool(_save_upload, save_dir, up.data, photo.format, out)
+        return out
+
+    return app
+
+
+def _resolve_params(k, strategy, fields: dict[str, str], default_k: int, default_strategy: str, max_k: int) -> tuple[int, str]:
+    """Query parameters win over form fields; form fields are validated here (422 when bad)."""
+    if k is None and fields.get("k", "").strip():
+        raw = fields["k"].strip()
+        try:
+            k = int(raw)
+        except ValueError:
+            raise HTTPException(422, f"k must be an integer in [1, {max_k}], got {raw!r}") from None
+        if not 1 <= k <= max_k:
+            raise HTTPException(422, f"k must be an integer in [1, {max_k}], got {k}")
+    if strategy is None and fields.get("strategy", "").strip():
+        strategy = fields["strategy"].strip()
+        if strategy not in STRATEGIES:
+            raise HTTPException(422, f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return (default_k if k is None else int(k)), (strategy or default_strategy)
+
+
+def _save_upload(save_dir: Path, data: bytes, fmt: str, result: dict) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stem = f"{stamp}-{hashlib.sha1(data).hexdigest()[:10]}"
+    (save_dir / f"{stem}.{_EXT.get(fmt, 'bin')}").write_bytes(data)
+    (save_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _version() -> str:
+    try:
+        from geosolver import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return "0"
+
+
+def open_geolocator(gallery: str | os.PathLike, model: str | None = None, device: str = "auto", index_kind: str = "flat") -> Any:
+    """A :class:`~geosolver.locate.Geolocator` for serving, with its encoder loaded now.
+
+    Args:
+        gallery: gallery embedding store directory.
+        model: encoder name or path (``None``: the encoder named in the gallery manifest).
+        device: ``auto`` / ``cpu`` / ``cuda`` ... for the encoder.
+        index_kind: ``flat`` / ``ivf`` / ``ivfpq``.
+    """
+    from geosolver.encoders import load_encoder
+    from geosolver.locate import Geolocator
+    from geosolver.store import EmbeddingStore
+
+    store = EmbeddingStore(gallery)
+    name = model or store.encoder.get("name")
+    if not name:
+        raise ServeError(f"gallery {gallery} names no encoder; pass --model")
+    return Geolocator.from_store(store, encoder=load_encoder(name, device=device), index_kind=index_kind)
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run ``app`` with uvicorn until interrupted (binds to ``host``; loopback by default)."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding to %s: the app is reachable from other machines (it has no authentication)", host)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

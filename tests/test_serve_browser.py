@@ -1,0 +1,201 @@
+"""The `geosolver serve` page in a real headless Chromium (Debian's /usr/bin/chromium driven by
+playwright-core from node; see tests/e2e/ and scripts/install-browser-deps.sh).
+
+Starts the CLI (`geosolver serve`, in a thread) on a free localhost port, uploads a generated phone
+photo (EXIF GPS in Paris, EXIF orientation 6) through the page's file input, and checks what the
+page shows against values computed here: the guess (strategy ``nn``: the coordinates of the photo's
+gallery twin), the error in km (independent ``haversine`` package), the Geoscore
+(``5000·exp(-km/1492.7)``), the markers and the upright photo. Saves a screenshot under the
+test's tmp dir, and to ``docs/screenshot.png`` when ``GEOSOLVER_SCREENSHOT`` is set.
+
+Skipped, with the reason in the summary, when chromium, node or playwright-core is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+E2E = REPO / "tests" / "e2e"
+CHROMIUM = os.environ.get("GEOSOLVER_CHROMIUM", "/usr/bin/chromium")
+
+
+def _skip_loudly(reason: str) -> None:
+    msg = f"BROWSER TEST NOT RUN: {reason} (run scripts/install-browser-deps.sh)"
+    warnings.warn(msg)
+    print(msg, file=sys.stderr)
+    pytest.skip(msg)
+
+
+def _requirements() -> str:
+    """Path of node, or skip (loudly) when the browser tool chain is missing."""
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        _skip_loudly(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set GEOSOLVER_CHROMIUM)")
+    node = shutil.which("node")
+    if not node:
+        _skip_loudly("node is not installed")
+    if not (E2E / "node_modules" / "playwright-core" / "package.json").exists():
+        _skip_loudly("playwright-core is not installed in tests/e2e (cd tests/e2e && npm install)")
+    return node
+
+
+def scene_photo(w: int = 640, h: int = 480) -> Image.Image:
+    """A synthetic landscape (sky, sun, hills, field, road, trees), ``w`` x ``h`` pixels."""
+    y = np.linspace(0, 1, h)[:, None, None]
+    sky = (np.array([90, 150, 230]) * (1 - y) + np.array([200, 225, 250]) * y).astype(np.uint8)
+    img = Image.fromarray(np.broadcast_to(sky, (h, w, 3)).copy())
+    d = ImageDraw.Draw(img)
+    d.ellipse([w * 0.72, h * 0.10, w * 0.84, h * 0.26], fill=(255, 236, 170))
+    d.polygon([(0, h * 0.62), (w * 0.18, h * 0.36), (w * 0.38, h * 0.58), (w * 0.55, h * 0.40), (w * 0.8, h * 0.6), (w, h * 0.45), (w, h), (0, h)], fill=(120, 140, 160))
+    d.polygon([(0, h * 0.70), (w * 0.3, h * 0.58), (w * 0.65, h * 0.66), (w, h * 0.60), (w, h), (0, h)], fill=(96, 150, 80))
+    d.polygon([(w * 0.46, h * 0.64), (w * 0.54, h * 0.64), (w * 0.85, h), (w * 0.15, h)], fill=(70, 70, 78))
+    for i in range(6):
+        yy = h * (0.66 + 0.055 * i * (1 + 0.25 * i))
+        d.rectangle([w * 0.497, yy, w * 0.503 + i * 1.5, yy + 3 + 2 * i], fill=(240, 240, 230))
+    for x, s in [(0.08, 1.0), (0.2, 0.7), (0.9, 1.1), (0.78, 0.6)]:
+        cx, base = w * x, h * 0.72 + 40 * s
+        d.rectangle([cx - 3 * s, base - 20 * s, cx + 3 * s, base], fill=(90, 60, 40))
+        d.polygon([(cx - 18 * s, base - 18 * s), (cx, base - 70 * s), (cx + 18 * s, base - 18 * s)], fill=(40, 100, 55))
+    return img
+
+
+def phone_jpeg(gps: tuple[float, float]) -> bytes:
+    """The scene stored sideways (480x640) with EXIF orientation 6 and GPS, as a phone writes it."""
+    from helpers_data import make_exif
+
+    buf = io.BytesIO()
+    scene_photo().transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=90, exif=make_exif(gps=gps, orientation=6).tobytes())
+    return buf.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    """``geosolver serve`` (the CLI, in a thread of this process so torch is imported only once)
+    serving a test gallery on a free localhost port: yields ``(base_url, world)``."""
+    import httpx
+    import uvicorn
+
+    import geosolver.serve.app as app_mod
+    from geosolver.cli import main as cli_main
+    from test_serve import PARIS, build_world
+
+    _requirements()  # before building anything
+    tiny_clip_dir = request.getfixturevalue("tiny_clip_dir")
+    world = build_world(tmp_path_factory.mktemp("browser"), tiny_clip_dir, gps_photo=phone_jpeg(PARIS))
+    port = _free_port()
+    servers: list[uvicorn.Server] = []
+    real_serve = app_mod.serve
+
+    def serve_in_thread(app, host="127.0.0.1", port=8000, log_level="info"):
+        # what app_mod.serve does, on a uvicorn.Server this fixture can stop
+        servers.append(uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")))
+        servers[-1].run()
+
+    app_mod.serve = serve_in_thread
+    rc: list[int] = []
+    argv = ["serve", "--gallery", str(world["store"]), "--model", tiny_clip_dir, "--device", "cpu", "--port", str(port), "--strategy", "nn", "--k", "8"]
+    t = threading.Thread(target=lambda: rc.append(cli_main(argv)), daemon=True)
+    t.start()
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 90
+        while True:
+            if rc:
+                pytest.fail(f"geosolver serve exited with {rc[0]}")
+            try:
+                if httpx.get(base + "api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                pytest.fail("geosolver serve did not come up in 90 s")
+            time.sleep(0.2)
+        yield base, world
+    finally:
+        app_mod.serve = real_serve
+        for srv in servers:
+            srv.should_exit = True
+        t.join(15)
+    assert rc == [0]
+
+
+def test_page_shows_the_guess_truth_and_score(server, tmp_path):
+    from haversine import haversine as hv_km
+
+    from geosolver.places import country_of
+    from test_serve import GPS_ROW, PARIS, gallery_coords
+
+    node = _requirements()
+    base, world = server
+    photo = tmp_path / "phone.jpg"
+    photo.write_bytes(world["uploads"]["gps.jpg"])
+    shot = tmp_path / "screenshot.png"
+    r = subprocess.run([node, str(E2E / "locate.mjs"), "--url", base, "--image", str(photo), "--screenshot", str(shot), "--chromium", CHROMIUM],
+                       cwd=E2E, capture_output=True, text=True, timeout=180)
+    assert r.stdout.strip(), f"no output from the browser script:\n{r.stderr}"
+    page = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0 and page["state"] == "done", page
+
+    # the map and its markers
+    assert page["leaflet"] == "1.9.4"  # served by the app itself
+    assert page["guessMarkers"] == 1 and page["truthMarkers"] == 1
+    assert page["neighbourMarkers"] == 8 and page["neighbourItems"] == 5
+    assert page["outlinePaths"] > 100  # the offline world outline under the tiles
+    # the numbers, against independent expectations
+    lat, lon = gallery_coords(GPS_ROW)
+    assert page["guessCoords"] == f"{abs(lat):.3f}° {'N' if lat >= 0 else 'S'}, {abs(lon):.3f}° {'E' if lon >= 0 else 'W'}"
+    km = hv_km(PARIS, (lat, lon))
+    score = 5000 * math.exp(-km / 1492.7)
+    assert page["truthVisible"] and page["truthKm"] == f"{km:,.0f} km"
+    assert page["geoscore"] == f"{score:,.0f} / 5000"
+    assert page["badge"] == country_of([lat], [lon])[0]
+    assert page["confidence"].endswith("%") and page["place"]
+    assert "Paris" in page["truthPlace"]
+    # the photo is shown upright (stored 480x640 + orientation 6 -> 640x480) and landscape on screen
+    assert (page["photo"]["naturalWidth"], page["photo"]["naturalHeight"]) == (640, 480)
+    assert page["photoVisible"] and page["photo"]["shownWidth"] > page["photo"]["shownHeight"] > 0
+    # nothing broke but the (offline) OpenStreetMap tiles
+    assert all("tile.openstreetmap.org" in u for u in page["failedRequests"]), page["failedRequests"]
+    assert [e for e in page["consoleErrors"] if "Failed to load resource" not in e] == []
+
+    with Image.open(shot) as im:
+        assert im.size == (1280, 800)
+    if os.environ.get("GEOSOLVER_SCREENSHOT"):
+        dest = REPO / "docs" / "screenshot.png"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, dest)
+
+
+def test_page_shows_a_clear_error_for_a_non_image(server, tmp_path):
+    node = _requirements()
+    base, _ = server
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo at all\n")
+    r = subprocess.run([node, str(E2E / "locate.mjs"), "--url", base, "--image", str(bad)], cwd=E2E, capture_output=True, text=True, timeout=180)
+    page = json.loads(r.stdout.strip().splitlines()[-1])
+    assert page["state"] == "error" and r.returncode == 1
+    assert "not an image" in page["error"] and not page["resultVisible"]
+    assert not page["photoVisible"] and page["guessMarkers"] == 0  # no broken image, no stale marker
