@@ -172,7 +172,9 @@ def open_image(source: ImageSource, min_side: int | None = None) -> Image.Image:
                     if scale >= 2:
                         img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
                 img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except UnidentifiedImageError:
+            raise ImageReadError(f"cannot decode {describe_source(source)}: not a recognised image format") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageReadError(f"cannot decode {describe_source(source)}: {type(e).__name__}: {e}") from None
     try:
         img = ImageOps.exif_transpose(img)

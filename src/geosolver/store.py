@@ -74,6 +74,8 @@ def _json_default(o):
 
 def _atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    df = df.copy(deep=False)
+    df.attrs = {}  # pandas would try to serialise attrs (e.g. a reader's skipped-rows frame) as JSON
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 

@@ -1,0 +1,134 @@
+"""Image encoders: ``load_encoder(name_or_path)`` → an :class:`Encoder`.
+
+Names understood by :func:`load_encoder`:
+
+* an alias from :data:`ENCODER_ALIASES` (``streetclip`` — the default —, ``clip-vit-l-14-336``,
+  ``clip-vit-l-14``, ``clip-vit-b-32``, ``efficientnet-lite0``, ``histogram``);
+* a local directory: a ``transformers`` ``save_pretrained`` CLIP directory, or one written by
+  ``Encoder.save`` of an offline backend (holds ``geosolver_encoder.json``);
+* any Hugging Face hub id of a CLIP model (``org/name``).
+
+Example::
+
+    from geosolver.encoders import load_encoder
+    enc = load_encoder("streetclip")             # cuda + bf16/fp16 autocast when available
+    emb = enc.embed_images(["a.jpg", "b.jpg"])   # (2, 768) float32, unit rows
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from geosolver.encoders.base import (
+    TTA_MODES,
+    Encoder,
+    EncoderError,
+    resolve_device,
+    resolve_dtype,
+    tta_views,
+)
+from geosolver.encoders.preprocess import ResizeCropNormalize
+
+DEFAULT_ENCODER = "streetclip"
+
+#: alias (lower case) → canonical name: a hub id for CLIP models, the backend name for offline ones.
+ENCODER_ALIASES: dict[str, str] = {
+    "streetclip": "geolocal/StreetCLIP",
+    "clip-vit-l-14-336": "openai/clip-vit-large-patch14-336",
+    "clip-vit-l-14": "openai/clip-vit-large-patch14",
+    "clip-vit-b-32": "openai/clip-vit-base-patch32",
+    "efficientnet-lite0": "efficientnet-lite0",
+    "histogram": "histogram",
+}
+
+__all__ = [
+    "DEFAULT_ENCODER",
+    "ENCODER_ALIASES",
+    "TTA_MODES",
+    "Encoder",
+    "EncoderError",
+    "ResizeCropNormalize",
+    "load_encoder",
+    "resolve_device",
+    "resolve_dtype",
+    "tta_views",
+]
+
+
+def load_encoder(
+    name_or_path: str | os.PathLike = DEFAULT_ENCODER,
+    device: str | torch.device = "auto",
+    precision: str | torch.dtype = "auto",
+) -> Encoder:
+    """Load an encoder by alias, local directory or hub id.
+
+    Args:
+        name_or_path: see the module docstring. Resolution order: alias, existing local path,
+            hub id (``org/name``).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        precision: ``"auto"`` (bf16 if supported else fp16 on CUDA, fp32 on CPU), ``"fp32"``,
+            ``"fp16"``, ``"bf16"``. Weights stay float32; this is the inference autocast dtype.
+
+    Returns:
+        the :class:`Encoder`.
+
+    Raises:
+        EncoderError: the name resolves to nothing loadable; the message lists what was tried
+            (alias resolution, local path, hub id) and the underlying error.
+    """
+    from geosolver.encoders import clip, offline
+
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    key = os.fspath(name_or_path).strip()
+    if not key:
+        raise EncoderError("empty encoder name")
+    tried: list[str] = []
+
+    alias = ENCODER_ALIASES.get(key.lower())
+    if alias == offline.EFFNET_NAME:
+        return offline.EfficientNetLiteEncoder(dev, dtype)
+    if alias == offline.HISTOGRAM_NAME:
+        return offline.HistogramEncoder(dev, dtype)
+
+    if alias is not None:
+        tried.append(f"alias {key!r} -> {alias!r}")
+        target = alias
+    else:
+        path = Path(key).expanduser()
+        if path.exists():
+            if not path.is_dir():
+                raise EncoderError(f"encoder {key!r}: {path} is a file; expected a model directory")
+            if (path / offline.SAVED_CONFIG).is_file():
+                return offline.load_saved(path, dev, dtype)
+            if not (path / "config.json").is_file():
+                raise EncoderError(
+                    f"encoder {key!r}: directory {path} holds neither config.json (a transformers "
+                    f"save_pretrained CLIP) nor {offline.SAVED_CONFIG} (a saved offline encoder)"
+                )
+            clip.check_clip_dir(path)
+            try:
+                return clip.ClipEncoder(str(path), name=str(path), device=dev, dtype=dtype)
+            except EncoderError:
+                raise
+            except Exception as e:  # noqa: BLE001 — surface any loader failure as one clear line
+                raise EncoderError(f"encoder {key!r}: cannot load CLIP from {path}: {type(e).__name__}: {e}") from None
+        tried.append(f"local path {str(path.absolute())!r} (does not exist)")
+        looks_like_hub_id = key.count("/") == 1 and not key.startswith((".", "/", "~")) and "\\" not in key
+        if not looks_like_hub_id:
+            raise EncoderError(
+                f"unknown encoder {key!r}: tried {'; '.join(tried)}; not an alias "
+                f"({', '.join(sorted(ENCODER_ALIASES))}) and not a hub id of the form org/name"
+            )
+        target = key
+
+    tried.append(f"hub id {target!r}")
+    try:
+        return clip.ClipEncoder(target, name=target, device=dev, dtype=dtype)
+    except Exception as e:  # noqa: BLE001
+        raise EncoderError(
+            f"cannot load encoder {key!r}: tried {'; '.join(tried)}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        ) from None

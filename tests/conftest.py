@@ -1,0 +1,64 @@
+"""Shared fixtures. ``tiny_clip_dir``: a tiny random CLIP saved with ``save_pretrained`` (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import string
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+import pytest
+
+TINY_CLIP_IMAGE_SIZE = 32
+TINY_CLIP_PROJECTION_DIM = 16
+
+
+def build_tiny_clip(path, image_size: int = TINY_CLIP_IMAGE_SIZE, seed: int = 0) -> str:
+    """Save a randomly initialised tiny ``CLIPModel`` + ``CLIPImageProcessor`` + tokenizer to ``path``.
+
+    Vision: hidden 32, 2 layers, 2 heads, patch 8, ``image_size`` px input; text: hidden 32,
+    2 layers, a character-level BPE vocabulary (a-z, digits, punctuation; ~100 tokens);
+    projection 16-d. The image processor resizes the shorter side to ``image_size`` (bicubic) and
+    centre-crops ``image_size``. Returns the directory as a string.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    torch.manual_seed(seed)
+    chars = string.ascii_lowercase + string.digits + ".,!?'-"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            image_size=image_size, patch_size=8,
+        ),
+        projection_dim=TINY_CLIP_PROJECTION_DIM,
+    )
+    model = CLIPModel(config).eval()
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> str:
+    """Directory of a tiny random CLIP (32 px input, 16-d embeddings) loadable with
+    ``geosolver.encoders.load_encoder(dir)`` and ``transformers.CLIPModel.from_pretrained(dir)``."""
+    import torch
+
+    torch.set_num_threads(1)
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
