@@ -1,0 +1,28 @@
+"""`geosolver demo`: the built-in default job — the whole pipeline on the offline terrain world."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on an offline terrain world and write demo/report.html",
+        description="Build a terrain world from real offline geography, embed it, evaluate every strategy, "
+        "curate galleries, analyse the embedding spaces and write report.html. A few minutes on 2 CPU cores.",
+    )
+    p.add_argument("--out", default="demo", help="output directory (default: demo)")
+    p.add_argument("--gallery", type=int, default=4000, help="gallery tiles (default 4000)")
+    p.add_argument("--queries", type=int, default=400, help="query tiles (default 400)")
+    p.add_argument("--models", default="efficientnet-lite0@64,histogram", help="comma-separated encoders")
+    p.add_argument("--split", choices=["random", "held-out-cells"], default="random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from geosolver.demo import run_demo
+
+    run_demo(args.out, n_gallery=args.gallery, n_queries=args.queries, models=[m for m in args.models.split(",") if m],
+             split=args.split, seed=args.seed, progress=not args.no_progress)
+    return 0
