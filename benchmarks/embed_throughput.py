@@ -7,8 +7,10 @@ Sections (run all with no arguments, or pick with ``--sections``):
   draft decoding + numpy ``ResizeCropNormalize``) against the reference path (``PIL.Image.open`` +
   ``CLIPImageProcessor``, PIL backend). No model weights are needed.
 
-More sections (e.g. the end-to-end embed pipeline) register themselves in :data:`SECTIONS`: a
-function ``(args, workdir) -> list[dict]`` returning table rows.
+* ``end_to_end`` — ``embed_table`` vs a naive per-image loop (open, ``CLIPProcessor``, one model
+  call each), same random ViT-B/32-sized CLIP on the CPU.
+* ``gpu`` — ViT-L/14-336 (StreetCLIP's architecture, random weights) on CUDA: model-only vs
+  end-to-end images/s in fp16 and bf16 (skipped without a GPU).
 
 Usage::
 
@@ -101,9 +103,126 @@ def preprocess_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
     return rows
 
 
-#: section name → ``(args, workdir) -> rows``. Add the end-to-end embed pipeline section here.
+# ----------------------------------------------------------------------------- end to end
+VIT_B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=32, image_size=224)
+VIT_L14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14, image_size=336)
+
+
+def save_random_clip(path: Path, vision: dict, projection_dim: int) -> Path:
+    """A randomly initialised CLIP with the given vision tower (a tiny text tower), saved with
+    ``save_pretrained`` + its image processor: same compute as the real weights."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    if (path / "config.json").exists():
+        return path
+    torch.manual_seed(0)
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, vocab_size=1000, max_position_embeddings=77)
+    cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    CLIPModel(cfg).save_pretrained(path)
+    side = vision["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(path)
+    return path
+
+
+def _folder_table(paths: list[str]):
+    import pandas as pd
+
+    return pd.DataFrame({"id": [Path(p).stem for p in paths], "source": paths, "lat": 0.0, "lon": 0.0})
+
+
+def end_to_end_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """``embed_table`` (workers decode + preprocess, batched model calls under inference_mode)
+    against a naive loop (open, ``CLIPProcessor``, one model call per image under ``no_grad``),
+    same random ViT-B/32-sized CLIP, same JPEGs, on the CPU."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from geosolver.embed import embed_table
+    from geosolver.encoders import load_encoder
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    w, h = (int(v) for v in args.sizes[0].split("x"))
+    paths = make_jpegs(workdir / f"jpeg-{w}x{h}", args.e2e_n, w, h)
+    model_dir = save_random_clip(workdir / "vit-b32-random", VIT_B32, 512)
+    rows = []
+
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    proc = CLIPImageProcessor.from_pretrained(model_dir)
+    n_naive = min(len(paths), args.naive_n)
+    t = time.perf_counter()
+    with torch.no_grad():
+        for pth in paths[:n_naive]:
+            inputs = proc(images=Image.open(pth).convert("RGB"), return_tensors="pt")
+            model.get_image_features(**inputs)
+    naive = n_naive / (time.perf_counter() - t)
+    rows.append({"section": "end_to_end", "model": "ViT-B/32 random, CPU", "method": "naive loop (per image)", "images": n_naive, "img/s": round(naive, 1), "speedup": 1.0})
+    del model
+
+    enc = load_encoder(str(model_dir), device="cpu")
+    for workers in args.workers:
+        out = workdir / f"store-w{workers}"
+        t = time.perf_counter()
+        res = embed_table(_folder_table(paths), enc, out, batch_size=args.batch_size, num_workers=workers, progress=False)
+        rate = len(paths) / (time.perf_counter() - t)
+        assert res.failures == 0
+        rows.append({"section": "end_to_end", "model": "ViT-B/32 random, CPU", "method": f"geosolver embed_table, {workers} worker(s), batch {args.batch_size}",
+                     "images": len(paths), "img/s": round(rate, 1), "speedup": round(rate / naive, 2)})
+        import shutil
+
+        shutil.rmtree(out)
+    return rows
+
+
+def gpu_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """StreetCLIP's architecture (ViT-L/14-336, random weights: same cost) on CUDA: model-only
+    images/s (preprocessed tensors already on the GPU) vs end-to-end ``embed_table`` from JPEGs,
+    in fp16 and bf16. Skipped without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu section: no CUDA device, skipped", file=sys.stderr)
+        return []
+    from geosolver.embed import embed_table
+    from geosolver.encoders import load_encoder
+
+    w, h = (int(v) for v in args.sizes[0].split("x"))
+    paths = make_jpegs(workdir / f"jpeg-{w}x{h}", args.gpu_n, w, h)
+    model_dir = save_random_clip(workdir / "vit-l14-336-random", VIT_L14_336, 768)
+    rows = []
+    for precision in ("fp16", "bf16"):
+        enc = load_encoder(str(model_dir), device="cuda", precision=precision)
+        px = torch.randn(args.gpu_batch, 3, 336, 336, device="cuda")
+        for _ in range(3):
+            enc.embed_pixels(px)
+        torch.cuda.synchronize()
+        reps = max(1, args.gpu_n // args.gpu_batch)
+        t = time.perf_counter()
+        for _ in range(reps):
+            enc.embed_pixels(px)
+        torch.cuda.synchronize()
+        model_only = reps * args.gpu_batch / (time.perf_counter() - t)
+        out = workdir / f"gpu-store-{precision}"
+        t = time.perf_counter()
+        embed_table(_folder_table(paths), enc, out, batch_size=args.gpu_batch, num_workers=args.gpu_workers, progress=False)
+        e2e = len(paths) / (time.perf_counter() - t)
+        rows.append({"section": "gpu", "model": f"ViT-L/14-336 random, {torch.cuda.get_device_name()}", "method": f"{precision} model-only",
+                     "images": reps * args.gpu_batch, "img/s": round(model_only, 1), "speedup": 1.0})
+        rows.append({"section": "gpu", "model": f"ViT-L/14-336 random, {torch.cuda.get_device_name()}",
+                     "method": f"{precision} end-to-end embed_table ({args.gpu_workers} workers)", "images": len(paths),
+                     "img/s": round(e2e, 1), "speedup": round(e2e / model_only, 2)})
+        import shutil
+
+        shutil.rmtree(out)
+    rows.append({"section": "gpu", "model": "peak CUDA memory", "method": "", "images": "", "img/s": f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", "speedup": ""})
+    return rows
+
+
+#: section name → ``(args, workdir) -> rows``.
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[dict]]] = {
     "preprocess": preprocess_section,
+    "end_to_end": end_to_end_section,
+    "gpu": gpu_section,
 }
 
 
@@ -130,12 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", default=["512x384"], help="JPEG sizes WxH (default 512x384)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats, best kept (default 3)")
     p.add_argument("--workdir", default=None, help="where to write the test JPEGs (default: a temp dir)")
+    p.add_argument("--e2e-n", type=int, default=256, help="end_to_end: images for embed_table (default 256)")
+    p.add_argument("--naive-n", type=int, default=96, help="end_to_end: images for the naive loop (default 96)")
+    p.add_argument("--batch-size", type=int, default=32, help="end_to_end: batch size (default 32)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="end_to_end: DataLoader workers to try")
+    p.add_argument("--gpu-n", type=int, default=2048, help="gpu: images (default 2048)")
+    p.add_argument("--gpu-batch", type=int, default=128, help="gpu: batch size (default 128)")
+    p.add_argument("--gpu-workers", type=int, default=12, help="gpu: DataLoader workers (default 12)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.sections == ["preprocess"]:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # per-worker numbers
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         rows: list[dict] = []

@@ -192,9 +192,10 @@ def _write_report(out: Path, world: Path, models, runs: dict[str, Path], curated
     _tile_mosaic(world, out / "tiles.png")
     first = runs[f"{_model_slug(models[0])}-full"]
     wjson = json.loads((world / "world.json").read_text())
+    counts = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in wjson.get("counts", {}).items())
     parts_md = [
         "# Geosolver demo report", "", f"> {CAVEAT}", "",
-        f"World: {wjson.get('counts', {})} tiles, split `{config['split']}`, seed {config['seed']}; encoders: {', '.join(models)}.", "",
+        f"World: {counts}; split `{config['split']}`, seed {config['seed']}; encoders: {', '.join(models)}.", "",
         "## Best row of every run (with random and oracle references)", "", compare_md, "",
         "## All strategies, full gallery", "", compare_all_md, "",
         "## Plots", "", "![tiles](tiles.png)", "",
@@ -209,7 +210,7 @@ def _write_report(out: Path, world: Path, models, runs: dict[str, Path], curated
     body = [
         "<h1>Geosolver demo report</h1>",
         f"<div class='note'>{CAVEAT}</div>",
-        f"<p>World: {wjson.get('counts', {})} tiles, split <code>{config['split']}</code>, seed {config['seed']}. "
+        f"<p>World: {counts}; split <code>{config['split']}</code>, seed {config['seed']}. "
         f"Encoders: {', '.join(models)}. Reproduce: <code>geosolver demo --out {out}</code>.</p>",
         "<h2>Results: best row of every run</h2>",
         "<p><b>random</b> guesses a random gallery image's location; <b>oracle</b> is the gallery coordinate nearest the "

@@ -16,6 +16,7 @@ th{background:#f3f6f9}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #e3e8ee;border-radius:4px;margin:.4em 0}
 .note{background:#fff8e6;border-left:4px solid #f0b400;padding:.6em 1em;margin:1em 0}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:1em}
+.scroll{overflow-x:auto}td{white-space:nowrap}
 code{background:#f3f5f7;padding:.1em .3em;border-radius:3px}
 """
 
@@ -32,7 +33,7 @@ def img_tag(path: str | os.PathLike, alt: str = "") -> str:
 def table_html(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def markdown_table_html(md: str) -> str:
