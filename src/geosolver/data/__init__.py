@@ -73,7 +73,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True
     """Add ``--dataset --root --split --csv --limit`` to a CLI parser (for commands that read datasets)."""
     g = parser.add_argument_group("dataset")
     g.add_argument("--dataset", choices=DATASET_KINDS, default="folder", help="dataset layout (default: folder)")
-    g.add_argument("--root", required=required, help="dataset root: OSV5M root, image folder, or tar shard dir/glob")
+    g.add_argument("--root", "--data", dest="root", required=required, help="dataset root: OSV5M root, image folder, or tar shard dir/glob")
     g.add_argument("--split", default=None, help="OSV5M split (train/test); sub-folder or CSV name for the others")
     g.add_argument("--csv", default=None, help="CSV file (folder: default ROOT/metadata.csv)")
     g.add_argument("--limit", type=int, default=None, help="keep only the first N usable rows")

@@ -1,0 +1,331 @@
+"""Fine-tuning: objective math on constructed inputs, the same-cell sampler, training runs with a
+tiny random CLIP on generated location-dependent images, saving/reloading, LoRA merge, collapse stop."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from geosolver.train import CollapseError, TrainConfig, train
+from geosolver.train.objectives import (
+    TargetCurve,
+    distance_bin_weights,
+    distance_consistency_loss,
+    geo_contrastive_loss,
+    interp1d,
+    sharpen_values,
+    uniformity_loss,
+)
+from geosolver.train.sampler import CellGroupBatchSampler
+
+torch.set_num_threads(1)
+
+KM_PER_DEG = math.pi * 6371.0 / 180.0  # great-circle km per degree of latitude
+CENTRES = [(48.5, 2.5), (-33.5, 151.5), (35.5, 139.5), (40.5, -74.5)]
+
+
+# ----------------------------------------------------------------------------------------------
+# objectives on constructed inputs
+# ----------------------------------------------------------------------------------------------
+def _meridian_points(n: int, step_deg: float = 1.0):
+    lat = torch.arange(n, dtype=torch.float64) * step_deg
+    return lat, torch.zeros(n, dtype=torch.float64)
+
+
+def _circle_embeddings(n: int, alpha: float, dim: int = 8) -> torch.Tensor:
+    """Unit vectors e_i = (cos iα, sin iα, 0, ...): e_i·e_j = cos(α|i−j|)."""
+    th = torch.arange(n, dtype=torch.float64) * alpha
+    e = torch.zeros(n, dim, dtype=torch.float64)
+    e[:, 0], e[:, 1] = torch.cos(th), torch.sin(th)
+    return e
+
+
+def test_distance_consistency_is_zero_exactly_on_the_curve_and_positive_off_it():
+    n, alpha = 8, 0.2  # similarities cos(0.2·k) fall with k = |i−j| while 0.2·7 < π
+    lat, lon = _meridian_points(n)
+    knots = np.arange(n) * KM_PER_DEG  # pair distance of |i−j| = k on the meridian
+    curve = TargetCurve(knots, np.cos(alpha * np.arange(n)), np.cos(alpha * np.arange(n)))
+    emb = _circle_embeddings(n, alpha)
+    assert float(distance_consistency_loss(emb, lat, lon, curve)) == pytest.approx(0.0, abs=1e-12)
+    # Off the curve by a known amount: every pair similarity is cos(0.3k) instead of cos(0.2k).
+    off = _circle_embeddings(n, 0.3)
+    i, j = np.triu_indices(n, 1)
+    k = j - i
+    err2 = (np.cos(0.3 * k) - np.cos(0.2 * k)) ** 2
+    # Balanced weights over the default bins: distances k·111 km fall in bins by k.
+    edges = np.array([0, 1, 5, 25, 100, 250, 500, 1000, 2500, 5000, 10000, 20100.0])
+    b = np.searchsorted(edges, k * KM_PER_DEG, side="right") - 1
+    w = 1.0 / np.bincount(b)[b]
+    expected = float((w * err2).sum() / w.sum())
+    assert float(distance_consistency_loss(off, lat, lon, curve)) == pytest.approx(expected, rel=1e-6)
+    assert expected > 1e-3
+
+
+def test_bin_reweighting_gives_every_distance_bin_equal_total_weight():
+    d = torch.tensor([0.5] * 10 + [60.0] * 3 + [3000.0] + [12000.0] * 6, dtype=torch.float64)
+    w = distance_bin_weights(d, [0, 25, 100, 5000, 20100])
+    assert float(w.sum()) == pytest.approx(1.0)
+    per_bin = [float(w[:10].sum()), float(w[10:13].sum()), float(w[13:14].sum()), float(w[14:].sum())]
+    assert per_bin == pytest.approx([0.25] * 4)
+    assert float(w[0]) == pytest.approx(0.025) and float(w[13]) == pytest.approx(0.25)
+
+
+def test_contrastive_loss_is_lower_when_positives_are_more_similar_than_negatives():
+    # Two places 5000+ km apart, two photos at each (0.1 km apart): positives are (0,1) and (2,3).
+    lat = torch.tensor([10.0, 10.001, -30.0, -30.001], dtype=torch.float64)
+    lon = torch.tensor([20.0, 20.0, 100.0, 100.0], dtype=torch.float64)
+    eye = torch.eye(4, dtype=torch.float64)
+    good = torch.stack([eye[0], eye[0], eye[1], eye[1]])  # positives identical, negatives orthogonal
+    bad = torch.stack([eye[0], eye[1], eye[0], eye[1]])  # positives orthogonal, negatives identical
+    tau = 0.5
+    lg = float(geo_contrastive_loss(good, lat, lon, radius_km=25, temperature=tau))
+    lb = float(geo_contrastive_loss(bad, lat, lon, radius_km=25, temperature=tau))
+    assert lg < lb
+    # Independently: anchor sees its positive at similarity 1 and two negatives at 0.
+    assert lg == pytest.approx(math.log(1 + 2 * math.exp(-1 / tau)), rel=1e-6)
+    assert lb == pytest.approx(-math.log(1 / (2 + math.exp(1 / tau))), rel=1e-6)
+    # Same-cell positives: with a cell id shared by all, anchors gain positives and the loss changes.
+    lc = float(geo_contrastive_loss(good, lat, lon, radius_km=25, temperature=tau, cell=torch.zeros(4, dtype=torch.long)))
+    assert lc > lg
+
+
+def test_uniformity_extremes_and_sharpen_and_interpolation():
+    e = torch.eye(6, dtype=torch.float64)
+    assert float(uniformity_loss(e, t=2.0)) == pytest.approx(-4.0)  # all pairs at squared distance 2
+    same = torch.ones(5, 3, dtype=torch.float64) / math.sqrt(3)
+    assert float(uniformity_loss(same)) == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(sharpen_values(np.array([0.7, 0.6, 0.5]), 2.0), [0.9, 0.7, 0.5])
+    np.testing.assert_allclose(sharpen_values(np.array([0.9, 0.6, 0.5]), 3.0), [1.0, 0.8, 0.5])
+    rng = np.random.default_rng(0)
+    xp = np.sort(rng.uniform(0, 100, 7))
+    fp = rng.normal(size=7)
+    x = rng.uniform(-10, 110, 50)
+    np.testing.assert_allclose(interp1d(torch.tensor(x), torch.tensor(xp), torch.tensor(fp)).numpy(), np.interp(x, xp, fp), atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# sampler
+# ----------------------------------------------------------------------------------------------
+def test_sampler_puts_m_images_of_one_cell_in_each_group_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    # 5 cells (2° grid) of different sizes.
+    sizes = [40, 20, 10, 6, 4]
+    lat = np.concatenate([np.full(s, 10.5 + 4 * c) + rng.uniform(-0.4, 0.4, s) for c, s in enumerate(sizes)])
+    lon = np.concatenate([np.full(s, 20.5) + rng.uniform(-0.4, 0.4, s) for s in sizes])
+    cell_of_row = np.repeat(np.arange(5), sizes)
+    s = CellGroupBatchSampler(lat, lon, batch_size=14, group_size=4, cell_deg=2.0, batches_per_epoch=30, seed=7)
+    batches = list(s)
+    assert len(batches) == 30
+    for b in batches:
+        assert len(b) == 14 and len(set(b)) == 14
+        groups = [b[g * 4 : (g + 1) * 4] for g in range(3)]
+        cells = [set(cell_of_row[g]) for g in groups]
+        assert all(len(c) == 1 for c in cells)  # each group: 4 images of one cell
+        assert len(set.union(*cells)) == 3  # three different cells
+    assert batches == list(CellGroupBatchSampler(lat, lon, 14, 4, 2.0, 30, seed=7))
+    s.set_epoch(1)
+    assert list(s) != batches
+
+
+def test_sampler_draws_cells_with_probability_proportional_to_sqrt_size():
+    lat = np.concatenate([np.full(100, 0.5), np.full(25, 10.5)])
+    lon = np.full(125, 0.5)
+    s = CellGroupBatchSampler(lat, lon, batch_size=4, group_size=4, batches_per_epoch=4000, seed=0)
+    big = np.mean([b[0] < 100 for b in s])
+    assert big == pytest.approx(10 / (10 + 5), abs=0.03)  # sqrt(100) : sqrt(25)
+
+
+# ----------------------------------------------------------------------------------------------
+# training runs with the tiny CLIP
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def geo_images(tmp_path_factory) -> tuple[Path, Path]:
+    """96 PNGs (40 px) in 4 clusters of 24 (continents apart, ~0.3° spread): colour from the
+    location plus pixel noise. Returns ``(root, csv)``."""
+    root = tmp_path_factory.mktemp("geo_images")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(96):
+        c = i % 4
+        la, lo = CENTRES[c][0] + rng.normal(0, 0.3), CENTRES[c][1] + rng.normal(0, 0.3)
+        colour = np.array([(la + 90) / 180, (lo + 180) / 360, (0.3 * c) % 1]) * 255
+        arr = np.clip(colour + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / f"i{i:03d}.png")
+        rows.append({"path": f"i{i:03d}.png", "lat": la, "lon": lo})
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    return root, root / "metadata.csv"
+
+
+def _cfg(tmp_path, geo_images, clip_dir, **kw) -> TrainConfig:
+    root, csv = geo_images
+    base = dict(
+        out=str(tmp_path / "run"), root=str(root), csv=str(csv), model=str(clip_dir), train="all", steps=12,
+        batch_size=16, group_size=4, lr=2e-3, warmup_steps=0, eval_every=0, device="cpu", num_workers=0,
+        cache_images=True, val_fraction=0.2, val_gallery=64, progress=False, w_distill=0.0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _part_losses(run_dir: Path, part: str) -> list[float]:
+    recs = [json.loads(line) for line in open(run_dir / "train_log.jsonl")]
+    return [r["parts"][part] for r in recs if r["type"] == "step"]
+
+
+@pytest.mark.parametrize(
+    "objective,part,extra",
+    [
+        ("geo-contrastive", "contrastive", {}),
+        ("distance-consistency", "consistency", {"sharpen": 3.0}),
+        ("distance-consistency", "uniformity", {"w_consistency": 0.0, "w_uniformity": 1.0}),
+    ],
+)
+def test_each_objective_decreases_during_training(tmp_path, geo_images, tiny_clip_dir, objective, part, extra):
+    res = train(_cfg(tmp_path, geo_images, tiny_clip_dir, objective=objective, **extra))
+    losses = _part_losses(res.out, part)
+    assert len(losses) == 12
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < first - 0.1 * abs(first), (objective, losses)
+
+
+def _pixels(geo_images, enc, n=8) -> np.ndarray:
+    from geosolver.images import open_image
+
+    root, _ = geo_images
+    return np.stack([enc.preprocessor(open_image(root / f"i{i:03d}.png")) for i in range(n)])
+
+
+def test_saved_weights_reload_identically_through_transformers_and_load_encoder(tmp_path, geo_images, tiny_clip_dir):
+    from transformers import CLIPModel
+
+    from geosolver.encoders import load_encoder
+
+    res = train(_cfg(tmp_path, geo_images, tiny_clip_dir, objective="both", train="last-blocks", blocks=1, val_fraction=0.0, steps=6))
+    assert res.best_step == 6  # no validation: the final weights are kept
+    px = _pixels(geo_images, res.encoder)
+    trained = res.encoder.embed_pixels(px)
+    base = load_encoder(tiny_clip_dir, device="cpu", precision="fp32").embed_pixels(px)
+    assert np.abs(trained - base).max() > 1e-3  # training changed the embeddings
+    m = CLIPModel.from_pretrained(res.model_dir).eval()
+    with torch.no_grad():
+        out = m.get_image_features(pixel_values=torch.from_numpy(px))
+    out = getattr(out, "pooler_output", out)
+    plain = torch.nn.functional.normalize(out, dim=-1).numpy()
+    np.testing.assert_allclose(plain, trained, atol=1e-5)
+    np.testing.assert_allclose(load_encoder(res.model_dir, device="cpu", precision="fp32").embed_pixels(px), trained, atol=1e-5)
+    # Only the last vision block, the post-layernorm and the projection were trained.
+    b0 = CLIPModel.from_pretrained(tiny_clip_dir)
+    sd0, sd1 = b0.state_dict(), m.state_dict()
+    changed = {k for k in sd0 if not torch.equal(sd0[k], sd1[k])}
+    assert changed and all(k.startswith(("vision_model.encoder.layers.1.", "vision_model.post_layernorm", "visual_projection")) for k in changed)
+    cfg = json.loads((res.out / "config.json").read_text())
+    assert cfg["train"] == "last-blocks" and cfg["weights"]["contrastive"] == 1.0 and cfg["result"]["steps_done"] == 6
+
+
+def test_trunk_cache_trains_exactly_like_the_full_forward(tmp_path, geo_images, tiny_clip_dir):
+    kw = dict(objective="both", train="last-blocks", blocks=1, steps=5, w_distill=0.5, eval_every=0)
+    full = train(_cfg(tmp_path / "full", geo_images, tiny_clip_dir, **kw))
+    fast = train(_cfg(tmp_path / "fast", geo_images, tiny_clip_dir, cache_trunk=True, cache_images=False, **kw))
+    lf = [json.loads(line) for line in open(full.out / "train_log.jsonl")]
+    lc = [json.loads(line) for line in open(fast.out / "train_log.jsonl")]
+    assert [r["type"] for r in lf] == [r["type"] for r in lc]
+    for a, b in zip(lf, lc):
+        if a["type"] == "step":
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        else:
+            assert b["geoscore"] == pytest.approx(a["geoscore"], rel=1e-6) and b["spearman"] == pytest.approx(a["spearman"], abs=1e-4)
+    px = _pixels(geo_images, full.encoder)
+    np.testing.assert_allclose(fast.encoder.embed_pixels(px), full.encoder.embed_pixels(px), atol=1e-4)
+
+
+def test_gradient_checkpointing_recomputes_layers_and_changes_no_result(tmp_path, geo_images, tiny_clip_dir):
+    from geosolver.encoders import load_encoder
+
+    def run(name, ckpt):
+        enc = load_encoder(tiny_clip_dir, device="cpu", precision="fp32")
+        calls = []
+        mlp = enc.model.vision_model.encoder.layers[0].mlp
+        orig = mlp.forward  # count calls of the inner forward (module hooks do not fire on recompute)
+        mlp.forward = lambda *a, **k: (calls.append(1), orig(*a, **k))[1]
+        cfg = _cfg(tmp_path / name, geo_images, tiny_clip_dir, objective="geo-contrastive", steps=3, val_fraction=0.0, gradient_checkpointing=ckpt)
+        res = train(cfg, encoder=enc)
+        return [json.loads(line)["loss"] for line in open(res.out / "train_log.jsonl")], len(calls)
+
+    la, calls_a = run("a", False)
+    lb, calls_b = run("b", True)
+    assert calls_a == 3 and calls_b == 6  # checkpointing re-runs each layer's forward in backward
+    assert lb == pytest.approx(la, rel=1e-5)
+
+
+def test_lora_merged_on_save_reproduces_the_adapted_model(tmp_path, geo_images, tiny_clip_dir):
+    from transformers import CLIPModel
+
+    from geosolver.encoders import load_encoder
+    from geosolver.train.params import add_lora, merge_lora
+
+    enc = load_encoder(tiny_clip_dir, device="cpu", precision="fp32")
+    px = _pixels(geo_images, enc)
+    base = enc.embed_pixels(px)
+    peft_model = add_lora(enc.model, r=4, alpha=8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in enc.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # lora_B starts at 0 (identity); make the adapters matter
+    adapted = enc.embed_pixels(px)
+    assert np.abs(adapted - base).max() > 1e-2
+    enc.model = merge_lora(peft_model)
+    assert not any("lora" in k for k in enc.model.state_dict())
+    enc.save(tmp_path / "merged")
+    m = CLIPModel.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        out = m.get_image_features(pixel_values=torch.from_numpy(px))
+    np.testing.assert_allclose(torch.nn.functional.normalize(getattr(out, "pooler_output", out), dim=-1).numpy(), adapted, atol=1e-5)
+
+
+def test_cli_lora_run_writes_every_output(tmp_path, geo_images, tiny_clip_dir, capsys):
+    from transformers import CLIPModel
+
+    from geosolver.cli import main as cli_main
+
+    root, csv = geo_images
+    out = tmp_path / "lora_run"
+    rc = cli_main([
+        "train", "--root", str(root), "--csv", str(csv), "--model", str(tiny_clip_dir), "--objective", "both",
+        "--train", "lora", "--lora-r", "4", "--steps", "4", "--batch-size", "16", "--eval-every", "2", "--lr", "1e-2",
+        "--val-gallery", "48", "--device", "cpu", "--num-workers", "0", "--out", str(out), "--no-progress", "--sharpen", "1.5",
+    ])
+    assert rc == 0
+    for f in ("config.json", "train_log.jsonl", "target_curve.json", "training.png", "model/config.json"):
+        assert (out / f).is_file(), f
+    recs = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    assert [r["step"] for r in recs if r["type"] == "eval"] == [0, 2, 4]
+    assert all({"geoscore", "spearman", "mean_cosine", "effective_rank"} <= r.keys() for r in recs if r["type"] == "eval")
+    curve = json.loads((out / "target_curve.json").read_text())
+    assert curve["sharpen"] == 1.5 and np.all(np.diff(curve["sim"]) <= 1e-12)
+    far = curve["sim_before_sharpen"][-1]
+    np.testing.assert_allclose(curve["sim"], np.minimum(far + (np.array(curve["sim_before_sharpen"]) - far) * 1.5, 1.0))
+    m = CLIPModel.from_pretrained(out / "model")
+    assert not any("lora" in k for k in m.state_dict())
+    assert "kept step" in capsys.readouterr().out
+
+
+def test_collapse_stops_training_with_a_clear_message(tmp_path, geo_images, tiny_clip_dir):
+    # A target of similarity 1 at every distance pulls everything together.
+    curve = tmp_path / "ones.json"
+    curve.write_text(json.dumps({"knots_km": [0.0, 20000.0], "sim": [1.0, 1.0]}))
+    cfg = _cfg(tmp_path, geo_images, tiny_clip_dir, objective="distance-consistency", target_curve=str(curve), lr=2e-2, steps=60, eval_every=3)
+    with pytest.raises(CollapseError, match="collapsed") as ei:
+        train(cfg)
+    assert "step" in str(ei.value) and "learning rate" in str(ei.value)
+    recs = [json.loads(line) for line in open(Path(cfg.out) / "train_log.jsonl")]
+    evals = [r for r in recs if r["type"] == "eval"]
+    assert evals[-1]["collapsed"] and evals[-1]["step"] < 60
+    assert (Path(cfg.out) / "model" / "config.json").is_file()  # the best weights before collapse are kept
