@@ -131,6 +131,11 @@ def read_bytes(source: ImageSource) -> bytes:
             archive, member = parse_zip_source(s)
             return _zip_handle(archive).read(member)
         if s.startswith(TAR_PREFIX):
+            tar_path, member = parse_tar_source(s)
+            if "://" in tar_path:  # tar://s3://bucket/x.tar::MEMBER: a remote shard, read via fsspec
+                from geosolver.scale.remote import read_tar_member
+
+                return read_tar_member(tar_path, member)
             return _read_tar_member(s)
         with open(s, "rb") as f:
             return f.read()

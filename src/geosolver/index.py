@@ -95,6 +95,95 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39)))
 
 
+MAX_NLIST = 65536
+PQ_MAX_M = 64
+IVF_ID_BYTES = 8  # faiss stores an int64 id next to each code in the inverted lists
+
+
+def plan_ivfpq(n: int, dim: int, memory_budget_gb: float, batch_size: int = 65536, train_size: int | None = None, nlist: int | None = None) -> dict:
+    """IVF-PQ settings for ``n`` vectors of ``dim`` that fit ``memory_budget_gb`` (10^9 bytes) of RAM.
+
+    Rule:
+
+    * ``nlist`` = ``4·sqrt(n)`` rounded to the nearest power of two, capped at 65 536 and at the
+      largest power of two ≤ ``n / 39`` (faiss wants ≥ 39 training points per centroid);
+    * ``pq_m`` (bytes per vector at 8 bits) = the largest divisor of ``dim`` that is ≤ 64 and for
+      which the estimated peak fits: ``n·(pq_m + 8)`` (codes + int64 ids in the inverted lists)
+      + ``nlist·dim·4`` (coarse centroids) + ``256·dim·4`` (PQ codebooks) + the float32 working
+      set, ``max(train rows, add batch)·dim·4``.
+
+    A given ``nlist`` is kept (only ``pq_m`` is chosen).
+
+    Returns:
+        ``{"nlist", "pq_m", "bytes"}`` (``bytes``: the estimate for the chosen settings).
+
+    Raises:
+        IndexBuildError: not even ``pq_m = 1`` fits the budget (the message gives the minimum).
+    """
+    if n < 1 or dim < 1 or memory_budget_gb <= 0:
+        raise IndexBuildError(f"plan_ivfpq needs n, dim and memory_budget_gb > 0 (got {n}, {dim}, {memory_budget_gb})")
+    if not nlist:
+        rule = 1 << max(0, int(round(math.log2(4.0 * math.sqrt(n)))))
+        cap = 1 << max(0, int(math.floor(math.log2(max(1, n // 39)))))
+        nlist = int(max(1, min(rule, MAX_NLIST, cap)))
+    n_train = min(n, int(train_size or max(39 * nlist, 39 * 256, min(100 * nlist, 100_000))))
+    fixed = nlist * dim * 4 + 256 * dim * 4 + max(n_train, min(batch_size, n)) * dim * 4
+    budget = memory_budget_gb * 1e9
+    for m in sorted((m for m in range(1, min(dim, PQ_MAX_M) + 1) if dim % m == 0), reverse=True):
+        total = n * (m + IVF_ID_BYTES) + fixed
+        if total <= budget:
+            return {"nlist": nlist, "pq_m": int(m), "bytes": int(total)}
+    need = n * (1 + IVF_ID_BYTES) + fixed
+    raise IndexBuildError(f"memory budget {memory_budget_gb} GB is too small for {n:,} x {dim} vectors: IVF-PQ needs at least {need / 1e9:.2f} GB")
+
+
+def exact_topk(store: EmbeddingStore, queries: np.ndarray, k: int, batch_size: int = 65536) -> np.ndarray:
+    """Exact top-``k`` store rows (inner product) of each query, streaming the store batch by batch.
+
+    Args:
+        store: the gallery store (never loaded whole: one float32 batch at a time).
+        queries: ``(q, dim)`` float32.
+        k: neighbours per query.
+
+    Returns:
+        ``(q, k)`` int64 store rows, best first.
+    """
+    q = _as_queries(queries, store.dim)
+    best_s = np.full((q.shape[0], 0), -np.inf, np.float32)
+    best_i = np.zeros((q.shape[0], 0), np.int64)
+    for off, batch in store.iter_batches(batch_size=batch_size):
+        sims = q @ batch.T
+        kk = min(k, sims.shape[1])
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        best_s = np.concatenate([best_s, np.take_along_axis(sims, part, 1)], axis=1)
+        best_i = np.concatenate([best_i, part + off], axis=1)
+        order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+    return best_i
+
+
+def measure_recall(index: "KnnIndex", store: EmbeddingStore, n_queries: int = 1000, k: int = 10, seed: int = 1) -> dict:
+    """recall@k of ``index`` against exact search, with ``n_queries`` random store rows as queries.
+
+    recall@k = mean over queries of |approximate top-k ∩ exact top-k| / k (each query is itself a
+    store row, as a gallery photo re-submitted would be).
+
+    Returns:
+        ``{"recall_at_<k>", "recall_queries", "recall_query_rows", "queries_per_s"}``.
+    """
+    n = len(store)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n_queries, n), replace=False))
+    q = store.embeddings(rows)
+    t0 = time.perf_counter()
+    _, approx = index.search(q, k)
+    qps = len(rows) / max(time.perf_counter() - t0, 1e-9)
+    exact = exact_topk(store, q, k)
+    kk = exact.shape[1]
+    recall = float(np.mean([len(set(a[a >= 0]) & set(e)) / kk for a, e in zip(approx, exact)]))
+    return {f"recall_at_{k}": round(recall, 4), "recall_queries": int(len(rows)), "recall_query_rows": rows.tolist(),
+            "queries_per_s": round(qps, 1)}
+
+
 def _as_queries(q: np.ndarray, dim: int) -> np.ndarray:
     q = np.asarray(q)
     if q.ndim == 1:
@@ -287,6 +376,8 @@ def build_index(
     gpu: bool | None = None,
     seed: int = 0,
     progress: bool = True,
+    memory_budget_gb: float | None = None,
+    recall_queries: int = 0,
 ) -> KnnIndex:
     """Build a kNN index over every row of ``store``.
 
@@ -308,6 +399,10 @@ def build_index(
         gpu: search on GPU; default when faiss sees one.
         seed: seed of the training sample and k-means.
         progress: show a progress bar while adding.
+        memory_budget_gb: for ``ivfpq``: pick ``nlist`` and ``pq_m`` (when not given) with
+            :func:`plan_ivfpq` so the index build fits this many GB of RAM.
+        recall_queries: if > 0, measure recall@10 against exact (streamed) search with this many
+            store rows as queries (:func:`measure_recall`); kept in ``settings`` and the saved JSON.
 
     Returns:
         A :class:`KnnIndex` (not saved; call :meth:`KnnIndex.save`).
@@ -326,6 +421,12 @@ def build_index(
         raise IndexBuildError(f"gallery store {store.path} is empty: nothing to index")
     set_threads(threads)
     settings: dict[str, Any] = {"kind": kind, "metric": "inner_product"}
+    if memory_budget_gb is not None:
+        if kind != "ivfpq":
+            raise IndexBuildError(f"--memory-budget-gb applies to ivfpq only (kind {kind!r} keeps every vector as float32)")
+        plan = plan_ivfpq(n, d, memory_budget_gb, batch_size=batch_size, train_size=train_size, nlist=nlist)
+        nlist, pq_m = nlist or plan["nlist"], pq_m or plan["pq_m"]
+        settings.update(memory_budget_gb=float(memory_budget_gb), estimated_bytes=plan["bytes"])
     if kind == "flat":
         index = f.IndexFlatIP(d)
     else:
@@ -358,7 +459,10 @@ def build_index(
         for _, batch in store.iter_batches(batch_size=batch_size):
             index.add(batch)
             bar.update(batch.shape[0])
-    return KnnIndex(index, kind, settings, store_fingerprint(store), store=store, gpu=gpu)
+    idx = KnnIndex(index, kind, settings, store_fingerprint(store), store=store, gpu=gpu)
+    if recall_queries > 0:
+        idx.settings.update(measure_recall(idx, store, n_queries=recall_queries))
+    return idx
 
 
 def load_index(path: str | os.PathLike, store: EmbeddingStore | str | os.PathLike | None = None, check: bool = True, gpu: bool | None = None) -> KnnIndex:

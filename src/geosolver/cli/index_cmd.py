@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--rerank", type=int, default=10, help="ivfpq: re-score rerank*k PQ candidates with the exact vectors from the store (0 = off; default 10)")
     b.add_argument("--train-size", type=int, default=None, help="rows sampled to train IVF/PQ")
     b.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads")
+    b.add_argument("--memory-budget-gb", type=float, default=None, help="ivfpq: choose nlist (~4*sqrt(n), power of 2) and pq_m (largest divisor of dim <= 64) to fit this RAM budget")
+    b.add_argument("--recall-queries", type=int, default=None, help="measure recall@10 vs exact search on this many store rows (default 1000 for ivf/ivfpq, 0 for flat)")
     b.set_defaults(func=run)
 
 
@@ -28,8 +30,13 @@ def run(args: argparse.Namespace) -> int:
     idx = build_index(
         args.store, kind=args.kind, nlist=args.nlist, pq_m=args.pq_m, nprobe=args.nprobe,
         rerank=args.rerank, train_size=args.train_size, threads=args.threads,
+        memory_budget_gb=args.memory_budget_gb,
+        recall_queries=args.recall_queries if args.recall_queries is not None else (0 if args.kind == "flat" else 1000),
     )
     path = idx.save()
     print(f"built {idx.kind} index over {len(idx):,} rows (dim {idx.dim}) in {time.time() - t0:.1f} s -> {path}")
-    print(f"settings: {idx.settings}")
+    if "recall_at_10" in idx.settings:
+        print(f"recall@10 vs exact search: {idx.settings['recall_at_10']:.3f} over {idx.settings['recall_queries']} store rows as queries "
+              f"({idx.settings['queries_per_s']:.0f} queries/s)")
+    print(f"settings: {dict((k, v) for k, v in idx.settings.items() if k != 'recall_query_rows')}")
     return 0

@@ -46,6 +46,10 @@ def expand_shards(spec: str | os.PathLike, split: str | None = None) -> list[Pat
     shards whose file name contains ``split``.
     """
     s = os.fspath(spec)
+    if "://" in s:  # s3://, memory://, ... : listed with fsspec (geosolver.scale.remote)
+        from geosolver.scale.remote import expand_url_shards
+
+        return expand_url_shards(s, split)  # type: ignore[return-value]  (URL strings)
     p = Path(s)
     if p.is_dir():
         if split and (p / split).is_dir():
@@ -77,7 +81,12 @@ def _scan_shard(path: Path) -> list[dict]:
     ``error`` (why the JSON could not be parsed, or None). Sample order is tar order."""
     samples: dict[str, dict] = {}
     try:
-        tf = tarfile.open(path, "r:")
+        if "://" in os.fspath(path):
+            from geosolver.scale.remote import open_url
+
+            tf = tarfile.open(fileobj=open_url(os.fspath(path)), mode="r:")
+        else:
+            tf = tarfile.open(path, "r:")
     except tarfile.ReadError as e:
         raise DatasetError(f"{path}: not an uncompressed tar file ({e}); compressed shards are not supported") from None
     with tf:
@@ -145,7 +154,7 @@ def read_webdataset(
     n_usable = 0
     for shard in tqdm(shards, desc="indexing shards", unit="shard", disable=len(shards) < 2):
         for rec in _scan_shard(shard):
-            rec["shard"] = os.path.abspath(shard)
+            rec["shard"] = shard if "://" in os.fspath(shard) else os.path.abspath(shard)
             records.append(rec)
             n_usable += _looks_usable(rec)
         if limit is not None and n_usable >= limit:
