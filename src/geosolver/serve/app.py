@@ -48,7 +48,7 @@ from starlette.concurrency import run_in_threadpool
 
 from geosolver.errors import GeosolverError
 from geosolver.geo import geoscore, haversine
-from geosolver.images import ImageReadError, exif_gps, open_image
+from geosolver.images import MAX_PIXELS, ImageReadError, exif_gps, open_image
 from geosolver.locate import DEFAULT_K, STRATEGIES
 from geosolver.serve.upload import UploadError, read_upload
 from geosolver.serve.worker import ModelWorker
@@ -113,7 +113,7 @@ def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None)
     """
     if not data:
         raise PhotoError(400, f"{name}: the upload is empty (0 bytes)")
-    limit = Image.MAX_IMAGE_PIXELS
+    limit = MAX_PIXELS  # not PIL's global, which other libraries may switch off
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
