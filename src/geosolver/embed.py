@@ -46,6 +46,25 @@ def table_fingerprint(table: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def check_same_job(first_config: dict, out, n_rows: int, fingerprint: str, tta: str | None) -> None:
+    """Refuse to continue a store that was started from another dataset or with another ``tta``.
+
+    Args:
+        first_config: the ``config`` of the store's manifest (as written when it was created).
+        out: the store path (for the message).
+        n_rows, fingerprint: the current dataset table's length and :func:`table_fingerprint`.
+        tta: the current test-time augmentation setting.
+    """
+    if first_config.get("ids_sha256") != fingerprint:
+        raise EmbedError(
+            f"{out} was started from another dataset ({first_config.get('n_inputs')} rows, ids sha256 "
+            f"{str(first_config.get('ids_sha256'))[:12]}…) than this one ({n_rows} rows, {fingerprint[:12]}…); "
+            "use a new --out or the same dataset and --limit"
+        )
+    if first_config.get("tta") != tta:
+        raise EmbedError(f"{out} was started with tta={first_config.get('tta')!r}, not {tta!r}")
+
+
 class _ImageDataset:
     """Map-style dataset over (source) strings: decode + preprocess in the worker.
 
@@ -150,14 +169,7 @@ def embed_table(
     cfg.update({"n_inputs": int(len(table)), "ids_sha256": fingerprint, "tta": tta})
     writer = StoreWriter(out, encoder.identity(), config={**cfg, "shard_size": shard_size or DEFAULT_SHARD_SIZE})
     first = writer.manifest["config"]
-    if first.get("ids_sha256") != fingerprint:
-        raise EmbedError(
-            f"{out} was started from another dataset ({first.get('n_inputs')} rows, ids sha256 "
-            f"{str(first.get('ids_sha256'))[:12]}…) than this one ({len(table)} rows, {fingerprint[:12]}…); "
-            "use a new --out or the same dataset and --limit"
-        )
-    if first.get("tta") != tta:
-        raise EmbedError(f"{out} was started with tta={first.get('tta')!r}, not {tta!r}")
+    check_same_job(first, out, len(table), fingerprint, tta)
     shard_size = int(first["shard_size"])
     if skipped is not None and len(skipped):
         writer.record_skipped(skipped)

@@ -38,7 +38,7 @@ import pandas as pd
 from geosolver.errors import GeosolverError
 from geosolver.geo import ACCURACY_THRESHOLDS_KM, distance_metrics, geoscore, haversine, latlon_to_xyz
 from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES, Geolocator, aggregate
-from geosolver.store import EmbeddingStore, _atomic_write_json, encoder_compatible
+from geosolver.store import EmbeddingStore, atomic_write_json, encoder_compatible
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +384,8 @@ def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = Tr
     from geosolver.plots import plot_error_distribution, plot_error_map
 
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_json(out / "config.json", result["config"])
-    _atomic_write_json(out / "metrics.json", result)
+    atomic_write_json(out / "config.json", result["config"])
+    atomic_write_json(out / "metrics.json", result)
     (out / "metrics.md").write_text(metrics_markdown(result) + "\n")
     preds.to_parquet(out / "predictions.parquet", index=False)
     if plots:

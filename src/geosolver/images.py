@@ -52,12 +52,16 @@ def zip_source(archive: str | os.PathLike, member: str) -> str:
     return f"{ZIP_PREFIX}{archive}{ZIP_SEP}{member}"
 
 
-def parse_zip_source(source: str) -> tuple[str, str]:
-    body = source[len(ZIP_PREFIX) :]
-    archive, sep, member = body.partition(ZIP_SEP)
+def _parse_member_source(source: str, prefix: str) -> tuple[str, str]:
+    """``(archive, member)`` of a ``<prefix>ARCHIVE::MEMBER`` source string."""
+    archive, sep, member = source[len(prefix) :].partition(ZIP_SEP)
     if not sep:
-        raise ImageReadError(f"malformed zip source {source!r}: expected zip://ARCHIVE::MEMBER")
+        raise ImageReadError(f"malformed source {source!r}: expected {prefix}ARCHIVE{ZIP_SEP}MEMBER")
     return archive, member
+
+
+def parse_zip_source(source: str) -> tuple[str, str]:
+    return _parse_member_source(source, ZIP_PREFIX)
 
 
 # One open ZipFile per (process, thread, archive): DataLoader workers each get their own handles.
@@ -81,11 +85,7 @@ def tar_source(tar_path: str | os.PathLike, member: str) -> str:
 
 
 def parse_tar_source(source: str) -> tuple[str, str]:
-    body = source[len(TAR_PREFIX) :]
-    tar_path, sep, member = body.partition(ZIP_SEP)
-    if not sep:
-        raise ImageReadError(f"malformed tar source {source!r}: expected tar://TARPATH::MEMBER")
-    return tar_path, member
+    return _parse_member_source(source, TAR_PREFIX)
 
 
 # Per process: tar path -> {member name: (data offset, size)}, and one read-only file descriptor per

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from geosolver.errors import GeosolverError
-from geosolver.store import EmbeddingStore, _atomic_write_json
+from geosolver.store import EmbeddingStore, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class KnnIndex:
         f.write_index(self.cpu_index, str(tmp))
         os.replace(tmp, fpath)
         settings = {k: v for k, v in self.settings.items() if k != "gpu"}
-        _atomic_write_json(
+        atomic_write_json(
             jpath,
             {
                 "format_version": INDEX_FORMAT_VERSION,

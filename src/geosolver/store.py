@@ -47,7 +47,7 @@ def _version() -> str:
     return __version__
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -56,8 +56,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` via a temporary file and a rename."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 
 
 def _json_default(o):
@@ -72,7 +73,7 @@ def _json_default(o):
     return str(o)
 
 
-def _atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     df = df.copy(deep=False)
     df.attrs = {}  # pandas would try to serialise attrs (e.g. a reader's skipped-rows frame) as JSON
@@ -80,7 +81,7 @@ def _atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_npy(path: Path, arr: np.ndarray) -> str:
+def atomic_write_npy(path: Path, arr: np.ndarray) -> str:
     """Write ``arr`` as .npy under a temporary name, rename, return the file's sha256."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -190,7 +191,7 @@ class StoreWriter:
                 "shards": [],
                 "config": config or {},
             }
-            _atomic_write_json(mpath, self.manifest)
+            atomic_write_json(mpath, self.manifest)
         self._failures = self._load_failures()
 
     # -- state ----------------------------------------------------------------------------
@@ -259,35 +260,35 @@ class StoreWriter:
         if any(s["name"] == name for s in self.manifest["shards"]):
             raise StoreError(f"shard {name} already exists in {self.path}")
         emb16 = l2_normalize(emb).astype(np.float16) if emb.shape[0] else np.zeros((0, self.dim), np.float16)
-        digest = _atomic_write_npy(self.path / f"{name}.npy", np.ascontiguousarray(emb16))
-        _atomic_write_parquet(self.path / f"{name}.parquet", meta.reset_index(drop=True))
+        digest = atomic_write_npy(self.path / f"{name}.npy", np.ascontiguousarray(emb16))
+        atomic_write_parquet(self.path / f"{name}.parquet", meta.reset_index(drop=True))
         if len(fail_df):
             fail_df = fail_df[["id", "reason"]].astype(str).assign(shard=name)
             self._failures = pd.concat([self._failures, fail_df], ignore_index=True)
-            _atomic_write_parquet(self.path / FAILURES, self._failures)
+            atomic_write_parquet(self.path / FAILURES, self._failures)
         n_in = int(n_inputs) if n_inputs is not None else emb.shape[0] + len(fail_df)
         info = ShardInfo(name=name, rows=int(emb.shape[0]), n_inputs=n_in, sha256=digest)
         self.manifest["shards"].append(info.__dict__.copy())
         self.manifest["rows"] = int(self.manifest["rows"]) + info.rows
         self.manifest["n_inputs"] = int(self.manifest.get("n_inputs", 0)) + n_in
         self.manifest["n_failures"] = int(len(self._failures))
-        _atomic_write_json(self.path / MANIFEST, self.manifest)
+        atomic_write_json(self.path / MANIFEST, self.manifest)
         return info
 
     def record_skipped(self, skipped: pd.DataFrame) -> None:
         """Keep the reader's skipped rows (id, reason) beside the store (rewritten atomically)."""
         df = pd.DataFrame(skipped)[["id", "reason"]].astype(str)
-        _atomic_write_parquet(self.path / SKIPPED, df)
+        atomic_write_parquet(self.path / SKIPPED, df)
         self.manifest["n_skipped"] = int(len(df))
-        _atomic_write_json(self.path / MANIFEST, self.manifest)
+        atomic_write_json(self.path / MANIFEST, self.manifest)
 
     def finalize(self, **extra: Any) -> "EmbeddingStore":
         """Mark the store complete (optionally recording extra manifest fields) and open it."""
         self.manifest["complete"] = True
         self.manifest.update(extra)
         if not (self.path / FAILURES).exists():
-            _atomic_write_parquet(self.path / FAILURES, self._failures)
-        _atomic_write_json(self.path / MANIFEST, self.manifest)
+            atomic_write_parquet(self.path / FAILURES, self._failures)
+        atomic_write_json(self.path / MANIFEST, self.manifest)
         return EmbeddingStore(self.path)
 
 
@@ -512,9 +513,9 @@ def rewrite_metadata(
         for c in REQUIRED_COLUMNS:
             if c not in new.columns or not new[c].reset_index(drop=True).equals(meta[c].reset_index(drop=True)):
                 raise StoreError(f"{ppath}: metadata rewrite changed or dropped required column {c!r}")
-        _atomic_write_parquet(ppath, new)
+        atomic_write_parquet(ppath, new)
     if log_entry is not None:
         manifest = json.loads((store.path / MANIFEST).read_text())
         manifest.setdefault(log_key, []).append(log_entry)
-        _atomic_write_json(store.path / MANIFEST, manifest)
+        atomic_write_json(store.path / MANIFEST, manifest)
     return EmbeddingStore(path)

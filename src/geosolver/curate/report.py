@@ -119,9 +119,9 @@ def plot_map(meta_all: pd.DataFrame, rows: np.ndarray, path: str | os.PathLike, 
 # end to end
 # ------------------------------------------------------------------------------------------
 def _write_json(path: Path, obj: Any) -> None:
-    from geosolver.store import _atomic_write_json
+    from geosolver.store import atomic_write_json
 
-    _atomic_write_json(path, obj)
+    atomic_write_json(path, obj)
 
 
 def curate_store(

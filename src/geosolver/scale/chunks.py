@@ -33,15 +33,15 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from geosolver.embed import DEFAULT_SHARD_SIZE, EmbedError, table_fingerprint
+from geosolver.embed import DEFAULT_SHARD_SIZE, EmbedError, check_same_job, table_fingerprint
 from geosolver.store import (
     FAILURES,
     MANIFEST,
     EmbeddingStore,
     StoreWriter,
-    _atomic_write_json,
-    _atomic_write_npy,
-    _atomic_write_parquet,
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_parquet,
     check_metadata,
     encoder_compatible,
     l2_normalize,
@@ -132,14 +132,7 @@ def prepare_store(
                 raise EmbedError(f"{out}: no manifest after {wait_s:.0f}s; rank 0 creates it — is rank 0 running?")
     manifest = json.loads(mpath.read_text())
     first = manifest.get("config", {})
-    if first.get("ids_sha256") != fingerprint:
-        raise EmbedError(
-            f"{out} was started from another dataset ({first.get('n_inputs')} rows, ids sha256 "
-            f"{str(first.get('ids_sha256'))[:12]}…) than this one ({len(table)} rows, {fingerprint[:12]}…); "
-            "use a new --out or the same dataset and --limit"
-        )
-    if first.get("tta") != tta:
-        raise EmbedError(f"{out} was started with tta={first.get('tta')!r}, not {tta!r}")
+    check_same_job(first, out, len(table), fingerprint, tta)
     ok, why = encoder_compatible(manifest["encoder"], identity)
     if not ok:
         raise EmbedError(f"cannot resume {out}: {why}")
@@ -199,8 +192,8 @@ def write_chunk(
     check_metadata(meta, f"chunk {chunk} metadata")
     name = shard_name(chunk)
     emb16 = l2_normalize(emb).astype(np.float16) if emb.shape[0] else np.zeros((0, dim), np.float16)
-    digest = _atomic_write_npy(out / f"{name}.npy", np.ascontiguousarray(emb16))
-    _atomic_write_parquet(out / f"{name}.parquet", meta.reset_index(drop=True))
+    digest = atomic_write_npy(out / f"{name}.npy", np.ascontiguousarray(emb16))
+    atomic_write_parquet(out / f"{name}.parquet", meta.reset_index(drop=True))
     rec = {
         "name": name,
         "rows": int(emb.shape[0]),
@@ -209,7 +202,7 @@ def write_chunk(
         "failures": [{"id": str(f["id"]), "reason": str(f["reason"])} for f in failures],
     }
     (out / CHUNK_DIR).mkdir(exist_ok=True)
-    _atomic_write_json(_record_path(out, chunk), rec)
+    atomic_write_json(_record_path(out, chunk), rec)
     return rec
 
 
@@ -256,14 +249,14 @@ def merge_chunks(out: str | os.PathLike, extra: dict[str, Any] | None = None) ->
         fails.append(f.assign(shard=name))
     failures = pd.concat(fails, ignore_index=True) if fails else pd.DataFrame(columns=["id", "reason", "shard"])
     failures = failures.astype(str) if len(failures) else pd.DataFrame({c: pd.Series(dtype=str) for c in ("id", "reason", "shard")})
-    _atomic_write_parquet(out / FAILURES, failures)
+    atomic_write_parquet(out / FAILURES, failures)
     manifest["shards"] = shards
     manifest["rows"] = int(sum(s["rows"] for s in shards))
     manifest["n_inputs"] = int(sum(s["n_inputs"] for s in shards))
     manifest["n_failures"] = int(len(failures))
     manifest["complete"] = True
     manifest.update(extra or {})
-    _atomic_write_json(out / MANIFEST, manifest)
+    atomic_write_json(out / MANIFEST, manifest)
     shutil.rmtree(out / CHUNK_DIR, ignore_errors=True)
     for p in out.iterdir():  # temp files of killed writers
         if ".tmp" in p.name and p.is_file():
