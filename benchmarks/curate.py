@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
+
+from _common import hwm_mb
 import pandas as pd
 
 
@@ -76,16 +77,6 @@ def generate(path: Path, rows: int, dim: int, seed: int = 0, n_centres: int = 30
     writer.finalize()
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM). Unlike ``ru_maxrss``, which Linux carries
-    over from the forking parent across exec, VmHWM belongs to this program alone."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _child(step: str, store: str, out: str, size: int, strategy: str, seed: int) -> None:
@@ -118,7 +109,7 @@ def _child(step: str, store: str, out: str, size: int, strategy: str, seed: int)
         res["clustered_groups"] = r.n_clustered_groups
         res["coverage"] = cov
     res["total_s"] = time.perf_counter() - t0
-    res["peak_rss_mb"] = _peak_rss_mb()
+    res["peak_rss_mb"] = hwm_mb()
     res["peak_heap_mb"] = tracemalloc.get_traced_memory()[1] / 2**20 if trace else float("nan")
     print("RESULT " + json.dumps(res, default=str))
 

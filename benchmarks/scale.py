@@ -34,15 +34,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import hwm_mb
+from embed_throughput import VIT_B32, save_random_clip
 import pandas as pd
 
 
-def hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # --------------------------------------------------------------------------- engines
@@ -59,19 +56,10 @@ def make_images(root: Path, n: int, size=(320, 240)) -> None:
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
 
 
-def make_vitb32(path: Path) -> str:
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32),
-        projection_dim=512,
-    )
-    CLIPModel(cfg).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(path)
-    return str(path)
+
+def _vitb32(path: Path) -> str:
+    return str(save_random_clip(path, VIT_B32, 512))
 
 
 def bench_engines(work: Path, n_images: int, ray_cpus: int, workers: int) -> list[dict]:
@@ -85,7 +73,7 @@ def bench_engines(work: Path, n_images: int, ray_cpus: int, workers: int) -> lis
     ds = work / "images"
     if not (ds / "metadata.csv").exists():
         make_images(ds, n_images)
-    model = make_vitb32(work / "vitb32") if not (work / "vitb32" / "config.json").exists() else str(work / "vitb32")
+    model = _vitb32(work / "vitb32") if not (work / "vitb32" / "config.json").exists() else str(work / "vitb32")
     table = read_dataset("folder", ds)
     enc = load_encoder(model, device="cpu", precision="fp32")
     out = []
