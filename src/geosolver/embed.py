@@ -65,6 +65,28 @@ def check_same_job(first_config: dict, out, n_rows: int, fingerprint: str, tta: 
         raise EmbedError(f"{out} was started with tta={first_config.get('tta')!r}, not {tta!r}")
 
 
+def load_pixels(source, preprocessor, min_side: int | None) -> np.ndarray:
+    """Decode and preprocess one image source: the per-image work of every pipeline
+    (local DataLoader workers, Ray decode tasks, training loaders).
+
+    Returns:
+        float32 C-contiguous pixels as made by ``preprocessor`` (e.g. ``(3, S, S)``).
+
+    Raises:
+        Exception: anything decoding or preprocessing raised (callers record it per image);
+            ``ValueError`` if preprocessing produced non-finite values.
+    """
+    px = np.ascontiguousarray(preprocessor(open_image(source, min_side=min_side)), dtype=np.float32)
+    if not np.isfinite(px).all():
+        raise ValueError("preprocessing produced non-finite values")
+    return px
+
+
+def error_text(e: BaseException) -> str:
+    """How a per-image failure is recorded: ``"<ExceptionType>: <message>"``."""
+    return f"{type(e).__name__}: {e}"
+
+
 class _ImageDataset:
     """Map-style dataset over (source) strings: decode + preprocess in the worker.
 
@@ -82,13 +104,9 @@ class _ImageDataset:
 
     def __getitem__(self, i: int):
         try:
-            img = open_image(self.sources[i], min_side=self.min_side)
-            px = np.ascontiguousarray(self.preprocessor(img), dtype=np.float32)
-            if not np.isfinite(px).all():
-                raise ValueError("preprocessing produced non-finite values")
-            return self.offset + i, px, None
+            return self.offset + i, load_pixels(self.sources[i], self.preprocessor, self.min_side), None
         except Exception as e:  # recorded as a failure, never fatal
-            return self.offset + i, None, f"{type(e).__name__}: {e}"
+            return self.offset + i, None, error_text(e)
 
 
 def _collate(items):

@@ -122,6 +122,37 @@ def check_metadata(meta: pd.DataFrame, where: str) -> None:
             raise StoreError(str(e)) from None
 
 
+def check_shard(embeddings: np.ndarray, meta: pd.DataFrame, dim: int, where: str = "shard") -> np.ndarray:
+    """Validate one shard's content before it is written; returns the embeddings as an array.
+
+    Raises:
+        StoreError: wrong shape or dim, row count differing from the metadata, NaN/inf values,
+            or metadata without valid ``id``/``lat``/``lon``.
+    """
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2 or emb.shape[1] != dim:
+        raise StoreError(f"{where} embeddings must be (rows, {dim}), got {emb.shape}")
+    if len(meta) != emb.shape[0]:
+        raise StoreError(f"{where} has {emb.shape[0]} embeddings but {len(meta)} metadata rows")
+    if not np.isfinite(emb).all():
+        raise StoreError(f"{where} embeddings contain NaN or inf")
+    check_metadata(meta, f"{where} metadata")
+    return emb
+
+
+def write_shard_files(path: Path, name: str, embeddings: np.ndarray, meta: pd.DataFrame) -> str:
+    """Write ``<name>.npy`` (rows L2-normalised, float16) and ``<name>.parquet`` atomically.
+
+    The one place shard files are made (``StoreWriter`` and the distributed chunk commits).
+    Content must already be checked (:func:`check_shard`). Returns the ``.npy`` file's sha256.
+    """
+    emb = np.asarray(embeddings)
+    emb16 = l2_normalize(emb).astype(np.float16) if emb.shape[0] else np.zeros((0, emb.shape[1]), np.float16)
+    digest = atomic_write_npy(Path(path) / f"{name}.npy", np.ascontiguousarray(emb16))
+    atomic_write_parquet(Path(path) / f"{name}.parquet", meta.reset_index(drop=True))
+    return digest
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """One shard as listed in the manifest."""
@@ -245,23 +276,14 @@ class StoreWriter:
             n_inputs: input samples this shard covers; default ``rows + len(failures)``.
             name: shard file stem; default ``shard-NNNNN``.
         """
-        emb = np.asarray(embeddings)
-        if emb.ndim != 2 or emb.shape[1] != self.dim:
-            raise StoreError(f"shard embeddings must be (rows, {self.dim}), got {emb.shape}")
-        if len(meta) != emb.shape[0]:
-            raise StoreError(f"shard has {emb.shape[0]} embeddings but {len(meta)} metadata rows")
-        if not np.isfinite(emb).all():
-            raise StoreError("shard embeddings contain NaN or inf")
-        check_metadata(meta, "shard metadata")
+        emb = check_shard(embeddings, meta, self.dim)
         fail_df = failures if isinstance(failures, pd.DataFrame) else pd.DataFrame(list(failures or []))
         if len(fail_df) == 0:
             fail_df = pd.DataFrame({"id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
         name = name or self.next_shard_name()
         if any(s["name"] == name for s in self.manifest["shards"]):
             raise StoreError(f"shard {name} already exists in {self.path}")
-        emb16 = l2_normalize(emb).astype(np.float16) if emb.shape[0] else np.zeros((0, self.dim), np.float16)
-        digest = atomic_write_npy(self.path / f"{name}.npy", np.ascontiguousarray(emb16))
-        atomic_write_parquet(self.path / f"{name}.parquet", meta.reset_index(drop=True))
+        digest = write_shard_files(self.path, name, emb, meta)
         if len(fail_df):
             fail_df = fail_df[["id", "reason"]].astype(str).assign(shard=name)
             self._failures = pd.concat([self._failures, fail_df], ignore_index=True)

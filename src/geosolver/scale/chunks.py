@@ -40,11 +40,10 @@ from geosolver.store import (
     EmbeddingStore,
     StoreWriter,
     atomic_write_json,
-    atomic_write_npy,
     atomic_write_parquet,
-    check_metadata,
+    check_shard,
     encoder_compatible,
-    l2_normalize,
+    write_shard_files,
 )
 
 CHUNK_DIR = "_chunks"
@@ -184,16 +183,9 @@ def write_chunk(
     """
     out = Path(out)
     dim = int(json.loads((out / MANIFEST).read_text())["dim"])
-    emb = np.asarray(embeddings)
-    if emb.ndim != 2 or emb.shape[1] != dim or emb.shape[0] != len(meta):
-        raise EmbedError(f"chunk {chunk}: embeddings {emb.shape} do not match {len(meta)} rows of dim {dim}")
-    if not np.isfinite(emb).all():
-        raise EmbedError(f"chunk {chunk}: embeddings contain NaN or inf")
-    check_metadata(meta, f"chunk {chunk} metadata")
+    emb = check_shard(embeddings, meta, dim, where=f"chunk {chunk}")
     name = shard_name(chunk)
-    emb16 = l2_normalize(emb).astype(np.float16) if emb.shape[0] else np.zeros((0, dim), np.float16)
-    digest = atomic_write_npy(out / f"{name}.npy", np.ascontiguousarray(emb16))
-    atomic_write_parquet(out / f"{name}.parquet", meta.reset_index(drop=True))
+    digest = write_shard_files(out, name, emb, meta)
     rec = {
         "name": name,
         "rows": int(emb.shape[0]),

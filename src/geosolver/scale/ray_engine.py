@@ -41,19 +41,16 @@ log = logging.getLogger(__name__)
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocessor, min_side: int | None, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """CPU stage: sources → float32 pixels ``(n, *shape)``; a failed row gets zeros and its error."""
-    from geosolver.images import open_image
+    from geosolver.embed import error_text, load_pixels
 
     n = len(batch["row"])
     pixels = np.zeros((n, *shape), np.float32)
     errors = np.full(n, "", dtype=object)
     for i, src in enumerate(batch["source"]):
         try:
-            px = np.asarray(preprocessor(open_image(str(src), min_side=min_side)), dtype=np.float32)
-            if not np.isfinite(px).all():
-                raise ValueError("preprocessing produced non-finite values")
-            pixels[i] = px
+            pixels[i] = load_pixels(str(src), preprocessor, min_side)
         except Exception as e:  # recorded as a failure, never fatal
-            errors[i] = f"{type(e).__name__}: {e}"
+            errors[i] = error_text(e)
     return {"row": np.asarray(batch["row"], np.int64), "pixels": pixels, "error": errors}
 
 

@@ -30,13 +30,12 @@ class RowDataset:
         return len(self.sources)
 
     def __getitem__(self, i: int):
-        from geosolver.images import open_image
+        from geosolver.embed import error_text, load_pixels
 
         try:
-            px = np.ascontiguousarray(self.preprocessor(open_image(self.sources[i], min_side=self.min_side)), np.float32)
-            return int(i), px
+            return int(i), load_pixels(self.sources[i], self.preprocessor, self.min_side)
         except Exception as e:  # noqa: BLE001 — a bad image is skipped, never fatal
-            log.warning("skipping %s: %s: %s", self.sources[i], type(e).__name__, e)
+            log.warning("skipping %s: %s", self.sources[i], error_text(e))
             return int(i), None
 
 
