@@ -62,13 +62,11 @@ def _world(out: Path, n_gallery: int, n_queries: int, split: str, seed: int, pro
     return wdir
 
 
-def _embed(world: Path, which: str, model: str, out: Path, progress: bool):
+def _embed(world: Path, which: str, model: str, enc, out: Path, progress: bool):
     from geosolver.data import read_dataset
     from geosolver.embed import embed_table
-    from geosolver.encoders import load_encoder
 
     table = read_dataset("folder", world, csv=world / f"{which}.csv")
-    enc = load_encoder(model, device="cpu")
     store = out / "stores" / _model_slug(model) / which
     res = embed_table(table, enc, store, batch_size=64, num_workers=1, progress=progress,
                       config={"command": "demo", "dataset": str(world / f"{which}.csv"), "model": model})
@@ -90,6 +88,7 @@ def run_demo(
     """Run the whole demo and write ``OUT/report.html``; returns the summary written to ``OUT/summary.json``."""
     from geosolver.analysis import analyze_stores
     from geosolver.curate import curate_store
+    from geosolver.encoders import load_encoder
     from geosolver.evaluate import compare_runs, evaluate
 
     t_start = time.time()
@@ -109,7 +108,8 @@ def run_demo(
     stores: dict[str, dict] = {}
     t = time.time()
     for m in models:
-        stores[m] = {w: _embed(world, w, m, out, progress) for w in ("gallery", "queries")}
+        enc = load_encoder(m, device="cpu")
+        stores[m] = {w: _embed(world, w, m, enc, out, progress) for w in ("gallery", "queries")}
     timings["embed"] = time.time() - t
 
     runs: dict[str, Path] = {}

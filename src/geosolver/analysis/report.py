@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from geosolver.htmlreport import img_tag, page
 
 from .curve import MonotoneCurve
 from .pairs import MAX_KM, PairStats
@@ -229,10 +230,6 @@ def write_report(out: Path, result: dict, stats: Mapping[str, PairStats], curves
         md += [f"## {title}", "", f"![{title}]({fname})", ""]
     (out / "report.md").write_text("\n".join(md))
 
-    def img(fname: str) -> str:
-        data = base64.b64encode((out / fname).read_bytes()).decode()
-        return f'<img alt="{html.escape(PLOTS[fname])}" src="data:image/png;base64,{data}">'
-
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     trs = "".join(
         "<tr>" + f'<td title="{html.escape(desc)}">{html.escape(r[0])}</td>' + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:]) + "</tr>"
@@ -248,20 +245,5 @@ def write_report(out: Path, result: dict, stats: Mapping[str, PairStats], curves
         + "</ul></details>",
     ]
     for fname, title in PLOTS.items():
-        body += [f"<h2>{html.escape(title)}</h2>", img(fname)]
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Geosolver embedding analysis</title>
-<style>
-body {{ font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-variant-numeric: tabular-nums; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: 4px 12px; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-thead th {{ background: #f3f5f8; }}
-tbody tr:hover {{ background: #fafbfd; }}
-img {{ max-width: 100%; border: 1px solid #eee; }}
-h2 {{ margin-top: 1.6em; }}
-</style></head><body>
-{chr(10).join(body)}
-</body></html>
-"""
-    (out / "report.html").write_text(page)
+        body += [f"<h2>{html.escape(title)}</h2>", img_tag(out / fname, title)]
+    (out / "report.html").write_text(page("Geosolver embedding analysis", "\n".join(body)))
