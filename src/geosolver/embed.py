@@ -199,7 +199,6 @@ def embed_table(
 
     device_type = getattr(encoder, "device", torch.device("cpu")).type
     workers = default_num_workers(device_type) if num_workers is None else int(num_workers)
-    meta_cols = [c for c in table.columns]
     remaining = table.iloc[start:]
     ds = _ImageDataset(remaining["source"].to_numpy(dtype=object), encoder.preprocessor, encoder.min_side, offset=start)
     loader = DataLoader(
@@ -226,9 +225,11 @@ def embed_table(
         lo, hi = chunk_idx * shard_size, min(len(table), (chunk_idx + 1) * shard_size)
         rows = np.concatenate(buf_rows) if buf_rows else np.zeros(0, np.int64)
         emb = np.concatenate(buf_emb) if buf_emb else np.zeros((0, encoder.dim), np.float32)
-        meta = table.iloc[rows][meta_cols].reset_index(drop=True)
+        meta = table.iloc[rows].reset_index(drop=True)
         writer.write_shard(emb, meta, failures=list(buf_fail), n_inputs=hi - lo)
-        buf_rows.clear(), buf_emb.clear(), buf_fail.clear()
+        buf_rows.clear()
+        buf_emb.clear()
+        buf_fail.clear()
 
     bar = tqdm(total=len(table), initial=start, unit="img", disable=not progress, dynamic_ncols=True, desc="embed")
     try:
