@@ -22,13 +22,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import EnrichError
 from geosolver.geodata import FEATURES, point_features
 from geosolver.store import EmbeddingStore, rewrite_metadata
-
-
-class EnrichError(GeosolverError):
-    """Bad enrichment request (unknown feature, bad cell size)."""
 
 
 def parse_features(spec: str | Sequence[str]) -> list[str]:

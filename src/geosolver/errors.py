@@ -1,6 +1,137 @@
-"""Exception types. Every error Geosolver raises on bad input derives from :class:`GeosolverError`,
-so the CLI can print it as one clear line instead of a traceback."""
+"""Every exception type Geosolver raises on purpose, in one hierarchy.
+
+Each derives from :class:`GeosolverError`, so the CLI prints any of them as one line naming
+what is wrong (exit code 2) instead of a traceback; the modules that raise them re-export them
+(``from geosolver.store import StoreError`` works as before).
+
+::
+
+    GeosolverError
+    ├── UserError            a command-line option or combination that makes no sense
+    ├── CoordinateError      (also a ValueError) a lat/lon missing, non-finite or out of range
+    ├── ImageReadError       an image could not be read or decoded
+    ├── DatasetError         a dataset cannot be read at all
+    ├── EncoderError         an encoder cannot be found, loaded or used that way
+    ├── StoreError           a store is missing, corrupt or incompatible
+    ├── EmbedError           an embedding job cannot start or continue
+    ├── IndexBuildError      an index cannot be built, loaded or searched
+    │   └── StaleIndexError  a saved index no longer matches its store
+    ├── LocateError          bad gallery, encoder, inputs or settings for geolocation
+    ├── EvaluateError        incompatible stores or bad evaluation settings
+    ├── AnalysisError        stores that cannot be analysed together
+    ├── EnrichError          a bad enrichment request
+    ├── GeodataError         a bundled raster is missing or unreadable (broken install)
+    ├── CurationError        curation cannot proceed with that store or settings
+    ├── TerrainError         bad arguments to the terrain-world builder
+    ├── TrainError           bad training configuration or data
+    │   ├── TrainSetupError  the training setup does not fit the model
+    │   └── CollapseError    training stopped: the embedding space collapsed
+    ├── ServeError           bad settings for the web app
+    └── HTTPInputError       a request the web app must refuse (``status``: the HTTP code)
+        ├── UploadError      a request body that cannot be accepted
+        └── PhotoError       an uploaded photo that cannot be used
+"""
 
 
 class GeosolverError(Exception):
     """Base class for errors caused by input, configuration or on-disk state."""
+
+
+class UserError(GeosolverError):
+    """A command-line option or combination that makes no sense (one line, exit code 2)."""
+
+
+class CoordinateError(GeosolverError, ValueError):
+    """A latitude/longitude value is missing, not finite or out of range."""
+
+
+class ImageReadError(GeosolverError):
+    """An image could not be read or decoded; the message names the source and the cause."""
+
+
+class DatasetError(GeosolverError):
+    """A dataset cannot be read at all (missing CSV, missing coordinate column, nothing usable).
+
+    The message names the file or directory and what is wrong with it.
+    """
+
+
+class EncoderError(GeosolverError):
+    """An encoder could not be found, loaded, or asked to do something its backend cannot do."""
+
+
+class StoreError(GeosolverError):
+    """A store is missing, corrupt, or incompatible with what was asked of it."""
+
+
+class EmbedError(GeosolverError):
+    """The embedding job cannot start or continue (e.g. resuming with another dataset)."""
+
+
+class IndexBuildError(GeosolverError):
+    """An index cannot be built, loaded or searched with the given settings / inputs."""
+
+
+class StaleIndexError(IndexBuildError):
+    """A saved index does not match the current content of its store."""
+
+
+class LocateError(GeosolverError):
+    """Bad gallery, encoder, inputs or settings for geolocation."""
+
+
+class EvaluateError(GeosolverError):
+    """Incompatible stores, bad settings, or an unreadable evaluation run."""
+
+
+class AnalysisError(GeosolverError):
+    """The stores cannot be analysed together (no shared ids, mismatched coordinates, bad names...)."""
+
+
+class EnrichError(GeosolverError):
+    """Bad enrichment request (unknown feature, bad cell size)."""
+
+
+class GeodataError(GeosolverError):
+    """A bundled raster is missing or unreadable (a broken install, not bad user input)."""
+
+
+class CurationError(GeosolverError):
+    """Curation cannot proceed with the given store, columns or settings."""
+
+
+class TerrainError(GeosolverError):
+    """Bad arguments to the terrain-world builder (sizes, split, output folder)."""
+
+
+class TrainError(GeosolverError):
+    """Bad training configuration or data (the message names the setting or file)."""
+
+
+class TrainSetupError(TrainError):
+    """The requested training setup does not fit the model (mode, blocks, LoRA)."""
+
+
+class CollapseError(TrainError):
+    """Training stopped because the embedding space collapsed (see the message for the numbers)."""
+
+
+class ServeError(GeosolverError):
+    """Bad settings for the web app."""
+
+
+class HTTPInputError(GeosolverError):
+    """A request the web app refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class UploadError(HTTPInputError):
+    """A request body that cannot be accepted; ``status`` is the HTTP status to answer with."""
+
+
+class PhotoError(HTTPInputError):
+    """An uploaded photo that cannot be used; ``status`` is the HTTP status to answer with."""

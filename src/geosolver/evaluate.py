@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import EvaluateError
 from geosolver.geo import ACCURACY_THRESHOLDS_KM, distance_metrics, geoscore, haversine, latlon_to_xyz
 from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES, Geolocator, aggregate
 from geosolver.store import EmbeddingStore, atomic_write_json, encoder_compatible
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 DEFAULT_KS = (1, 5, 10, 50)
 METRIC_COLUMNS = ["geoscore", "geoscore_ci95", "median_km", "mean_km"] + [f"acc@{t:g}km" for t in ACCURACY_THRESHOLDS_KM] + ["country_acc"]
 OUTPUT_FILES = ("metrics.json", "metrics.md", "predictions.parquet", "config.json", "errors_map.png", "errors_hist.png")
-
-
-class EvaluateError(GeosolverError):
-    """Incompatible stores, bad settings, or an unreadable evaluation run."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,16 +15,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import CoordinateError
 
 EARTH_RADIUS_KM = 6371.0
 GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0
 ACCURACY_THRESHOLDS_KM: tuple[float, ...] = (1.0, 25.0, 200.0, 750.0, 2500.0)
-
-
-class CoordinateError(GeosolverError, ValueError):
-    """A latitude/longitude value is missing, not finite or out of range."""
 
 
 def validate_coords(lat, lon, what: str = "coordinates") -> tuple[np.ndarray, np.ndarray]:

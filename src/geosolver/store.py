@@ -28,17 +28,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import StoreError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FAILURES = "failures.parquet"
 SKIPPED = "skipped.parquet"
 REQUIRED_COLUMNS = ("id", "lat", "lon")
-
-
-class StoreError(GeosolverError):
-    """A store is missing, corrupt, or incompatible with what was asked of it."""
 
 
 def _version() -> str:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from geosolver import geodata
-from geosolver.errors import GeosolverError
+from geosolver.errors import TerrainError
 from geosolver.geo import EARTH_RADIUS_KM, grid_cell, grid_cell_label, wrap_lon
 
 SPLITS = ("random", "held-out-cells")
@@ -53,10 +53,6 @@ NOT_COMPARABLE_NOTE = (
     "(OSV5M, IM2GPS3K, YFCC...)."
 )
 _KM_PER_DEG = np.pi * EARTH_RADIUS_KM / 180.0
-
-
-class TerrainError(GeosolverError):
-    """Bad arguments to the terrain-world builder (sizes, split, output folder)."""
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import AnalysisError
 from geosolver.geo import haversine, validate_coords
 from geosolver.store import EmbeddingStore
 
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 SPEARMAN_EXACT_MAX_PAIRS = 2_000_000
 SPEARMAN_SUBSAMPLE_PAIRS = 1_000_000
 COORD_TOLERANCE_KM = 1.0
-
-
-class AnalysisError(GeosolverError):
-    """The stores cannot be analysed together (no shared ids, mismatched coordinates, bad names...)."""
 
 
 def _slug(name: str) -> str:

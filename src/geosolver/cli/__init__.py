@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from geosolver.errors import UserError  # re-exported: raise it for a nonsensical option
+
 # Order here is the order of `geosolver --help`.
 COMMAND_MODULES = [
     "geosolver.cli.demo_cmd",
@@ -27,10 +29,6 @@ COMMAND_MODULES = [
     "geosolver.cli.train_cmd",
     "geosolver.cli.serve_cmd",
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one clear line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, GeosolverError, FileNotFoundError) as e:
+    except (GeosolverError, FileNotFoundError) as e:
         print(f"geosolver {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import CurationError
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,6 @@ SIZE_BINS: tuple[tuple[str, int, float], ...] = (
     ("101-150", 101, 150),
     (">150", 151, math.inf),
 )
-
-
-class CurationError(GeosolverError):
-    """Curation cannot proceed with the given store, columns or settings."""
 
 
 # ------------------------------------------------------------------------------------------

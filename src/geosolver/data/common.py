@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import DatasetError
 
 log = logging.getLogger("geosolver.data")
 
@@ -34,13 +34,6 @@ PATH_NAMES: tuple[str, ...] = ("path", "file", "filename", "file_name", "filepat
 ID_NAMES: tuple[str, ...] = ("id", "image_id", "img_id", "photo_id")
 
 REASON_NOT_FOUND = "image not found"
-
-
-class DatasetError(GeosolverError):
-    """A dataset cannot be read at all (missing CSV, missing coordinate column, nothing usable).
-
-    The message names the file or directory and what is wrong with it.
-    """
 
 
 def find_column(columns: Sequence[str], names: Iterable[str]) -> str | None:

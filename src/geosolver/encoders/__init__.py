@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +36,9 @@ from geosolver.encoders.preprocess import ResizeCropNormalize
 
 DEFAULT_ENCODER = "streetclip"
 
+#: precision names :func:`load_encoder` accepts (the CLI's ``--precision`` choices).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
 #: alias (lower case) → canonical name: a hub id for CLIP models, the backend name for offline ones.
 ENCODER_ALIASES: dict[str, str] = {
     "streetclip": "geolocal/StreetCLIP",
@@ -47,6 +51,8 @@ ENCODER_ALIASES: dict[str, str] = {
 
 __all__ = [
     "DEFAULT_ENCODER",
+    "PRECISIONS",
+    "EncoderSpec",
     "ENCODER_ALIASES",
     "TTA_MODES",
     "Encoder",
@@ -59,16 +65,45 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A picklable description of an encoder to load: what Ray actors, torchrun ranks,
+    :meth:`geosolver.locate.Geolocator.from_store` and the web app receive instead of a model.
+
+    Attributes:
+        name: alias, local directory or hub id (see :func:`load_encoder`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        precision: one of :data:`PRECISIONS`.
+    """
+
+    name: str = DEFAULT_ENCODER
+    device: str = "auto"
+    precision: str = "auto"
+
+    def load(self) -> Encoder:
+        """Load the encoder (:func:`load_encoder`)."""
+        return load_encoder(self)
+
+    def on(self, device: str | None = None, precision: str | None = None) -> "EncoderSpec":
+        """The same encoder on another device and/or precision (``None`` keeps the current one)."""
+        return replace(self, device=self.device if device is None else str(device),
+                       precision=self.precision if precision is None else str(precision))
+
+
 def load_encoder(
-    name_or_path: str | os.PathLike = DEFAULT_ENCODER,
+    name_or_path: str | os.PathLike | EncoderSpec = DEFAULT_ENCODER,
     device: str | torch.device = "auto",
     precision: str | torch.dtype = "auto",
 ) -> Encoder:
     """Load an encoder by alias, local directory or hub id.
 
+    The returned encoder's ``spec`` is the :class:`EncoderSpec` that loads it again (on the
+    device and at the precision it resolved to).
+
     Args:
-        name_or_path: see the module docstring. Resolution order: alias, existing local path,
-            hub id (``org/name``).
+        name_or_path: see the module docstring, or an :class:`EncoderSpec` (whose device and
+            precision then win over the two arguments). Resolution order: alias, existing local
+            path, hub id (``org/name``).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         precision: ``"auto"`` (bf16 if supported else fp16 on CUDA, fp32 on CPU), ``"fp32"``,
             ``"fp16"``, ``"bf16"``. Weights stay float32; this is the inference autocast dtype.
@@ -80,13 +115,25 @@ def load_encoder(
         EncoderError: the name resolves to nothing loadable; the message lists what was tried
             (alias resolution, local path, hub id) and the underlying error.
     """
-    from geosolver.encoders import clip, offline
-
+    if isinstance(name_or_path, EncoderSpec):
+        name_or_path, device, precision = name_or_path.name, name_or_path.device, name_or_path.precision
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
     key = os.fspath(name_or_path).strip()
     if not key:
         raise EncoderError("empty encoder name")
+    enc = _load(key, dev, dtype)
+    enc.spec = EncoderSpec(key, str(dev), _PRECISION_NAMES.get(dtype, "auto"))
+    return enc
+
+
+_PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _load(key: str, dev: torch.device, dtype: torch.dtype) -> Encoder:
+    """Resolve ``key`` (alias, local directory, hub id) and construct the backend."""
+    from geosolver.encoders import clip, offline
+
     tried: list[str] = []
 
     alias = ENCODER_ALIASES.get(key.lower())

@@ -21,14 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import EncoderError
 from geosolver.images import ImageSource, open_image
 
 TTA_MODES = ("flip", "d4")
-
-
-class EncoderError(GeosolverError):
-    """An encoder could not be found, loaded, or asked to do something its backend cannot do."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -115,6 +111,8 @@ class Encoder:
         dtype: autocast dtype for inference (float32 on CPU by default).
         model: the trainable ``torch.nn.Module``.
         preprocessor: picklable ``PIL.Image -> np.ndarray float32 (3, image_size, image_size)``.
+        spec: the :class:`~geosolver.encoders.EncoderSpec` that loads this encoder again (set by
+            :func:`~geosolver.encoders.load_encoder`; ``None`` for one built by hand).
     """
 
     name: str
@@ -128,6 +126,7 @@ class Encoder:
     model: torch.nn.Module
     preprocessor: Callable[[Image.Image], np.ndarray]
     channels_last: bool = False
+    spec: Any = None
 
     # ---------------------------------------------------------------- identity
     def identity(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import GeosolverError, ServeError, PhotoError
 from geosolver.geo import geoscore, haversine
 from geosolver.images import MAX_PIXELS, ImageReadError, exif_gps, open_image
 from geosolver.locate import DEFAULT_K, STRATEGIES
@@ -59,19 +59,6 @@ STATIC_DIR = Path(__file__).with_name("static")
 #: Image formats the app accepts (PIL format names; MPO is what many phone cameras write).
 ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
-
-
-class ServeError(GeosolverError):
-    """Bad settings for the web app."""
-
-
-class PhotoError(Exception):
-    """An uploaded photo that cannot be used; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass

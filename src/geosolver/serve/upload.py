@@ -20,21 +20,14 @@ from typing import AsyncIterator
 
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 
+from geosolver.errors import UploadError
+
 #: Bytes of multipart framing and text fields tolerated on top of the photo size limit.
 FORM_OVERHEAD_BYTES = 64 * 1024
 #: Most parts (file + text fields) one form may carry.
 MAX_PARTS = 16
 #: Largest text field value kept (bytes).
 MAX_FIELD_BYTES = 1024
-
-
-class UploadError(Exception):
-    """A request body that cannot be accepted; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass

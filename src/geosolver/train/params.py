@@ -21,20 +21,12 @@ from typing import Any
 
 import torch
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import TrainError, TrainSetupError
 
 log = logging.getLogger(__name__)
 
 TRAIN_MODES = ("projection", "last-blocks", "lora", "all")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-
-
-class TrainError(GeosolverError):
-    """Bad training configuration or data (the message names the setting or file)."""
-
-
-class TrainSetupError(TrainError):
-    """The requested training setup does not fit the model (mode, blocks, LoRA)."""
 
 
 def is_clip(model: torch.nn.Module) -> bool:

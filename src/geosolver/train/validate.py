@@ -13,12 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import CollapseError
 from geosolver.geo import distance_metrics, haversine
-
-
-class CollapseError(GeosolverError):
-    """Training stopped because the embedding space collapsed (see the message for the numbers)."""
 
 
 def knn_predict(

@@ -23,17 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geosolver.errors import GeosolverError
+from geosolver.errors import EmbedError
 from geosolver.images import open_image
 from geosolver.store import EmbeddingStore, StoreWriter
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 10_000
-
-
-class EmbedError(GeosolverError):
-    """The embedding job cannot start or continue (e.g. resuming with another dataset)."""
 
 
 def table_fingerprint(table: pd.DataFrame) -> str:
