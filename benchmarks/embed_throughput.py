@@ -7,7 +7,7 @@ Sections (run all with no arguments, or pick with ``--sections``):
   draft decoding + numpy ``ResizeCropNormalize``) against the reference path (``PIL.Image.open`` +
   ``CLIPImageProcessor``, PIL backend). No model weights are needed.
 
-* ``end_to_end`` — ``embed_table`` vs a naive per-image loop (open, ``CLIPProcessor``, one model
+* ``end_to_end`` — ``embed()`` vs a naive per-image loop (open, ``CLIPProcessor``, one model
   call each), same random ViT-B/32-sized CLIP on the CPU.
 * ``gpu`` — ViT-L/14-336 (StreetCLIP's architecture, random weights) on CUDA: model-only vs
   end-to-end images/s in fp16 and bf16 (skipped without a GPU).
@@ -132,13 +132,13 @@ def _folder_table(paths: list[str]):
 
 
 def end_to_end_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
-    """``embed_table`` (workers decode + preprocess, batched model calls under inference_mode)
+    """``embed()`` (workers decode + preprocess, batched model calls under inference_mode)
     against a naive loop (open, ``CLIPProcessor``, one model call per image under ``no_grad``),
     same random ViT-B/32-sized CLIP, same JPEGs, on the CPU."""
     import torch
     from transformers import CLIPImageProcessor, CLIPModel
 
-    from geosolver.embed import embed_table
+    from geosolver.embed import embed
     from geosolver.encoders import load_encoder
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -172,10 +172,10 @@ def end_to_end_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
     for workers in args.workers:
         out = workdir / f"store-w{workers}"
         t = time.perf_counter()
-        res = embed_table(_folder_table(paths), enc, out, batch_size=args.batch_size, num_workers=workers, progress=False)
+        res = embed(_folder_table(paths), enc, out, batch_size=args.batch_size, num_workers=workers, progress=False)
         rate = len(paths) / (time.perf_counter() - t)
         assert res.failures == 0
-        rows.append({"section": "end_to_end", "model": "ViT-B/32 random, CPU", "method": f"geosolver embed_table, {workers} worker(s), batch {args.batch_size}",
+        rows.append({"section": "end_to_end", "model": "ViT-B/32 random, CPU", "method": f"geosolver embed(), {workers} worker(s), batch {args.batch_size}",
                      "images": len(paths), "img/s": round(rate, 1), "speedup": round(rate / naive, 2)})
         import shutil
 
@@ -185,14 +185,14 @@ def end_to_end_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
 def gpu_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
     """StreetCLIP's architecture (ViT-L/14-336, random weights: same cost) on CUDA: model-only
-    images/s (preprocessed tensors already on the GPU) vs end-to-end ``embed_table`` from JPEGs,
+    images/s (preprocessed tensors already on the GPU) vs end-to-end ``embed()`` from JPEGs,
     in fp16 and bf16. Skipped without a GPU."""
     import torch
 
     if not torch.cuda.is_available():
         print("gpu section: no CUDA device, skipped", file=sys.stderr)
         return []
-    from geosolver.embed import embed_table
+    from geosolver.embed import embed
     from geosolver.encoders import load_encoder
 
     w, h = (int(v) for v in args.sizes[0].split("x"))
@@ -213,12 +213,12 @@ def gpu_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
         model_only = reps * args.gpu_batch / (time.perf_counter() - t)
         out = workdir / f"gpu-store-{precision}"
         t = time.perf_counter()
-        embed_table(_folder_table(paths), enc, out, batch_size=args.gpu_batch, num_workers=args.gpu_workers, progress=False)
+        embed(_folder_table(paths), enc, out, batch_size=args.gpu_batch, num_workers=args.gpu_workers, progress=False)
         e2e = len(paths) / (time.perf_counter() - t)
         rows.append({"section": "gpu", "model": f"ViT-L/14-336 random, {torch.cuda.get_device_name()}", "method": f"{precision} model-only",
                      "images": reps * args.gpu_batch, "img/s": round(model_only, 1), "speedup": 1.0})
         rows.append({"section": "gpu", "model": f"ViT-L/14-336 random, {torch.cuda.get_device_name()}",
-                     "method": f"{precision} end-to-end embed_table ({args.gpu_workers} workers)", "images": len(paths),
+                     "method": f"{precision} end-to-end embed() ({args.gpu_workers} workers)", "images": len(paths),
                      "img/s": round(e2e, 1), "speedup": round(e2e / model_only, 2)})
         import shutil
 
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", default=["512x384"], help="JPEG sizes WxH (default 512x384)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats, best kept (default 3)")
     p.add_argument("--workdir", default=None, help="where to write the test JPEGs (default: a temp dir)")
-    p.add_argument("--e2e-n", type=int, default=256, help="end_to_end: images for embed_table (default 256)")
+    p.add_argument("--e2e-n", type=int, default=256, help="end_to_end: images for embed() (default 256)")
     p.add_argument("--naive-n", type=int, default=96, help="end_to_end: images for the naive loop (default 96)")
     p.add_argument("--batch-size", type=int, default=32, help="end_to_end: batch size (default 32)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="end_to_end: DataLoader workers to try")

@@ -66,7 +66,7 @@ def bench_engines(work: Path, n_images: int, ray_cpus: int, workers: int) -> lis
     import torch
 
     from geosolver.data import read_dataset
-    from geosolver.embed import embed_table
+    from geosolver.embed import embed
     from geosolver.encoders import load_encoder
 
     torch.set_num_threads(1)
@@ -77,21 +77,18 @@ def bench_engines(work: Path, n_images: int, ray_cpus: int, workers: int) -> lis
     table = read_dataset("folder", ds)
     enc = load_encoder(model, device="cpu", precision="fp32")
     out = []
-    res = embed_table(table, enc, work / f"local-{time.time_ns()}", batch_size=16, num_workers=workers, shard_size=32, progress=False)
+    res = embed(table, enc, work / f"local-{time.time_ns()}", batch_size=16, num_workers=workers, shard_size=32, progress=False)
     out.append({"engine": f"local (DataLoader, {workers} worker(s), torch 1 thread)", "images": res.rows_embedded, "seconds": res.seconds})
     import ray
-
-    from geosolver.scale.ray_engine import embed_table_ray
 
     t0 = time.perf_counter()
     ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
     t_init = time.perf_counter() - t0
     try:
-        res = embed_table_ray(table, enc, model, work / f"ray-{time.time_ns()}", device="cpu", precision="fp32",
-                              batch_size=16, shard_size=32, actor_threads=1, progress=False)
+        res = embed(table, enc, work / f"ray-{time.time_ns()}", engine="ray", batch_size=16, shard_size=32, progress=False)
     finally:
         ray.shutdown()
-    out.append({"engine": f"ray (local, {ray_cpus} CPUs: decode tasks + 1 actor, torch 1 thread; ray.init {t_init:.1f}s not counted)",
+    out.append({"engine": f"ray (local, {ray_cpus} CPUs: 1 actor decoding + embedding whole chunks; ray.init {t_init:.1f}s not counted)",
                 "images": res.rows_embedded, "seconds": res.seconds})
     return out
 

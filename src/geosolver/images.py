@@ -132,7 +132,7 @@ def read_bytes(source: ImageSource) -> bytes:
         if s.startswith(TAR_PREFIX):
             tar_path, member = parse_tar_source(s)
             if "://" in tar_path:  # tar://s3://bucket/x.tar::MEMBER: a remote shard, read via fsspec
-                from geosolver.scale.remote import read_tar_member
+                from geosolver.data.remote import read_tar_member
 
                 return read_tar_member(tar_path, member)
             return _read_tar_member(s)

@@ -6,20 +6,28 @@ Layout of a store directory (format version 1)::
     shard-00000.npy        float16 (rows, dim), rows L2-normalised
     shard-00000.parquet    one row per embedding, same order: id, lat, lon, metadata columns...
     failures.parquet       id, reason, shard: inputs that could not be read or embedded
+    skipped.parquet        id, reason: rows the dataset reader could not use (optional)
+    _chunks/               commit records not yet folded into the manifest (only while writing)
 
-Writes are crash-safe: each file is written under a temporary name and renamed, and the
-manifest, rewritten after every shard, is the commit point. Files not listed in the manifest
-are leftovers of a killed run and are removed when the store is opened for writing again.
+**The one write protocol.** Every shard — written by a local run, a torchrun rank, a Ray
+actor's result, ``subset`` or ``write_store`` — is *chunk* ``c`` of its store and is committed by
+:meth:`StoreWriter.commit_chunk`: ``shard-{c:05d}.npy`` and ``.parquet`` are written under
+temporary names and renamed, then the record ``_chunks/chunk-{c:05d}.json`` (rows, inputs,
+sha256, failure records) is written atomically — **that record is the commit point**. Chunks may
+be committed in any order and by several processes; a retried chunk rewrites the same names, so
+nothing is ever duplicated. :meth:`StoreWriter.merge` folds the records into ``manifest.json``
+and ``failures.parquet`` in chunk order (the local engine merges after every chunk, distributed
+engines once at the end), so the finished store is the same whoever wrote which chunk.
 
 Each shard records ``n_inputs``, the number of input samples it covers (successes plus
-failures), so a resumed batch job knows exactly where to continue.
+failures), so a resumed batch job knows exactly which input rows are done.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,72 +37,13 @@ import numpy as np
 import pandas as pd
 
 from geosolver.errors import StoreError
+from geosolver.files import atomic_write_json, atomic_write_npy, atomic_write_parquet, sha256_file, version
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FAILURES = "failures.parquet"
 SKIPPED = "skipped.parquet"
 REQUIRED_COLUMNS = ("id", "lat", "lon")
-
-
-def _version() -> str:
-    from geosolver import __version__
-
-    return __version__
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via a temporary file and a rename."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    df = df.copy(deep=False)
-    df.attrs = {}  # pandas would try to serialise attrs (e.g. a reader's skipped-rows frame) as JSON
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def atomic_write_npy(path: Path, arr: np.ndarray) -> str:
-    """Write ``arr`` as .npy under a temporary name, rename, return the file's sha256."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = _sha256(tmp)
-    os.replace(tmp, path)
-    return digest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -136,10 +85,25 @@ def check_shard(embeddings: np.ndarray, meta: pd.DataFrame, dim: int, where: str
     return emb
 
 
+#: the shard stem of chunk ``c``; a manifest listing any other name is refused (no path tricks).
+SHARD_PATTERN = re.compile(r"shard-(\d{5,})")
+CHUNK_DIR = "_chunks"
+
+
+def shard_name(chunk: int) -> str:
+    """The shard stem of chunk ``chunk``: ``shard-00042``."""
+    return f"shard-{int(chunk):05d}"
+
+
+def chunk_of(name: str) -> int | None:
+    """The chunk index of a shard stem (``shard-00042`` → 42), ``None`` for any other name."""
+    m = SHARD_PATTERN.fullmatch(str(name))
+    return int(m.group(1)) if m else None
+
+
 def write_shard_files(path: Path, name: str, embeddings: np.ndarray, meta: pd.DataFrame) -> str:
     """Write ``<name>.npy`` (rows L2-normalised, float16) and ``<name>.parquet`` atomically.
 
-    The one place shard files are made (``StoreWriter`` and the distributed chunk commits).
     Content must already be checked (:func:`check_shard`). Returns the ``.npy`` file's sha256.
     """
     emb = np.asarray(embeddings)
@@ -175,8 +139,13 @@ def encoder_compatible(a: dict, b: dict) -> tuple[bool, str]:
     return True, ""
 
 
+def _empty_failures(with_shard: bool = True) -> pd.DataFrame:
+    cols = ["id", "reason", "shard"] if with_shard else ["id", "reason"]
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in cols})
+
+
 class StoreWriter:
-    """Appends shards to a store directory, crash-safely; resumes an unfinished store.
+    """Writes a store directory through the one commit protocol (see the module docstring).
 
     Args:
         path: the store directory (created if missing).
@@ -184,29 +153,36 @@ class StoreWriter:
         config: the command/configuration that produced the store, kept in the manifest.
         resume: if the directory already holds a store, continue it (encoder must match);
             otherwise an existing store is an error.
+        exclusive: this writer is the store's only writer right now, so opening it may remove
+            what killed writers left behind (temporary files, shard files no commit refers to).
+            Distributed writers (torchrun ranks) pass ``False``.
     """
 
-    def __init__(self, path: str | os.PathLike, encoder: dict, config: dict | None = None, resume: bool = True):
+    def __init__(self, path: str | os.PathLike, encoder: dict, config: dict | None = None, resume: bool = True,
+                 exclusive: bool = True):
         self.path = Path(path)
         if "dim" not in encoder or "name" not in encoder:
             raise StoreError(f"encoder identity needs 'name' and 'dim', got {encoder}")
         self.dim = int(encoder["dim"])
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file; a store is a directory (pick another --out)")
         self.path.mkdir(parents=True, exist_ok=True)
         mpath = self.path / MANIFEST
         if mpath.exists():
             if not resume:
                 raise StoreError(f"{self.path} already holds a store; pass resume=True or pick another --out")
-            self.manifest = json.loads(mpath.read_text())
+            self.manifest = read_manifest(self.path)
             ok, why = encoder_compatible(self.manifest["encoder"], encoder)
             if not ok:
                 raise StoreError(f"cannot resume {self.path}: {why}")
             if config is not None:
                 self.manifest.setdefault("resumed_with", []).append(config)
-            self._cleanup()
+            if exclusive:
+                self._cleanup()
         else:
             self.manifest = {
                 "format_version": FORMAT_VERSION,
-                "geosolver_version": _version(),
+                "geosolver_version": version(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "encoder": dict(encoder),
                 "dim": self.dim,
@@ -219,11 +195,11 @@ class StoreWriter:
                 "config": config or {},
             }
             atomic_write_json(mpath, self.manifest)
-        self._failures = self._load_failures()
 
     # -- state ----------------------------------------------------------------------------
     @property
     def shards(self) -> list[ShardInfo]:
+        """Shards listed in the manifest (merged), in chunk order."""
         return [ShardInfo.from_json(s) for s in self.manifest["shards"]]
 
     @property
@@ -232,65 +208,135 @@ class StoreWriter:
 
     @property
     def n_inputs_done(self) -> int:
-        """Input samples covered by committed shards (successes plus failures)."""
+        """Input samples covered by merged shards (successes plus failures)."""
         return int(self.manifest["n_inputs"])
 
+    def _record_path(self, chunk: int) -> Path:
+        return self.path / CHUNK_DIR / f"chunk-{int(chunk):05d}.json"
+
+    def _records(self) -> dict[int, Path]:
+        cdir = self.path / CHUNK_DIR
+        out: dict[int, Path] = {}
+        if cdir.is_dir():
+            for p in cdir.glob("chunk-*.json"):
+                stem = p.stem[len("chunk-"):]
+                if stem.isdigit():
+                    out[int(stem)] = p
+        return out
+
+    def committed(self) -> set[int]:
+        """Chunks whose shard is committed: listed in the manifest or holding a commit record."""
+        listed = {chunk_of(s["name"]) for s in self.manifest["shards"]}
+        return {c for c in listed if c is not None} | set(self._records())
+
     def _cleanup(self) -> None:
-        listed = {s["name"] for s in self.manifest["shards"]}
+        """Remove temporary files and shard files that no commit refers to (killed writers)."""
+        keep = {shard_name(c) for c in self.committed()}
         for p in self.path.iterdir():
             stem = p.name.split(".")[0]
-            if ".tmp" in p.name or (stem.startswith("shard-") and stem not in listed):
-                p.unlink()
+            if p.is_file() and (".tmp" in p.name or (chunk_of(stem) is not None and stem not in keep)):
+                p.unlink(missing_ok=True)
+        cdir = self.path / CHUNK_DIR
+        if cdir.is_dir():
+            for p in cdir.iterdir():
+                if ".tmp" in p.name:
+                    p.unlink(missing_ok=True)
 
-    def _load_failures(self) -> pd.DataFrame:
+    # -- the commit protocol --------------------------------------------------------------
+    def commit_chunk(
+        self,
+        chunk: int,
+        embeddings: np.ndarray,
+        meta: pd.DataFrame,
+        failures: Sequence[dict] | pd.DataFrame | None = None,
+        n_inputs: int | None = None,
+    ) -> ShardInfo:
+        """Commit chunk ``chunk`` as shard ``shard-{chunk:05d}``: shard files, then the record.
+
+        Safe from any process and in any order; committing a chunk again replaces it.
+
+        Args:
+            chunk: chunk index (>= 0).
+            embeddings: ``(rows, dim)`` float array; rows are L2-normalised and stored as float16.
+            meta: one row per embedding with at least ``id``, ``lat``, ``lon`` (degrees).
+            failures: records ``{"id", "reason"}`` for inputs of this chunk that failed.
+            n_inputs: input samples this chunk covers; default ``rows + len(failures)``.
+        """
+        if int(chunk) < 0:
+            raise StoreError(f"chunk index must be >= 0, got {chunk}")
+        name = shard_name(chunk)
+        emb = check_shard(embeddings, meta, self.dim, where=f"{self.path.name}/{name}")
+        fail_df = failures if isinstance(failures, pd.DataFrame) else pd.DataFrame(list(failures or []))
+        fail_df = fail_df[["id", "reason"]].astype(str) if len(fail_df) else _empty_failures(with_shard=False)
+        digest = write_shard_files(self.path, name, emb, meta)
+        n_in = int(n_inputs) if n_inputs is not None else emb.shape[0] + len(fail_df)
+        info = ShardInfo(name=name, rows=int(emb.shape[0]), n_inputs=n_in, sha256=digest)
+        (self.path / CHUNK_DIR).mkdir(exist_ok=True)
+        atomic_write_json(self._record_path(chunk), {**info.__dict__, "failures": fail_df.to_dict("records")})
+        return info
+
+    def merge(self, complete: bool = False, expect_chunks: int | None = None, **extra: Any) -> None:
+        """Fold every commit record into ``manifest.json`` and ``failures.parquet``, in chunk order.
+
+        Args:
+            complete: mark the store complete (then leftover temporary files are removed).
+            expect_chunks: with ``complete``, the number of chunks the store must hold
+                (``0..expect_chunks-1``); a missing one is a :class:`StoreError`.
+            extra: fields added to the manifest (e.g. ``last_run``).
+        """
+        records = self._records()
+        if complete and expect_chunks is not None:
+            missing = sorted(set(range(expect_chunks)) - self.committed())
+            if missing:
+                raise StoreError(
+                    f"{self.path}: {len(missing)} of {expect_chunks} chunk(s) not committed yet (first: {missing[:5]}); "
+                    "finish or re-run the embedding, then merge"
+                )
+        by_chunk = {chunk_of(s["name"]): s for s in self.manifest["shards"]}
+        old_fail = self._failures_on_disk()
+        fails = {c: old_fail[old_fail["shard"] == s["name"]] for c, s in by_chunk.items()}
+        for c, rp in records.items():  # a record wins over an older listing of the same chunk
+            rec = json.loads(rp.read_text())
+            by_chunk[c] = {k: rec[k] for k in ("name", "rows", "n_inputs", "sha256")}
+            f = pd.DataFrame(rec["failures"], columns=["id", "reason"]).astype(str)
+            fails[c] = f.assign(shard=rec["name"])
+        order = sorted(by_chunk)
+        shards = [by_chunk[c] for c in order]
+        parts = [fails[c] for c in order if len(fails[c])]
+        failures = pd.concat(parts, ignore_index=True).astype(str) if parts else _empty_failures()
+        if records or complete or not (self.path / FAILURES).exists():
+            atomic_write_parquet(self.path / FAILURES, failures)
+        self.manifest["shards"] = shards
+        self.manifest["rows"] = int(sum(s["rows"] for s in shards))
+        self.manifest["n_inputs"] = int(sum(s["n_inputs"] for s in shards))
+        self.manifest["n_failures"] = int(len(failures))
+        self.manifest["complete"] = bool(complete)
+        self.manifest.update(extra)
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+        for rp in records.values():  # folded: the manifest now lists them
+            rp.unlink(missing_ok=True)
+        if complete:
+            self._cleanup()
+            cdir = self.path / CHUNK_DIR
+            if cdir.is_dir() and not any(cdir.iterdir()):
+                cdir.rmdir()
+
+    def _failures_on_disk(self) -> pd.DataFrame:
         fp = self.path / FAILURES
-        cols = ["id", "reason", "shard"]
-        if not fp.exists():
-            return pd.DataFrame({c: pd.Series(dtype=str) for c in cols})
-        df = pd.read_parquet(fp)
-        listed = {s["name"] for s in self.manifest["shards"]}
-        return df[df["shard"].isin(listed)].reset_index(drop=True)
+        return pd.read_parquet(fp) if fp.exists() else _empty_failures()
 
-    # -- writing --------------------------------------------------------------------------
-    def next_shard_name(self, prefix: str = "shard") -> str:
-        return f"{prefix}-{len(self.manifest['shards']):05d}"
-
+    # -- sequential writing (subset, write_store, small tools) ----------------------------
     def write_shard(
         self,
         embeddings: np.ndarray,
         meta: pd.DataFrame,
         failures: Sequence[dict] | pd.DataFrame | None = None,
         n_inputs: int | None = None,
-        name: str | None = None,
     ) -> ShardInfo:
-        """Commit one shard.
-
-        Args:
-            embeddings: ``(rows, dim)`` float array; rows are L2-normalised and stored as float16.
-            meta: one row per embedding with at least ``id``, ``lat``, ``lon`` (degrees).
-            failures: records ``{"id", "reason"}`` for inputs of this shard that failed.
-            n_inputs: input samples this shard covers; default ``rows + len(failures)``.
-            name: shard file stem; default ``shard-NNNNN``.
-        """
-        emb = check_shard(embeddings, meta, self.dim)
-        fail_df = failures if isinstance(failures, pd.DataFrame) else pd.DataFrame(list(failures or []))
-        if len(fail_df) == 0:
-            fail_df = pd.DataFrame({"id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-        name = name or self.next_shard_name()
-        if any(s["name"] == name for s in self.manifest["shards"]):
-            raise StoreError(f"shard {name} already exists in {self.path}")
-        digest = write_shard_files(self.path, name, emb, meta)
-        if len(fail_df):
-            fail_df = fail_df[["id", "reason"]].astype(str).assign(shard=name)
-            self._failures = pd.concat([self._failures, fail_df], ignore_index=True)
-            atomic_write_parquet(self.path / FAILURES, self._failures)
-        n_in = int(n_inputs) if n_inputs is not None else emb.shape[0] + len(fail_df)
-        info = ShardInfo(name=name, rows=int(emb.shape[0]), n_inputs=n_in, sha256=digest)
-        self.manifest["shards"].append(info.__dict__.copy())
-        self.manifest["rows"] = int(self.manifest["rows"]) + info.rows
-        self.manifest["n_inputs"] = int(self.manifest.get("n_inputs", 0)) + n_in
-        self.manifest["n_failures"] = int(len(self._failures))
-        atomic_write_json(self.path / MANIFEST, self.manifest)
+        """Append one shard: commit it as the next chunk and merge (see :meth:`commit_chunk`)."""
+        done = self.committed()
+        info = self.commit_chunk(max(done) + 1 if done else 0, embeddings, meta, failures, n_inputs)
+        self.merge()
         return info
 
     def record_skipped(self, skipped: pd.DataFrame) -> None:
@@ -300,14 +346,35 @@ class StoreWriter:
         self.manifest["n_skipped"] = int(len(df))
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
-    def finalize(self, **extra: Any) -> "EmbeddingStore":
-        """Mark the store complete (optionally recording extra manifest fields) and open it."""
-        self.manifest["complete"] = True
-        self.manifest.update(extra)
-        if not (self.path / FAILURES).exists():
-            atomic_write_parquet(self.path / FAILURES, self._failures)
-        atomic_write_json(self.path / MANIFEST, self.manifest)
+    def finalize(self, expect_chunks: int | None = None, **extra: Any) -> "EmbeddingStore":
+        """Merge, mark the store complete (recording ``extra`` manifest fields) and open it."""
+        self.merge(complete=True, expect_chunks=expect_chunks, **extra)
         return EmbeddingStore(self.path)
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of the store at ``path``, with its shard names checked.
+
+    Raises:
+        StoreError: no manifest, invalid JSON, an unsupported format, or a shard entry that is
+            not a plain ``shard-NNNNN`` name of this store (never read outside the directory).
+    """
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise StoreError(f"{path} is not an embedding store (no {MANIFEST}); build one with `geosolver embed`")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{mpath} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        fv = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise StoreError(f"{path}: unsupported store format {fv}")
+    for s in manifest.get("shards", []):
+        if not isinstance(s, dict) or chunk_of(s.get("name", "")) is None:
+            name = s.get("name") if isinstance(s, dict) else s
+            raise StoreError(f"{mpath}: shard entry {name!r} is not a shard name of this store (shard-NNNNN); the manifest is damaged")
+    return manifest
 
 
 class EmbeddingStore:
@@ -319,15 +386,7 @@ class EmbeddingStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        mpath = self.path / MANIFEST
-        if not mpath.exists():
-            raise StoreError(f"{self.path} is not an embedding store (no {MANIFEST}); build one with `geosolver embed`")
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{mpath} is not valid JSON: {e}") from None
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{self.path}: unsupported store format {self.manifest.get('format_version')}")
+        self.manifest = read_manifest(self.path)
         self.shards = [ShardInfo.from_json(s) for s in self.manifest["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
         self._meta: pd.DataFrame | None = None
@@ -447,7 +506,7 @@ class EmbeddingStore:
             if not f.exists():
                 problems.append(f"{f} missing")
                 continue
-            if _sha256(f) != s.sha256:
+            if sha256_file(f) != s.sha256:
                 problems.append(f"{f} checksum mismatch")
             try:
                 self.shard_embeddings(i)

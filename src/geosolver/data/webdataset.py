@@ -46,8 +46,8 @@ def expand_shards(spec: str | os.PathLike, split: str | None = None) -> list[Pat
     shards whose file name contains ``split``.
     """
     s = os.fspath(spec)
-    if "://" in s:  # s3://, memory://, ... : listed with fsspec (geosolver.scale.remote)
-        from geosolver.scale.remote import expand_url_shards
+    if "://" in s:  # s3://, memory://, ... : listed with fsspec (geosolver.data.remote)
+        from geosolver.data.remote import expand_url_shards
 
         return expand_url_shards(s, split)  # type: ignore[return-value]  (URL strings)
     p = Path(s)
@@ -82,7 +82,7 @@ def _scan_shard(path: Path) -> list[dict]:
     samples: dict[str, dict] = {}
     try:
         if "://" in os.fspath(path):
-            from geosolver.scale.remote import open_url
+            from geosolver.data.remote import open_url
 
             tf = tarfile.open(fileobj=open_url(os.fspath(path)), mode="r:")
         else:

@@ -1,129 +1,67 @@
-"""The batch embedding pipeline: dataset table → encoder → EmbeddingStore, resumable.
+"""Dataset table → encoder → EmbeddingStore: the one embedding pipeline, resumable, on any engine.
 
-Work is split into *chunks* of ``shard_size`` consecutive input rows; chunk ``c`` always covers
-rows ``[c * shard_size, (c + 1) * shard_size)`` of the dataset table and becomes exactly one
-shard (its successes) plus its failure records. A killed run therefore resumes at the first
-row of the first uncommitted chunk, and the finished store is byte-for-byte the one an
-uninterrupted run writes: same shards, same rows, same order.
+::
 
-Decoding and preprocessing run in DataLoader worker processes (the main process only moves
-ready tensors to the device and runs the model under ``torch.inference_mode``); one bad image
-becomes a failure record, never a crashed run.
+    from geosolver.embed import embed
+    res = embed(table, "streetclip", "stores/osv5m-test")                   # this process
+    res = embed(table, spec, out, engine="ranks", rank=r, world_size=w)   # one torchrun rank
+    res = embed(table, spec, out, engine="ray")                           # a Ray cluster
+
+Every engine runs the same steps (:mod:`geosolver.embed.job`, :mod:`geosolver.embed.chunks`):
+plan fixed input chunks (chunk ``c`` = rows ``[c·S, (c+1)·S)``), check the job's fingerprint
+when resuming, run decode → embed → commit per chunk (the only place rows become a shard, through
+:meth:`geosolver.store.StoreWriter.commit_chunk`), and merge the manifest in chunk order. Engines
+only decide which process runs which chunk, so every engine writes the same store, and a killed
+run — of any engine — resumes to the store an uninterrupted run writes.
+
+* ``local``: this process; DataLoader workers decode, the manifest is merged after every chunk.
+* ``ranks``: rank ``r`` of ``W`` (``torchrun`` / ``accelerate launch``, or ``--rank/--world-size``)
+  runs chunks ``c ≡ r (mod W)``; rank 0 creates the store and merges once every chunk is in.
+* ``ray``: a pool of Ray actors (a GPU each when the cluster has GPUs) each loads the encoder
+  from its :class:`~geosolver.encoders.EncoderSpec` and embeds whole chunks; the driver commits
+  the results, so ``out`` need only be visible to the driver.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from geosolver.errors import EmbedError
-from geosolver.images import open_image
+from geosolver.embed.chunks import ChunkOutput, commit, iter_chunks
+from geosolver.embed.decode import error_text, load_pixels
+from geosolver.embed.job import DEFAULT_SHARD_SIZE, ChunkPlan, check_table, open_store, table_fingerprint
+from geosolver.encoders import Encoder, EncoderSpec, load_encoder
+from geosolver.errors import EmbedError, StoreError
 from geosolver.store import EmbeddingStore, StoreWriter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_SIZE = 10_000
+#: the engines :func:`embed` runs (the CLI's ``--engine`` choices).
+ENGINES = ("local", "ranks", "ray")
 
-
-def table_fingerprint(table: pd.DataFrame) -> str:
-    """sha256 over the ordered ids of a dataset table: identifies what a store was built from."""
-    h = hashlib.sha256()
-    ids = table["id"].astype(str).to_numpy()
-    for s in range(0, len(ids), 100_000):
-        h.update("\n".join(ids[s : s + 100_000]).encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def check_same_job(first_config: dict, out, n_rows: int, fingerprint: str, tta: str | None) -> None:
-    """Refuse to continue a store that was started from another dataset or with another ``tta``.
-
-    Args:
-        first_config: the ``config`` of the store's manifest (as written when it was created).
-        out: the store path (for the message).
-        n_rows, fingerprint: the current dataset table's length and :func:`table_fingerprint`.
-        tta: the current test-time augmentation setting.
-    """
-    if first_config.get("ids_sha256") != fingerprint:
-        raise EmbedError(
-            f"{out} was started from another dataset ({first_config.get('n_inputs')} rows, ids sha256 "
-            f"{str(first_config.get('ids_sha256'))[:12]}…) than this one ({n_rows} rows, {fingerprint[:12]}…); "
-            "use a new --out or the same dataset and --limit"
-        )
-    if first_config.get("tta") != tta:
-        raise EmbedError(f"{out} was started with tta={first_config.get('tta')!r}, not {tta!r}")
-
-
-def load_pixels(source, preprocessor, min_side: int | None) -> np.ndarray:
-    """Decode and preprocess one image source: the per-image work of every pipeline
-    (local DataLoader workers, Ray decode tasks, training loaders).
-
-    Returns:
-        float32 C-contiguous pixels as made by ``preprocessor`` (e.g. ``(3, S, S)``).
-
-    Raises:
-        Exception: anything decoding or preprocessing raised (callers record it per image);
-            ``ValueError`` if preprocessing produced non-finite values.
-    """
-    px = np.ascontiguousarray(preprocessor(open_image(source, min_side=min_side)), dtype=np.float32)
-    if not np.isfinite(px).all():
-        raise ValueError("preprocessing produced non-finite values")
-    return px
-
-
-def error_text(e: BaseException) -> str:
-    """How a per-image failure is recorded: ``"<ExceptionType>: <message>"``."""
-    return f"{type(e).__name__}: {e}"
-
-
-class _ImageDataset:
-    """Map-style dataset over (source) strings: decode + preprocess in the worker.
-
-    Returns ``(index, pixels or None, error or None)``; errors are caught per item.
-    """
-
-    def __init__(self, sources: np.ndarray, preprocessor, min_side: int | None, offset: int):
-        self.sources = sources
-        self.preprocessor = preprocessor
-        self.min_side = min_side
-        self.offset = offset
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.offset + i, load_pixels(self.sources[i], self.preprocessor, self.min_side), None
-        except Exception as e:  # recorded as a failure, never fatal
-            return self.offset + i, None, error_text(e)
-
-
-def _collate(items):
-    import torch
-
-    idx = np.array([it[0] for it in items], dtype=np.int64)
-    ok = [it for it in items if it[1] is not None]
-    pixels = torch.from_numpy(np.stack([it[1] for it in ok])) if ok else None
-    ok_idx = np.array([it[0] for it in ok], dtype=np.int64)
-    errors = [(it[0], it[2]) for it in items if it[1] is None]
-    return idx, ok_idx, pixels, errors
-
-
-def _worker_init(_):
-    import torch
-
-    torch.set_num_threads(1)
+__all__ = [
+    "DEFAULT_SHARD_SIZE", "ENGINES", "ChunkOutput", "ChunkPlan", "EmbedError", "EmbedResult", "default_num_workers",
+    "embed", "error_text", "load_pixels", "merge", "rank_from_env", "table_fingerprint",
+]
 
 
 @dataclass
 class EmbedResult:
+    """What one :func:`embed` call did.
+
+    Attributes:
+        store: the store (complete unless this was a rank that does not merge).
+        rows_embedded: images embedded by this call.
+        failures: images this call could not read or embed.
+        seconds: wall time of the embedding (not of loading the encoder).
+        resumed_from: input rows that were already committed when the call started.
+    """
+
     store: EmbeddingStore
     rows_embedded: int
     failures: int
@@ -136,14 +74,44 @@ class EmbedResult:
 
 
 def default_num_workers(device_type: str) -> int:
+    """Decode workers by device: up to 16 feeding a GPU, up to 4 (one core left) on a CPU."""
     n = os.cpu_count() or 1
     return min(16, max(1, n - 1)) if device_type == "cuda" else max(1, min(4, n - 1))
 
 
-def embed_table(
+def rank_from_env(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, or ``None``
+    when not launched by torchrun/accelerate (or with a world of 1)."""
+    env = os.environ if env is None else env
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    try:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", rank))
+    except ValueError as e:
+        raise EmbedError(f"bad RANK/WORLD_SIZE/LOCAL_RANK in the environment: {e}") from None
+    if world <= 1:
+        return None
+    if not 0 <= rank < world:
+        raise EmbedError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def _rank_device(device: str, local_rank: int) -> str:
+    """``auto`` on a rank → that rank's GPU (``cuda:LOCAL_RANK mod count``) when there are GPUs."""
+    if device != "auto":
+        return device
+    import torch
+
+    return f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+
+
+def embed(
     table: pd.DataFrame,
-    encoder,
+    encoder: Encoder | EncoderSpec | str,
     out: str | os.PathLike,
+    *,
+    engine: str = "local",
     batch_size: int = 64,
     num_workers: int | None = None,
     shard_size: int | None = None,
@@ -151,108 +119,166 @@ def embed_table(
     progress: bool = True,
     config: dict[str, Any] | None = None,
     skipped: pd.DataFrame | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    local_rank: int | None = None,
+    merge_when_done: bool = True,
+    wait_s: float = 24 * 3600.0,
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> EmbedResult:
     """Embed every row of a dataset table into the store at ``out`` (resuming it if present).
 
     Args:
         table: a dataset table from :func:`geosolver.data.read_dataset`: columns ``id``,
             ``source``, ``lat``, ``lon`` (degrees) and metadata, in a deterministic order.
-        encoder: a loaded :class:`geosolver.encoders.Encoder`.
+        encoder: a loaded :class:`~geosolver.encoders.Encoder`, or the :class:`EncoderSpec` /
+            name to load (ranks load it on their own GPU; Ray actors each load their own copy).
         out: store directory.
-        batch_size: images per model call.
-        num_workers: DataLoader worker processes for decode + preprocess (0 = in process).
-        shard_size: input rows per shard; fixed at creation (a resumed store keeps its own).
-        tta: test-time augmentation passed to ``encoder.embed_pixels`` (``None``, ``"flip"``, ``"d4"``).
+        engine: one of :data:`ENGINES`.
+        batch_size: images per model call (>= 1).
+        num_workers: DataLoader decode workers per process (default: by device; ``ranks`` and
+            ``ray`` default to 0).
+        shard_size: input rows per chunk/shard, fixed at creation (a resumed store keeps its own).
+        tta: test-time augmentation for ``embed_pixels`` (``None``, ``"flip"``, ``"d4"``).
         progress: show a progress bar with images/s.
         config: the command/configuration to record in the manifest.
         skipped: rows the reader could not use (``id``, ``reason``), kept as ``skipped.parquet``.
+        rank, world_size, local_rank: for ``engine="ranks"`` (default: from the environment).
+        merge_when_done: ``ranks``: rank 0 waits for every chunk and merges the manifest.
+        wait_s: ``ranks``: how long rank > 0 waits for the store, and rank 0 for the other ranks.
+        ray_address: ``ray``: ``ray.init`` address (``None`` starts a local Ray unless one is running).
+        ray_actors: ``ray``: embedding actors (default: the cluster's GPUs, else 1).
 
     Returns:
-        :class:`EmbedResult` with the finished store and run statistics.
+        :class:`EmbedResult` with the store and this call's statistics.
+
+    Raises:
+        EmbedError: bad settings, or a store started from another dataset, TTA or encoder.
     """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    for col in ("id", "source", "lat", "lon"):
-        if col not in table.columns:
-            raise EmbedError(f"dataset table lacks column {col!r} (has {list(table.columns)})")
-    table = table.reset_index(drop=True)
-    fingerprint = table_fingerprint(table)
-    cfg = dict(config or {})
-    cfg.update({"n_inputs": int(len(table)), "ids_sha256": fingerprint, "tta": tta})
-    writer = StoreWriter(out, encoder.identity(), config={**cfg, "shard_size": shard_size or DEFAULT_SHARD_SIZE})
-    first = writer.manifest["config"]
-    check_same_job(first, out, len(table), fingerprint, tta)
-    shard_size = int(first["shard_size"])
-    if skipped is not None and len(skipped):
-        writer.record_skipped(skipped)
-    start = writer.n_inputs_done
-    if start:
-        log.info("resuming %s at input row %d of %d (%d shards committed)", out, start, len(table), len(writer.shards))
-    if start % shard_size and start < len(table):
-        raise EmbedError(f"{out}: committed inputs ({start}) are not a whole number of shards of {shard_size}")
-
-    device_type = getattr(encoder, "device", torch.device("cpu")).type
-    workers = default_num_workers(device_type) if num_workers is None else int(num_workers)
-    remaining = table.iloc[start:]
-    ds = _ImageDataset(remaining["source"].to_numpy(dtype=object), encoder.preprocessor, encoder.min_side, offset=start)
-    loader = DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device_type == "cuda",
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
-
+    if engine not in ENGINES:
+        raise EmbedError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if int(batch_size) < 1:
+        raise EmbedError(f"batch size must be >= 1, got {batch_size}")
+    if num_workers is not None and int(num_workers) < 0:
+        raise EmbedError(f"num_workers must be >= 0, got {num_workers}")
+    table = check_table(table)
+    if engine == "ray":
+        return _embed_ray(table, encoder, out, batch_size, num_workers, shard_size, tta, progress, config, skipped,
+                          ray_address, ray_actors)
+    if engine == "ranks":
+        if rank is None or world_size is None:
+            env = rank_from_env()
+            if env is None:
+                raise EmbedError("engine 'ranks' needs rank and world_size (or RANK/WORLD_SIZE from torchrun)")
+            rank, world_size, local_rank = env
+        if not 0 <= rank < world_size:
+            raise EmbedError(f"rank {rank} outside world size {world_size}")
+        if not isinstance(encoder, Encoder):
+            spec = encoder if isinstance(encoder, EncoderSpec) else EncoderSpec(str(encoder))
+            encoder = load_encoder(spec.on(device=_rank_device(spec.device, rank if local_rank is None else local_rank)))
+        return _embed_rank(table, encoder, out, rank, world_size, batch_size, num_workers or 0, shard_size, tta,
+                           progress, config, skipped, merge_when_done, wait_s)
+    enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder)
+    workers = default_num_workers(enc.device.type) if num_workers is None else int(num_workers)
+    writer, plan = open_store(out, enc.identity(), table, shard_size, tta, config, skipped)
+    todo = [c for c in range(plan.n_chunks) if c not in writer.committed()]
+    done_inputs = plan.n_inputs - plan.inputs(todo)
+    if done_inputs:
+        log.info("resuming %s: %d of %d input rows already committed", out, done_inputs, plan.n_inputs)
     t0 = time.perf_counter()
     n_ok = n_fail = 0
-    buf_rows: list[np.ndarray] = []
-    buf_emb: list[np.ndarray] = []
-    buf_fail: list[dict] = []
-    chunk = start // shard_size
-    ids = table["id"].astype(str).to_numpy()
-
-    def flush(chunk_idx: int) -> None:
-        lo, hi = chunk_idx * shard_size, min(len(table), (chunk_idx + 1) * shard_size)
-        rows = np.concatenate(buf_rows) if buf_rows else np.zeros(0, np.int64)
-        emb = np.concatenate(buf_emb) if buf_emb else np.zeros((0, encoder.dim), np.float32)
-        meta = table.iloc[rows].reset_index(drop=True)
-        writer.write_shard(emb, meta, failures=list(buf_fail), n_inputs=hi - lo)
-        buf_rows.clear()
-        buf_emb.clear()
-        buf_fail.clear()
-
-    bar = tqdm(total=len(table), initial=start, unit="img", disable=not progress, dynamic_ncols=True, desc="embed")
-    try:
-        for idx, ok_idx, pixels, errors in loader:
-            emb = encoder.embed_pixels(pixels, tta=tta) if pixels is not None else np.zeros((0, encoder.dim), np.float32)
-            fails = {i: why for i, why in errors}
-            # a batch may straddle a shard boundary: route each row to its chunk
-            for c in np.unique(idx // shard_size):
-                while chunk < c:
-                    flush(chunk)
-                    chunk += 1
-                sel = (ok_idx // shard_size) == c
-                buf_rows.append(ok_idx[sel])
-                buf_emb.append(emb[sel])
-                buf_fail.extend({"id": ids[i], "reason": fails[i]} for i in idx[idx // shard_size == c] if i in fails)
-            n_ok += len(ok_idx)
-            n_fail += len(errors)
-            for i, why in errors:
-                log.debug("failed %s: %s", ids[i], why)
-            bar.update(len(idx))
-            bar.set_postfix(failed=n_fail)
-        if start < len(table):
-            flush(chunk)
-    finally:
-        bar.close()
+    with _bar(plan.n_inputs, done_inputs, progress, "embed") as bar:
+        for res in iter_chunks(table, plan, todo, enc, batch_size, workers, tta, bar):
+            commit(writer, table, res)
+            writer.merge()
+            n_ok += len(res.ok_rows)
+            n_fail += len(res.failures)
     secs = time.perf_counter() - t0
-    store = writer.finalize(last_run={"seconds": round(secs, 3), "rows": n_ok, "failures": n_fail})
+    store = writer.finalize(expect_chunks=plan.n_chunks, last_run={"seconds": round(secs, 3), "rows": n_ok, "failures": n_fail})
+    _warn_failures(n_fail, out)
+    return EmbedResult(store=store, rows_embedded=n_ok, failures=n_fail, seconds=secs, resumed_from=done_inputs)
+
+
+def merge(out: str | os.PathLike) -> EmbeddingStore:
+    """Merge the chunks that ranks committed into the manifest (``geosolver embed --merge-only``).
+
+    Raises:
+        EmbedError: some chunk of the job is not committed yet (names the first few).
+    """
+    from geosolver.store import read_manifest
+
+    m = read_manifest(out)
+    plan = ChunkPlan(int(m["config"]["n_inputs"]), int(m["config"]["shard_size"]))
+    writer = StoreWriter(out, m["encoder"], exclusive=False)
+    try:
+        return writer.finalize(expect_chunks=plan.n_chunks)
+    except StoreError as e:
+        raise EmbedError(str(e)) from None
+
+
+def _bar(total: int, initial: int, progress: bool, desc: str, position: int | None = None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", disable=not progress, dynamic_ncols=True, desc=desc, position=position)
+
+
+def _warn_failures(n_fail: int, out) -> None:
     if n_fail:
         log.warning("%d image(s) could not be embedded; see %s", n_fail, os.path.join(os.fspath(out), "failures.parquet"))
-    return EmbedResult(store=store, rows_embedded=n_ok, failures=n_fail, seconds=secs, resumed_from=start)
+
+
+def _embed_rank(table, enc: Encoder, out, rank: int, world: int, batch_size: int, num_workers: int, shard_size, tta,
+                progress: bool, config, skipped, merge_when_done: bool, wait_s: float) -> EmbedResult:
+    """Rank ``rank`` of ``world`` embeds chunks ``c ≡ rank (mod world)``; rank 0 merges."""
+    cfg = {**(config or {}), "engine": "ranks", "world_size": int(world)}
+    writer, plan = open_store(out, enc.identity(), table, shard_size, tta, cfg, skipped, create=rank == 0,
+                              exclusive=False, wait_s=wait_s)
+    done = writer.committed()
+    mine = [c for c in range(plan.n_chunks) if c % world == rank and c not in done]
+    t0 = time.perf_counter()
+    n_ok = n_fail = 0
+    with _bar(plan.inputs(mine), 0, progress, f"embed rank {rank}/{world}", position=rank) as bar:
+        for res in iter_chunks(table, plan, mine, enc, batch_size, num_workers, tta, bar):
+            commit(writer, table, res)
+            n_ok += len(res.ok_rows)
+            n_fail += len(res.failures)
+    secs = time.perf_counter() - t0
+    if rank == 0 and merge_when_done:
+        deadline = time.monotonic() + wait_s
+        while len(writer.committed()) < plan.n_chunks and time.monotonic() < deadline:
+            time.sleep(0.5)
+        store = writer.finalize(expect_chunks=plan.n_chunks, last_run={"seconds": round(secs, 3), "rows": n_ok, "failures": n_fail, "world_size": world})
+    else:
+        store = EmbeddingStore(out)
+    _warn_failures(n_fail, out)
+    return EmbedResult(store=store, rows_embedded=n_ok, failures=n_fail, seconds=secs, resumed_from=plan.inputs(done))
+
+
+def _embed_ray(table, encoder, out, batch_size: int, num_workers, shard_size, tta, progress: bool, config, skipped,
+               ray_address, ray_actors) -> EmbedResult:
+    """Ray actors embed whole chunks (each with its own encoder); the driver commits them."""
+    from geosolver.embed.ray_engine import run_chunks_on_ray
+
+    spec = encoder.spec if isinstance(encoder, Encoder) else (encoder if isinstance(encoder, EncoderSpec) else EncoderSpec(str(encoder)))
+    if spec is None:
+        raise EmbedError("engine 'ray' needs an encoder loaded by load_encoder (or an EncoderSpec) so actors can load it")
+    driver = encoder if isinstance(encoder, Encoder) else load_encoder(spec.on(device="cpu", precision="fp32"))
+    cfg = {**(config or {}), "engine": "ray"}
+    writer, plan = open_store(out, driver.identity(), table, shard_size, tta, cfg, skipped)
+    todo = [c for c in range(plan.n_chunks) if c not in writer.committed()]
+    t0 = time.perf_counter()
+    n_ok = n_fail = 0
+    actors = 0
+    with _bar(plan.n_inputs, plan.n_inputs - plan.inputs(todo), progress, "embed (ray)") as bar:
+        for res, actors in run_chunks_on_ray(table, plan, todo, spec, batch_size, num_workers or 0, tta, ray_address, ray_actors):
+            commit(writer, table, res)
+            writer.merge()
+            n_ok += len(res.ok_rows)
+            n_fail += len(res.failures)
+            bar.update(res.hi - res.lo)
+    secs = time.perf_counter() - t0
+    store = writer.finalize(expect_chunks=plan.n_chunks, last_run={"seconds": round(secs, 3), "rows": n_ok, "failures": n_fail,
+                                                                     "engine": "ray", "actors": actors})
+    _warn_failures(n_fail, out)
+    return EmbedResult(store=store, rows_embedded=n_ok, failures=n_fail, seconds=secs, resumed_from=plan.n_inputs - plan.inputs(todo))

@@ -1,0 +1,46 @@
+"""argparse value types shared by every sub-command: a bad number is refused at the parser with
+one line naming the option's rule (exit code 2), before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(kind, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, shard sizes, k, nlist, ...)."""
+    v = _number(int, text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (worker counts, bootstrap resamples, ranks)."""
+    v = _number(int, text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, temperatures, radii)."""
+    v = _number(float, text)
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def port(text: str) -> int:
+    """A TCP port, 1–65535."""
+    v = _number(int, text)
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {v}")
+    return v
