@@ -101,3 +101,16 @@ def test_xyz_roundtrip():
     assert np.max(geo.haversine(lat, lon, la2, lo2)) < 1e-6
     # uniform on the sphere: mean of sin(lat) ~ 0, share of |lat| < 30 ~ 0.5
     assert abs(np.mean(np.abs(lat) < 30) - 0.5) < 0.05
+
+
+def test_spherical_mean_degenerate_answers_exactly_the_heaviest_point():
+    # (-30, -170) is the antipode of (30, 10): weights 1 + 1 against 2 cancel exactly, so the
+    # mean direction is undefined and the single heaviest point, (30, 10), must be the answer
+    lat, lon = geo.spherical_mean([-30.0, -30.0, 30.0], [-170.0, -170.0, 10.0], weights=[1.0, 1.0, 2.0])
+    assert lat == pytest.approx(30.0, abs=1e-9) and lon == pytest.approx(10.0, abs=1e-9)
+    # batched, points along axis 0: only the degenerate column falls back
+    lat, lon = geo.spherical_mean(
+        np.array([[-30.0, 0.0], [30.0, 0.0]]), np.array([[-170.0, 0.0], [10.0, 2.0]]), weights=np.array([[1.0, 1.0], [1.0 + 1e-15, 1.0]]), axis=0
+    )
+    np.testing.assert_allclose(lat, [30.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(lon, [10.0, 1.0], atol=1e-9)

@@ -288,3 +288,99 @@ def test_locate_photos_with_the_real_encoder_path(tiny_clip_dir, tmp_path, capsy
         assert (p.lat, p.lon) == pytest.approx((lat[i], lon[i]), abs=1e-6)
     assert main(["locate", paths[7], "--gallery", str(gallery.path), "--strategy", "nn", "--tta", "flip"]) == 0
     assert "img7" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# the one vote: Neighbours.vote, against hand-computed answers
+# ------------------------------------------------------------------------------------------------
+def _neighbours(sims, lat, lon):
+    """A one-query Neighbours from lists (rows 0..k-1)."""
+    from geosolver.locate import Neighbours
+
+    k = len(sims)
+    return Neighbours(
+        np.array([sims], np.float32), np.arange(k, dtype=np.int64)[None, :], np.array([lat], float), np.array([lon], float)
+    )
+
+
+KM_PER_DEG = 2 * np.pi * 6371.0 / 360.0  # 111.19 km per degree of longitude on the equator
+
+
+def test_densest_uses_the_full_radius_not_half_of_it():
+    """Equator, radius 100 km: A (lon 0), B (lon 0.6, 67 km from A and C), C (lon 1.2) and a
+    far look-alike D (lon 90) that is the single best match. At 100 km B's neighbourhood is
+    {A, B, C}: weights ∝ e^17.4 + e^17.6 + e^17.4 ≈ 116e6 beat D's e^18 ≈ 66e6, and the
+    symmetric (wA = wC) mean is B's spot, lon 0.6. At 50 km every point is alone and D would win."""
+    assert 0.6 * KM_PER_DEG < 100 < 1.2 * KM_PER_DEG and 0.6 * KM_PER_DEG > 50
+    nb = _neighbours([0.90, 0.88, 0.87, 0.87], [0, 0, 0, 0], [90.0, 0.6, 0.0, 1.2])
+    v = nb.vote("densest", temperature=0.05, radius_km=100.0)
+    assert v.lat[0] == pytest.approx(0.0, abs=1e-9) and v.lon[0] == pytest.approx(0.6, abs=1e-9)
+    w = np.exp(np.array([18.0, 17.6, 17.4, 17.4]))  # softmax by hand: e^(s / 0.05)
+    assert v.confidence[0] == pytest.approx(w[1:].sum() / w.sum(), rel=1e-5)  # A, B, C within 100 km of lon 0.6
+
+
+def test_densest_answers_the_mean_of_the_neighbourhood_not_the_winning_point():
+    """Equal similarities; A (lon 0) and B (lon 0.8, 89 km away) are each other's only
+    neighbours within 100 km, C and D are far. Whichever of A, B wins, the guess is the equal-weight
+    spherical mean of {A, B}: the equator at lon 0.4, 44 km from each (confidence 1/2)."""
+    nb = _neighbours([0.8, 0.8, 0.8, 0.8], [0, 0, 0, 0], [0.0, 0.8, 60.0, 120.0])
+    v = nb.vote("densest", temperature=0.05, radius_km=100.0)
+    assert v.lat[0] == pytest.approx(0.0, abs=1e-9) and v.lon[0] == pytest.approx(0.4, abs=1e-9)
+    assert v.confidence[0] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_weighted_mean_weighs_by_softmax_similarity():
+    """Two equator points 90° apart with softmax weights 3:1 (sims differ by T·ln 3): the mean
+    direction is (3·(1,0,0) + 1·(0,1,0)), i.e. lon atan(1/3) = 18.43°, not the unweighted 45°."""
+    t = 0.05
+    nb = _neighbours([0.9, 0.9 - t * np.log(3.0)], [0.0, 0.0], [0.0, 90.0])
+    v = nb.vote("weighted-mean", temperature=t, radius_km=500.0)
+    assert v.lat[0] == pytest.approx(0.0, abs=1e-9)
+    assert v.lon[0] == pytest.approx(np.degrees(np.arctan(1 / 3)), abs=1e-4)  # 18.4349°
+    # only the heavier point lies within 2500 km of the guess (18.4° = 2050 km; 71.6° away from the other)
+    assert nb.vote("weighted-mean", temperature=t, radius_km=2500.0).confidence[0] == pytest.approx(0.75, rel=1e-5)
+
+
+def test_neighbours_head_search_and_vote_k():
+    from geosolver.index import build_index
+    from geosolver.locate import Neighbours, aggregate
+
+    nb = _neighbours([0.9, 0.8, 0.7], [1.0, 2.0, 3.0], [10.0, 20.0, 30.0])
+    h = nb.head(2)
+    assert h.k == 2 and h.lat.tolist() == [[1.0, 2.0]] and nb.head(10) is nb
+    assert nb.vote("nn", k=2) == h.vote("nn")
+
+    rng = np.random.default_rng(3)
+    lat, lon = clustered_points(60, 5, 1.0, rng)
+    emb = unit(geo_signal(lat, lon))
+    meta = pd.DataFrame({"id": [f"p{i}" for i in range(60)], "lat": lat, "lon": lon})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        store = write_store(f"{d}/g", emb, meta, ENC)
+        index = build_index(store, progress=False)
+        got = Neighbours.search(index, emb[:4], 3, lat, lon, exclude_rows=[[0], [], [2], [3]])
+    assert got.rows.shape == (4, 3) and 0 not in got.rows[0] and got.rows[1, 0] == 1
+    np.testing.assert_array_equal(got.lat, lat[got.rows])  # coordinates of the rows returned
+    best = np.argsort(-(emb[:4] @ emb.T), axis=1)  # exact search by hand
+    assert got.rows[1].tolist() == best[1, :3].tolist()
+    plat, plon, conf = aggregate(got.sims, got.lat, got.lon, "densest")
+    v = got.vote("densest")
+    np.testing.assert_array_equal(v.lat, plat)
+    np.testing.assert_array_equal(v.confidence, conf)
+
+
+def test_from_store_takes_an_encoder_spec_and_a_device(tiny_clip_dir, tmp_path):
+    from geosolver.encoders import EncoderSpec, load_encoder
+    from geosolver.locate import Geolocator, LocateError
+
+    enc = load_encoder(tiny_clip_dir, device="cpu")
+    emb = np.eye(4, enc.dim, dtype=np.float32)
+    meta = pd.DataFrame({"id": [f"r{i}" for i in range(4)], "lat": [0.0, 1, 2, 3], "lon": [0.0, 1, 2, 3]})
+    gallery = write_store(tmp_path / "g", emb, meta, enc.identity())
+    geo = Geolocator.from_store(gallery, encoder=EncoderSpec(tiny_clip_dir, device="cuda:7"), device="cpu")
+    assert geo.encoder.spec.device == "cpu"  # device= wins over the spec's
+    lazy = Geolocator.from_store(gallery, device="cpu")  # the manifest's encoder, loaded on first use
+    assert lazy.encoder.spec.device == "cpu"
+    with pytest.raises(LocateError, match="already loaded"):
+        Geolocator.from_store(gallery, encoder=enc, device="cpu")

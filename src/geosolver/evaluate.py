@@ -36,9 +36,11 @@ import numpy as np
 import pandas as pd
 
 from geosolver.errors import EvaluateError
+from geosolver.files import version
 from geosolver.geo import ACCURACY_THRESHOLDS_KM, distance_metrics, geoscore, haversine, latlon_to_xyz
-from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES, Geolocator, aggregate
-from geosolver.store import EmbeddingStore, atomic_write_json, encoder_compatible
+from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES, Geolocator, Neighbours
+from geosolver.rundir import RunDir
+from geosolver.store import EmbeddingStore, encoder_compatible
 
 log = logging.getLogger(__name__)
 
@@ -210,25 +212,22 @@ def evaluate(
     """
     t0 = time.time()
     todo = combos(strategies, ks)
-    qs, gs, geo, sims, rows = neighbour_table(
+    qs, gs, geo, nb = neighbour_table(
         queries, gallery, max(k for _, k in todo), exclude_self, index, index_kind, batch_size, progress, **index_params
     )
     search_s = time.time() - t0
-    n, k_eff = rows.shape
+    n = len(nb)
     q_ids = qs.metadata["id"].astype(str).to_numpy(dtype=object)
     q_lat, q_lon = qs.coords()
     g_lat, g_lon = gs.coords()
 
     true_cc = true_countries(qs)
-    safe = np.where(rows >= 0, rows, 0)
-    nlat, nlon = g_lat[safe], g_lon[safe]
     result_rows, pred_frames = [], []
     for strategy, k in todo:
-        kk = min(k, k_eff)
-        plat, plon, conf = aggregate(sims[:, :kk], nlat[:, :kk], nlon[:, :kk], strategy, temperature, radius_km)
-        m, km, pcc = score(q_lat, q_lon, plat, plon, true_cc, bootstrap, seed)
+        v = nb.vote(strategy, k, temperature, radius_km)
+        m, km, pcc = score(q_lat, q_lon, v.lat, v.lon, true_cc, bootstrap, seed)
         result_rows.append({"strategy": strategy, "k": k, **m})
-        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, plat, plon, km, true_cc, pcc, strategy, k, conf))
+        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, v.lat, v.lon, km, true_cc, pcc, strategy, k, v.confidence))
 
     excl_rows = [geo.rows_of_ids([i]) for i in q_ids] if exclude_self else None
     refs = {}
@@ -257,7 +256,7 @@ def evaluate(
         "seed": int(seed),
         "random_reference": "location of a uniformly random gallery image",
         "oracle_reference": "gallery coordinate nearest to the true location",
-        "geosolver_version": _version(),
+        "geosolver_version": version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     result = {"rows": result_rows, "best": best, "references": refs, "config": config, "timing_s": {"search": search_s, "total": time.time() - t0}}
@@ -280,12 +279,13 @@ def neighbour_table(
     batch_size: int = 8192,
     progress: bool = True,
     **index_params: Any,
-) -> tuple[EmbeddingStore, EmbeddingStore, Geolocator, np.ndarray, np.ndarray]:
+) -> tuple[EmbeddingStore, EmbeddingStore, Geolocator, Neighbours]:
     """One kNN search of every stored query embedding in the gallery.
 
     Returns:
-        ``(queries, gallery, geolocator, sims (n, k') float32, rows (n, k') int64)`` with
-        ``k' = min(k, len(gallery))``; with ``exclude_self`` no row has the query's ``id``.
+        ``(queries, gallery, geolocator, neighbours)``: the :class:`~geosolver.locate.Neighbours`
+        ``(n, k')`` of every query with ``k' = min(k, len(gallery))`` (gallery coordinates in
+        degrees); with ``exclude_self`` no neighbour has the query's ``id``.
 
     Raises:
         EvaluateError: different encoders / dims, empty query store.
@@ -302,17 +302,14 @@ def neighbour_table(
         raise EvaluateError(f"query store {qs.path} is empty")
     geo = Geolocator.from_store(gs, index=index, index_kind=index_kind, progress=progress, **index_params)
     q_ids = qs.metadata["id"].astype(str).to_numpy(dtype=object)
-    n, k_eff = len(qs), min(int(k), len(gs))
-    sims = np.full((n, k_eff), -np.inf, np.float32)
-    rows = np.full((n, k_eff), -1, np.int64)
-    with tqdm(total=n, desc="search", unit="q", disable=not progress, leave=False) as bar:
+    k_eff = min(int(k), len(gs))
+    parts: list[Neighbours] = []
+    with tqdm(total=len(qs), desc="search", unit="q", disable=not progress, leave=False) as bar:
         for off, emb in qs.iter_batches(batch_size):
             excl = list(q_ids[off : off + emb.shape[0]]) if exclude_self else None
-            s, r = geo.neighbours(emb, k_eff, exclude_ids=excl)
-            sims[off : off + emb.shape[0], : s.shape[1]] = s
-            rows[off : off + emb.shape[0], : r.shape[1]] = r
+            parts.append(geo.neighbours(emb, k_eff, exclude_ids=excl))
             bar.update(emb.shape[0])
-    return qs, gs, geo, sims, rows
+    return qs, gs, geo, Neighbours.concat(parts)
 
 
 def tune(
@@ -333,27 +330,17 @@ def tune(
         DataFrame ``strategy, k, temperature, radius_km, geoscore, median_km``, best first
         (``weighted-mean`` does not use the radius: its rows have ``radius_km = NaN``).
     """
-    qs, gs, _, sims, rows = neighbour_table(queries, gallery, max(ks), exclude_self, **search_kw)
+    qs, _, _, nb = neighbour_table(queries, gallery, max(ks), exclude_self, **search_kw)
     q_lat, q_lon = qs.coords()
-    g_lat, g_lon = gs.coords()
-    safe = np.where(rows >= 0, rows, 0)
-    nlat, nlon = g_lat[safe], g_lon[safe]
     out = []
     for strategy in strategies:
         for k in sorted(set(ks)):
-            kk = min(k, sims.shape[1])
             for t in temperatures:
                 for r in radii_km if strategy == "densest" else [float("nan")]:
-                    plat, plon, _ = aggregate(sims[:, :kk], nlat[:, :kk], nlon[:, :kk], strategy, t, r if r == r else DEFAULT_RADIUS_KM)
-                    km = haversine(q_lat, q_lon, plat, plon, check=False)
+                    v = nb.vote(strategy, k, t, r if r == r else DEFAULT_RADIUS_KM)
+                    km = haversine(q_lat, q_lon, v.lat, v.lon, check=False)
                     out.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "geoscore": float(geoscore(km).mean()), "median_km": float(np.median(km))})
     return pd.DataFrame(out).sort_values("geoscore", ascending=False, ignore_index=True)
-
-
-def _version() -> str:
-    from geosolver import __version__
-
-    return __version__
 
 
 def _pred_frame(ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf) -> pd.DataFrame:
@@ -379,11 +366,11 @@ def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = Tr
     """Write every evaluation file into ``out`` (see :data:`OUTPUT_FILES`)."""
     from geosolver.plots import plot_error_distribution, plot_error_map
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", result["config"])
-    atomic_write_json(out / "metrics.json", result)
-    (out / "metrics.md").write_text(metrics_markdown(result) + "\n")
-    preds.to_parquet(out / "predictions.parquet", index=False)
+    run = RunDir(out, "evaluate")
+    run.write_config(result["config"])
+    run.write_json("metrics.json", result)
+    run.write_text("metrics.md", metrics_markdown(result) + "\n")
+    run.write_parquet("predictions.parquet", preds)
     if plots:
         b = result["best"]
         sel = preds[(preds["strategy"] == b["strategy"]) & (preds["k"] == b["k"])]

@@ -1,5 +1,11 @@
 """Geolocation by retrieval: the k nearest gallery embeddings vote for a location.
 
+One search, one vote: :meth:`Neighbours.search` (a :class:`~geosolver.index.KnnIndex` search
+through :func:`search_excluding`, plus the neighbours' coordinates) finds the top-k of a batch of
+queries, and :meth:`Neighbours.vote` turns them into a :class:`Vote` (lat, lon, confidence) with
+one of the strategies below (:func:`aggregate`). :class:`Geolocator`, ``geosolver evaluate`` /
+:func:`geosolver.evaluate.tune` and training-time validation all go through these two.
+
 Aggregation strategies (all vectorised over a batch of queries, shapes ``(n, k)``):
 
 * ``nn``: the location of the single most similar gallery image.
@@ -25,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -33,9 +39,13 @@ from geosolver.errors import LocateError
 from geosolver.geo import haversine, spherical_mean
 from geosolver.store import EmbeddingStore, encoder_compatible
 
+if TYPE_CHECKING:  # torch-free at import time: the encoders are loaded on first use
+    from geosolver.encoders import Encoder, EncoderSpec
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("nn", "weighted-mean", "densest")
+DEFAULT_STRATEGY = "densest"
 DEFAULT_K = 10
 DEFAULT_TEMPERATURE = 0.05
 DEFAULT_RADIUS_KM = 500.0
@@ -69,7 +79,7 @@ def aggregate(
     sims: np.ndarray,
     lat: np.ndarray,
     lon: np.ndarray,
-    strategy: str = "densest",
+    strategy: str = DEFAULT_STRATEGY,
     temperature: float = DEFAULT_TEMPERATURE,
     radius_km: float = DEFAULT_RADIUS_KM,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,6 +166,152 @@ def search_excluding(index, queries: np.ndarray, k: int, exclude_rows: Sequence[
 
 
 # ----------------------------------------------------------------------------------------------
+# neighbours and their vote
+# ----------------------------------------------------------------------------------------------
+class Vote(NamedTuple):
+    """The location the neighbours of each query vote for.
+
+    Attributes:
+        lat, lon: ``(n,)`` float64, degrees.
+        confidence: ``(n,)`` float64 in [0, 1]: share of the top-k softmax similarity mass within
+            ``radius_km`` of the guess (see the module docstring).
+    """
+
+    lat: np.ndarray
+    lon: np.ndarray
+    confidence: np.ndarray
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The top-k gallery neighbours of ``n`` queries, best first — what a kNN vote runs on.
+
+    Build with :meth:`search` (a :class:`~geosolver.index.KnnIndex` search plus the gallery
+    coordinates); take a vote with :meth:`vote`. A missing neighbour (an IVF index that probed
+    too few vectors, or an excluded row) has row ``-1``, similarity ``-inf`` and the
+    coordinates of gallery row 0 (finite, and weightless in every vote).
+
+    Attributes:
+        sims: ``(n, k)`` float32 similarities (inner products of unit vectors = cosine).
+        rows: ``(n, k)`` int64 gallery row numbers.
+        lat, lon: ``(n, k)`` float64 coordinates of those neighbours, degrees.
+    """
+
+    sims: np.ndarray
+    rows: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+
+    def __post_init__(self) -> None:
+        shapes = {np.shape(self.sims), np.shape(self.rows), np.shape(self.lat), np.shape(self.lon)}
+        if len(shapes) != 1 or np.ndim(self.sims) != 2:
+            raise LocateError(
+                f"Neighbours needs four (n, k) arrays; got sims {np.shape(self.sims)}, rows {np.shape(self.rows)}, "
+                f"lat {np.shape(self.lat)}, lon {np.shape(self.lon)}"
+            )
+
+    @classmethod
+    def of_rows(cls, sims: np.ndarray, rows: np.ndarray, g_lat: np.ndarray, g_lon: np.ndarray) -> "Neighbours":
+        """Attach gallery coordinates to a search result.
+
+        Args:
+            sims: ``(n, k)`` similarities, best first (``-inf`` where missing).
+            rows: ``(n, k)`` gallery row numbers (``-1`` where missing).
+            g_lat, g_lon: ``(m,)`` gallery coordinates, degrees.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        safe = np.where(rows >= 0, rows, 0)
+        g_lat, g_lon = np.asarray(g_lat, dtype=np.float64), np.asarray(g_lon, dtype=np.float64)
+        return cls(np.asarray(sims, dtype=np.float32), rows, g_lat[safe], g_lon[safe])
+
+    @classmethod
+    def search(
+        cls,
+        index,
+        queries: np.ndarray,
+        k: int,
+        g_lat: np.ndarray,
+        g_lon: np.ndarray,
+        exclude_rows: Sequence[Iterable[int]] | None = None,
+    ) -> "Neighbours":
+        """The ``k`` nearest gallery rows of each query (:func:`search_excluding`), with coordinates.
+
+        Args:
+            index: a :class:`~geosolver.index.KnnIndex` over the gallery.
+            queries: ``(n, dim)`` L2-normalised embeddings.
+            k: neighbours wanted (at most ``len(index)`` come back).
+            g_lat, g_lon: ``(m,)`` gallery coordinates in degrees, indexed by the index's rows.
+            exclude_rows: per query, gallery rows never to return (``None``: none).
+        """
+        sims, rows = search_excluding(index, queries, k, exclude_rows)
+        return cls.of_rows(sims, rows, g_lat, g_lon)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Neighbours"]) -> "Neighbours":
+        """Stack the neighbours of consecutive query batches (narrower parts padded as missing)."""
+        if not parts:
+            raise LocateError("Neighbours.concat: no parts")
+        k = max(p.k for p in parts)
+
+        def pad(a: np.ndarray, fill) -> np.ndarray:
+            return a if a.shape[1] == k else np.pad(a, ((0, 0), (0, k - a.shape[1])), constant_values=fill)
+
+        lat0, lon0 = parts[0].lat.flat[0] if parts[0].lat.size else 0.0, parts[0].lon.flat[0] if parts[0].lon.size else 0.0
+        return cls(
+            np.concatenate([pad(p.sims, -np.inf) for p in parts]),
+            np.concatenate([pad(p.rows, -1) for p in parts]),
+            np.concatenate([pad(p.lat, lat0) for p in parts]),
+            np.concatenate([pad(p.lon, lon0) for p in parts]),
+        )
+
+    def __len__(self) -> int:
+        return int(self.sims.shape[0])
+
+    @property
+    def k(self) -> int:
+        """Neighbours per query (columns)."""
+        return int(self.sims.shape[1])
+
+    @property
+    def valid(self) -> np.ndarray:
+        """``(n, k)`` bool: the slot holds a real neighbour."""
+        return self.rows >= 0
+
+    def head(self, k: int) -> "Neighbours":
+        """The best ``k`` neighbours of each query (all of them when ``k >= self.k``)."""
+        if k < 1:
+            raise LocateError(f"k must be >= 1, got {k}")
+        if k >= self.k:
+            return self
+        return Neighbours(self.sims[:, :k], self.rows[:, :k], self.lat[:, :k], self.lon[:, :k])
+
+    def distances_km(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """``(n, k)`` great-circle km from each query's point ``(lat[i], lon[i])`` (degrees) to its neighbours."""
+        return haversine(np.asarray(lat, np.float64)[:, None], np.asarray(lon, np.float64)[:, None], self.lat, self.lon, check=False)
+
+    def vote(
+        self,
+        strategy: str = DEFAULT_STRATEGY,
+        k: int | None = None,
+        temperature: float = DEFAULT_TEMPERATURE,
+        radius_km: float = DEFAULT_RADIUS_KM,
+    ) -> Vote:
+        """Where the (best ``k``) neighbours say each query was taken — the one kNN vote.
+
+        Args:
+            strategy: ``nn``, ``weighted-mean`` or ``densest`` (see the module docstring).
+            k: vote with the best ``k`` neighbours only (``None``: all of them).
+            temperature: softmax temperature on similarities.
+            radius_km: neighbourhood radius (km) for ``densest`` and for the confidence.
+
+        Returns:
+            :class:`Vote` of ``(n,)`` arrays: lat, lon (degrees), confidence ([0, 1]).
+        """
+        nb = self if k is None else self.head(k)
+        return Vote(*aggregate(nb.sims, nb.lat, nb.lon, strategy, temperature, radius_km))
+
+
+# ----------------------------------------------------------------------------------------------
 # predictions
 # ----------------------------------------------------------------------------------------------
 @dataclass
@@ -201,12 +357,20 @@ class Geolocator:
 
     Build with :meth:`from_store`; call :meth:`locate` for images, :meth:`locate_embeddings`
     for precomputed embeddings.
+
+    Args:
+        gallery: the gallery store (embeddings + ``lat``/``lon`` in degrees per row).
+        index: a :class:`~geosolver.index.KnnIndex` over ``gallery``.
+        encoder: a loaded encoder, or ``None`` to load the one named in the gallery manifest on
+            first use (on ``device``).
+        device: where that lazily loaded encoder runs (``None``: ``"auto"``).
     """
 
-    def __init__(self, gallery: EmbeddingStore, index, encoder: Any = None):
+    def __init__(self, gallery: EmbeddingStore, index, encoder: "Encoder | None" = None, device: str | None = None):
         self.gallery = gallery
         self.index = index
         self._encoder = encoder
+        self._device = device
         lat, lon = gallery.coords()
         self._lat, self._lon = lat, lon
         self._ids = gallery.metadata["id"].astype(str).to_numpy(dtype=object)
@@ -216,9 +380,10 @@ class Geolocator:
     def from_store(
         cls,
         gallery: EmbeddingStore | str | os.PathLike,
-        encoder: Any = None,
+        encoder: "Encoder | EncoderSpec | str | os.PathLike | None" = None,
         index_kind: str = "flat",
         index: Any = None,
+        device: str | None = None,
         **index_params: Any,
     ) -> "Geolocator":
         """Open a gallery for geolocation.
@@ -226,38 +391,43 @@ class Geolocator:
         Args:
             gallery: the gallery store (or its path): embeddings + ``lat``/``lon`` per row.
             encoder: ``None`` (load the encoder named in the gallery manifest when images are
-                first located), an encoder name / path for ``geosolver.encoders.load_encoder``,
-                or an encoder object (``embed_images``, ``identity()``).
+                first located), an encoder name / path or an
+                :class:`~geosolver.encoders.EncoderSpec` (loaded now with
+                :func:`geosolver.encoders.load_encoder`), or a loaded
+                :class:`~geosolver.encoders.Encoder`.
             index_kind: ``flat`` / ``ivf`` / ``ivfpq`` (see :mod:`geosolver.index`).
             index: a ready :class:`~geosolver.index.KnnIndex` over ``gallery`` (overrides kind).
+            device: where an encoder loaded here runs (``"auto"``, ``"cpu"``, ``"cuda:1"`` ...;
+                overrides an ``EncoderSpec``'s device; ``None``: the spec's, else ``"auto"``).
+                Not allowed with an already loaded encoder.
             **index_params: passed to :meth:`KnnIndex.for_store`.
 
         Raises:
-            LocateError: the gallery is empty, or the encoder is not the gallery's.
+            LocateError: the gallery is empty, the encoder is not the gallery's, or ``device``
+                was given with a loaded encoder.
         """
         from geosolver.index import KnnIndex
 
         store = gallery if isinstance(gallery, EmbeddingStore) else EmbeddingStore(gallery)
         if len(store) == 0:
             raise LocateError(f"gallery {store.path} is empty: nothing to retrieve from")
-        if isinstance(encoder, (str, os.PathLike)):
-            encoder = _load_encoder(str(encoder))
         if encoder is not None:
+            encoder = _resolve_encoder(encoder, device)
             _check_encoder(encoder, store)
         if index is None:
             index = KnnIndex.for_store(store, kind=index_kind, **index_params)
         elif index.dim != store.dim or len(index) != len(store):
             raise LocateError(f"index ({len(index)} rows, dim {index.dim}) does not match gallery {store.path} ({len(store)} rows, dim {store.dim})")
-        return cls(store, index, encoder)
+        return cls(store, index, encoder, device=device)
 
     @property
-    def encoder(self):
+    def encoder(self) -> "Encoder":
         """The encoder (loaded from the gallery manifest's name on first use)."""
         if self._encoder is None:
             name = self.gallery.encoder.get("name")
             if not name:
-                raise LocateError(f"gallery {self.gallery.path} names no encoder; pass encoder=")
-            self._encoder = _load_encoder(name)
+                raise LocateError(f"gallery {self.gallery.path} names no encoder; pass encoder= (--model on the command line)")
+            self._encoder = _load_encoder(_encoder_source(name, self._device))
             _check_encoder(self._encoder, self.gallery)
         return self._encoder
 
@@ -288,20 +458,30 @@ class Geolocator:
                 out.append(self.rows_of_ids(e))
         return out
 
-    def neighbours(self, emb: np.ndarray, k: int, exclude_ids=None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k ``(sims, rows)`` of embeddings ``(n, dim)``, excluding per-query gallery ids."""
+    def neighbours(self, emb: np.ndarray, k: int, exclude_ids: Sequence[Any] | None = None) -> Neighbours:
+        """The top-k gallery neighbours of embeddings, excluding per-query gallery ids.
+
+        Args:
+            emb: ``(n, dim)`` L2-normalised embeddings.
+            k: neighbours wanted (at most the gallery size).
+            exclude_ids: per query, a gallery id (or ids) never to return (``None``: none).
+
+        Returns:
+            :class:`Neighbours` ``(n, k')`` with gallery coordinates (degrees).
+        """
         emb = np.asarray(emb)
         if emb.ndim != 2 or emb.shape[1] != self.gallery.dim:
             raise LocateError(f"embeddings must have shape (n, {self.gallery.dim}) for gallery {self.gallery.path}; got {emb.shape}")
         if k < 1:
             raise LocateError(f"k must be >= 1, got {k}")
-        return search_excluding(self.index, np.ascontiguousarray(emb, np.float32), k, self._exclusions(exclude_ids, emb.shape[0]))
+        queries = np.ascontiguousarray(emb, np.float32)
+        return Neighbours.search(self.index, queries, k, self._lat, self._lon, self._exclusions(exclude_ids, emb.shape[0]))
 
     def locate_embeddings(
         self,
         emb: np.ndarray,
         k: int = DEFAULT_K,
-        strategy: str = "densest",
+        strategy: str = DEFAULT_STRATEGY,
         temperature: float = DEFAULT_TEMPERATURE,
         radius_km: float = DEFAULT_RADIUS_KM,
         exclude_ids: Sequence[Any] | None = None,
@@ -314,7 +494,7 @@ class Geolocator:
             emb: ``(n, dim)`` L2-normalised embeddings from the gallery's encoder.
             k: neighbours that vote.
             strategy: ``nn``, ``weighted-mean`` or ``densest``.
-            temperature, radius_km: see :func:`aggregate`.
+            temperature, radius_km: see :meth:`Neighbours.vote` (radius in km).
             exclude_ids: per input, a gallery id (or ids) never to return (leave-one-out).
             batch_size: queries per search batch.
             with_country: reverse-geocode each guess.
@@ -334,22 +514,19 @@ class Geolocator:
             raise LocateError(f"exclude_ids has {len(excl_all)} entries for {emb.shape[0]} inputs")
         preds: list[Prediction] = []
         for s in range(0, emb.shape[0], batch_size):
-            chunk = emb[s : s + batch_size]
-            sims, rows = self.neighbours(chunk, k, None if excl_all is None else excl_all[s : s + batch_size])
-            valid = rows >= 0
-            safe = np.where(valid, rows, 0)
-            nlat, nlon = self._lat[safe], self._lon[safe]
-            plat, plon, conf = aggregate(sims, nlat, nlon, strategy, temperature, radius_km)
-            cc = country_of(plat, plon) if with_country else np.full(len(plat), "", dtype=object)
-            dist = haversine(plat[:, None], plon[:, None], nlat, nlon, check=False)
-            ids = _neighbour_ids(self._ids, rows)
-            for i in range(len(plat)):
-                nb = [
-                    {"id": ids[i, j], "lat": float(nlat[i, j]), "lon": float(nlon[i, j]), "similarity": float(sims[i, j]), "distance_km": float(dist[i, j])}
-                    for j in range(rows.shape[1])
+            nb = self.neighbours(emb[s : s + batch_size], k, None if excl_all is None else excl_all[s : s + batch_size])
+            v = nb.vote(strategy, temperature=temperature, radius_km=radius_km)
+            cc = country_of(v.lat, v.lon) if with_country else np.full(len(v.lat), "", dtype=object)
+            dist = nb.distances_km(v.lat, v.lon)
+            ids = _neighbour_ids(self._ids, nb.rows)
+            valid = nb.valid
+            for i in range(len(v.lat)):
+                neighbours = [
+                    {"id": ids[i, j], "lat": float(nb.lat[i, j]), "lon": float(nb.lon[i, j]), "similarity": float(nb.sims[i, j]), "distance_km": float(dist[i, j])}
+                    for j in range(nb.k)
                     if valid[i, j]
                 ]
-                preds.append(Prediction(float(plat[i]), float(plon[i]), float(conf[i]), nb, str(cc[i]), strategy, int(k)))
+                preds.append(Prediction(float(v.lat[i]), float(v.lon[i]), float(v.confidence[i]), neighbours, str(cc[i]), strategy, int(k)))
         return preds
 
     def embed(self, inputs: Sequence[Any], batch_size: int = 32, tta: str | None = None) -> np.ndarray:
@@ -358,9 +535,11 @@ class Geolocator:
         Raises:
             geosolver.images.ImageReadError: an input cannot be decoded (names it).
         """
+        from PIL import Image
+
         from geosolver.images import open_image
 
-        images = [x if hasattr(x, "convert") and hasattr(x, "size") else open_image(x) for x in inputs]
+        images = [x if isinstance(x, Image.Image) else open_image(x) for x in inputs]
         emb = np.asarray(self.encoder.embed_images(images, batch_size=batch_size, tta=tta), dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.gallery.dim:
             raise LocateError(f"encoder produced embeddings of shape {emb.shape}; gallery {self.gallery.path} has dim {self.gallery.dim}")
@@ -370,7 +549,7 @@ class Geolocator:
         self,
         inputs: Sequence[Any] | Any,
         k: int = DEFAULT_K,
-        strategy: str = "densest",
+        strategy: str = DEFAULT_STRATEGY,
         tta: str | None = None,
         exclude_ids: Sequence[Any] | None = None,
         batch_size: int = 32,
@@ -389,22 +568,45 @@ class Geolocator:
         Returns:
             One :class:`Prediction` per input, in order.
         """
-        if isinstance(inputs, (str, bytes, os.PathLike)) or hasattr(inputs, "convert"):
+        from PIL import Image
+
+        if isinstance(inputs, (str, bytes, os.PathLike, Image.Image)):
             inputs = [inputs]
         emb = self.embed(list(inputs), batch_size=batch_size, tta=tta)
         return self.locate_embeddings(emb, k=k, strategy=strategy, exclude_ids=exclude_ids, **kw)
 
 
-def _load_encoder(name: str):
+def _encoder_source(name: str, device: str | None) -> "str | EncoderSpec":
+    """What :func:`_load_encoder` loads: the name itself, or a spec pinning the device."""
+    if device is None:
+        return name
+    from geosolver.encoders import EncoderSpec
+
+    return EncoderSpec(name, device=str(device))
+
+
+def _resolve_encoder(encoder: "Encoder | EncoderSpec | str | os.PathLike", device: str | None) -> "Encoder":
+    """A loaded encoder from a name / path, an ``EncoderSpec`` (loaded on ``device`` if given) or an encoder."""
+    if isinstance(encoder, (str, os.PathLike)):
+        return _load_encoder(_encoder_source(os.fspath(encoder), device))
+    from geosolver.encoders import EncoderSpec
+
+    if isinstance(encoder, EncoderSpec):
+        return _load_encoder(encoder if device is None else encoder.on(device=device))
+    if device is not None:
+        raise LocateError(f"device={device!r} applies to an encoder loaded here; got an already loaded encoder ({encoder!r}): move it yourself or pass its name / EncoderSpec")
+    return encoder
+
+
+def _load_encoder(source: "str | EncoderSpec") -> "Encoder":
     try:
         from geosolver.encoders import load_encoder
     except ImportError as e:  # pragma: no cover - encoders not installed in this checkout
-        raise LocateError(f"cannot load encoder {name!r}: geosolver.encoders is unavailable ({e})") from None
-    return load_encoder(name)
+        raise LocateError(f"cannot load encoder {source!r}: geosolver.encoders is unavailable ({e})") from None
+    return load_encoder(source)
 
 
-def _check_encoder(encoder: Any, store: EmbeddingStore) -> None:
-    ident = encoder.identity() if hasattr(encoder, "identity") else {}
-    ok, why = encoder_compatible(ident, store.encoder)
+def _check_encoder(encoder: "Encoder", store: EmbeddingStore) -> None:
+    ok, why = encoder_compatible(encoder.identity(), store.encoder)
     if not ok:
         raise LocateError(f"gallery {store.path} was embedded with another encoder ({why}); embed it again with this encoder or pick that one")

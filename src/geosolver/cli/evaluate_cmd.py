@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def _csv(typ):
@@ -18,17 +17,18 @@ def _csv(typ):
 
 def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.evaluate import DEFAULT_KS
+    from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES
 
     p = sub.add_parser("evaluate", help="locate every query of a store in a gallery and report Geoscore etc.")
     p.add_argument("--queries", required=True, help="query embedding store (true lat/lon)")
     p.add_argument("--gallery", required=True, help="gallery embedding store")
-    p.add_argument("--strategy", type=_csv(str), default=list(STRATEGIES), help="comma-separated: nn,weighted-mean,densest")
-    p.add_argument("--k", type=_csv(int), default=list(DEFAULT_KS), help="comma-separated neighbour counts (default 1,5,10,50)")
+    p.add_argument("--strategy", type=_csv(str), default=list(STRATEGIES), help=f"comma-separated, of {','.join(STRATEGIES)} (default all)")
+    p.add_argument("--k", type=_csv(int), default=list(DEFAULT_KS), help=f"comma-separated neighbour counts (default {','.join(map(str, DEFAULT_KS))})")
     p.add_argument("--exclude-self", action="store_true", help="leave-one-out: skip gallery rows with the query's id")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     p.add_argument("--radius-km", type=float, default=DEFAULT_RADIUS_KM)
-    p.add_argument("--index", choices=["flat", "ivf", "ivfpq"], default="flat", help="gallery index kind")
+    p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap repetitions for the 95%% interval")
     p.add_argument("--seed", type=int, default=0)
@@ -58,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from geosolver.evaluate import compare_runs
+    from geosolver.files import atomic_write_text
 
     _, md = compare_runs(args.runs, all_rows=args.all)
     print(md)
     if args.out:
-        Path(args.out).write_text(md + "\n")
+        atomic_write_text(args.out, md + "\n")
     return 0

@@ -8,18 +8,20 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from geosolver.locate import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES
+    from geosolver.encoders import TTA_MODES
+    from geosolver.index import KINDS
+    from geosolver.locate import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, STRATEGIES
 
     p = sub.add_parser("locate", help="geolocate photos against a gallery store")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or zip://ARCHIVE::MEMBER sources")
     p.add_argument("--gallery", required=True, help="gallery embedding store")
     p.add_argument("--model", default=None, help="encoder name/path (default: the gallery's encoder)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help=f"neighbours that vote (default {DEFAULT_K})")
-    p.add_argument("--strategy", choices=STRATEGIES, default="densest", help="aggregation (default densest)")
+    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"aggregation (default {DEFAULT_STRATEGY})")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature on similarities")
     p.add_argument("--radius-km", type=float, default=DEFAULT_RADIUS_KM, help="neighbourhood radius in km")
-    p.add_argument("--tta", choices=["flip", "d4"], default=None, help="test-time augmentation")
-    p.add_argument("--index", choices=["flat", "ivf", "ivfpq"], default="flat", help="gallery index kind")
+    p.add_argument("--tta", choices=TTA_MODES, default=None, help="test-time augmentation")
+    p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--show", type=int, default=5, help="neighbours to print per photo")
     p.add_argument("--json", action="store_true", help="print one JSON object per photo")
     p.set_defaults(func=run)

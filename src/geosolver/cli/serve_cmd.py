@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from geosolver.locate import DEFAULT_K, STRATEGIES
-
 
 def register(sub) -> None:
+    from geosolver.index import KINDS
+    from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES
+
     p = sub.add_parser("serve", help="web app: drop a photo, see the guess on a map (+ JSON API)")
     p.add_argument("--gallery", required=True, help="gallery embedding store")
     p.add_argument("--model", default=None, help="encoder name/path (default: the gallery's encoder)")
     p.add_argument("--device", default="auto", help="encoder device: auto, cpu, cuda, cuda:1 ... (default auto)")
-    p.add_argument("--index", choices=["flat", "ivf", "ivfpq"], default="flat", help="gallery index kind")
+    p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest photo accepted, MB (default 20)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help=f"default neighbours that vote (default {DEFAULT_K})")
-    p.add_argument("--strategy", choices=STRATEGIES, default="densest", help="default aggregation (default densest)")
+    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"default aggregation (default {DEFAULT_STRATEGY})")
     p.add_argument("--max-batch", type=int, default=8, help="most concurrent photos per encoder batch (default 8)")
     p.add_argument("--save-uploads", metavar="DIR", default=None, help="keep every upload and its answer in DIR (default: keep nothing)")
     p.set_defaults(func=run)

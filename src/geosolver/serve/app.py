@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import logging
 import os
 import time
@@ -37,7 +36,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -47,11 +46,16 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
 from geosolver.errors import GeosolverError, ServeError, PhotoError
+from geosolver.files import atomic_write_bytes, atomic_write_json, jsonable, version
 from geosolver.geo import geoscore, haversine
 from geosolver.images import MAX_PIXELS, ImageReadError, exif_gps, open_image
-from geosolver.locate import DEFAULT_K, STRATEGIES
+from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES, Geolocator
+from geosolver.rundir import RunDir
 from geosolver.serve.upload import UploadError, read_upload
 from geosolver.serve.worker import ModelWorker
+
+if TYPE_CHECKING:
+    from geosolver.encoders import EncoderSpec
 
 log = logging.getLogger(__name__)
 
@@ -147,27 +151,12 @@ def _truth(pred_lat: float, pred_lon: float, gps: tuple[float, float] | None) ->
     return {"lat": lat, "lon": lon, "km": km, "geoscore": float(geoscore(km)), "place": _place(lat, lon)}
 
 
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if np.isfinite(f) else None
-    if isinstance(o, np.ndarray):
-        return _json_safe(o.tolist())
-    return o
-
-
 def create_app(
-    geolocator: Any,
+    geolocator: Geolocator,
     *,
     max_upload_mb: float = 20.0,
     default_k: int = DEFAULT_K,
-    default_strategy: str = "densest",
+    default_strategy: str = DEFAULT_STRATEGY,
     max_k: int = 100,
     max_batch: int = 8,
     save_uploads: str | os.PathLike | None = None,
@@ -207,7 +196,7 @@ def create_app(
     settings = {
         "gallery": str(gallery.path),
         "gallery_size": len(gallery),
-        "model": getattr(encoder, "name", None) or gallery.encoder.get("name"),
+        "model": encoder.name,
         "max_upload_mb": max_upload_mb,
         "default_k": default_k,
         "default_strategy": default_strategy,
@@ -216,11 +205,10 @@ def create_app(
         "save_uploads": str(save_dir) if save_dir else None,
     }
     if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        (save_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
+        RunDir(save_dir, "serve").write_config(settings)
 
     worker = ModelWorker(geolocator, max_batch=max_batch)
-    min_side = getattr(encoder, "min_side", None)
+    min_side = encoder.min_side
     if warmup:  # one blank photo through model, index and reverse geocoder (first calls are slow)
         blank = encoder.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))
         p = worker.submit(blank, 1, default_strategy).result()
@@ -239,7 +227,7 @@ def create_app(
     app = FastAPI(
         title="Geosolver",
         description="Where was this photo taken? Retrieval over a geotagged gallery of image embeddings.",
-        version=_version(),
+        version=version(),
         lifespan=lifespan,
     )
     app.state.worker = worker
@@ -261,10 +249,10 @@ def create_app(
         return {
             "status": "ok",
             "model": {
-                "name": getattr(encoder, "name", None) or gallery.encoder.get("name"),
-                "backend": getattr(encoder, "backend", None) or gallery.encoder.get("backend"),
+                "name": encoder.name,
+                "backend": encoder.backend,
                 "dim": int(gallery.dim),
-                "image_size": getattr(encoder, "image_size", None),
+                "image_size": encoder.image_size,
             },
             "gallery": {"path": str(gallery.path), "size": len(gallery), "encoder": gallery.encoder.get("name")},
             "defaults": {"k": default_k, "strategy": default_strategy},
@@ -337,7 +325,7 @@ def create_app(
         out["truth"] = _truth(pred.lat, pred.lon, photo.gps)
         out["image"] = {"filename": up.filename, "format": photo.format, "width": photo.width, "height": photo.height, "bytes": len(up.data)}
         out["timing_ms"] = {"read_decode": round((t1 - t0) * 1e3, 1), "model": round((t2 - t1) * 1e3, 1)}
-        out = _json_safe(out)
+        out = jsonable(out)
         if save_dir is not None:
             await run_in_threadpool(_save_upload, save_dir, up.data, photo.format, out)
         return out
@@ -365,37 +353,28 @@ def _resolve_params(k, strategy, fields: dict[str, str], default_k: int, default
 def _save_upload(save_dir: Path, data: bytes, fmt: str, result: dict) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     stem = f"{stamp}-{hashlib.sha1(data).hexdigest()[:10]}"
-    (save_dir / f"{stem}.{_EXT.get(fmt, 'bin')}").write_bytes(data)
-    (save_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_bytes(save_dir / f"{stem}.{_EXT.get(fmt, 'bin')}", data)
+    atomic_write_json(save_dir / f"{stem}.json", result)
 
 
-def _version() -> str:
-    try:
-        from geosolver import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return "0"
-
-
-def open_geolocator(gallery: str | os.PathLike, model: str | None = None, device: str = "auto", index_kind: str = "flat") -> Any:
+def open_geolocator(
+    gallery: str | os.PathLike,
+    model: "str | os.PathLike | EncoderSpec | None" = None,
+    device: str = "auto",
+    index_kind: str = "flat",
+) -> Geolocator:
     """A :class:`~geosolver.locate.Geolocator` for serving, with its encoder loaded now.
 
     Args:
         gallery: gallery embedding store directory.
-        model: encoder name or path (``None``: the encoder named in the gallery manifest).
+        model: encoder name, path or :class:`~geosolver.encoders.EncoderSpec` (``None``: the
+            encoder named in the gallery manifest).
         device: ``auto`` / ``cpu`` / ``cuda`` ... for the encoder.
         index_kind: ``flat`` / ``ivf`` / ``ivfpq``.
     """
-    from geosolver.encoders import load_encoder
-    from geosolver.locate import Geolocator
-    from geosolver.store import EmbeddingStore
-
-    store = EmbeddingStore(gallery)
-    name = model or store.encoder.get("name")
-    if not name:
-        raise ServeError(f"gallery {gallery} names no encoder; pass --model")
-    return Geolocator.from_store(store, encoder=load_encoder(name, device=device), index_kind=index_kind)
+    geo = Geolocator.from_store(gallery, encoder=model, index_kind=index_kind, device=device)
+    geo.encoder  # load now: a bad model fails at start-up, not on the first photo
+    return geo
 
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

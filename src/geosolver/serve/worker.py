@@ -15,9 +15,13 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from geosolver.locate import Geolocator
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +44,7 @@ class ModelWorker:
         max_batch: most images per encoder forward pass.
     """
 
-    def __init__(self, geolocator: Any, max_batch: int = 8):
+    def __init__(self, geolocator: "Geolocator", max_batch: int = 8):
         self.geolocator = geolocator
         self.max_batch = max(1, int(max_batch))
         self._q: "queue.Queue[Job | None]" = queue.Queue()

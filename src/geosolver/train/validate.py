@@ -1,20 +1,61 @@
 """Validation during training: kNN Geoscore of held-out queries against a small gallery, the
 similarity-distance rank correlation, and collapse diagnostics — all from in-memory embeddings.
 
-The aggregation is :func:`geosolver.locate.aggregate` (the same strategies the ``locate``
-command uses), the metrics :func:`geosolver.geo.distance_metrics`, the rank correlation
-:func:`geosolver.analysis.pairs.spearman_pairs` and the collapse numbers
+The search is an exact :class:`~geosolver.index.KnnIndex` (``flat``) over the gallery embeddings
+and the vote :meth:`geosolver.locate.Neighbours.vote` — the same search and strategies the
+``locate`` and ``evaluate`` commands use; the metrics :func:`geosolver.geo.distance_metrics`, the
+rank correlation :func:`geosolver.analysis.pairs.spearman_pairs` and the collapse numbers
 :func:`geosolver.analysis.diagnostics.diagnostics`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geosolver.errors import CollapseError
 from geosolver.geo import distance_metrics, haversine
+from geosolver.locate import DEFAULT_STRATEGY
+
+if TYPE_CHECKING:
+    from geosolver.index import KnnIndex
+    from geosolver.locate import Neighbours
+
+
+def flat_index(g_emb: np.ndarray) -> "KnnIndex":
+    """An exact in-memory :class:`~geosolver.index.KnnIndex` (``flat``, inner product, on CPU)
+    over ``(m, d)`` L2-normalised gallery embeddings; rows are the gallery's row numbers."""
+    import faiss
+
+    from geosolver.index import KnnIndex
+
+    g = np.ascontiguousarray(g_emb, dtype=np.float32)
+    if g.ndim != 2:
+        raise ValueError(f"gallery embeddings must be (m, d), got shape {g.shape}")
+    fi = faiss.IndexFlatIP(g.shape[1])
+    fi.add(g)
+    fingerprint = {"rows": int(g.shape[0]), "dim": int(g.shape[1]), "in_memory": True}
+    return KnnIndex(fi, "flat", {"kind": "flat", "metric": "inner_product"}, fingerprint, store=None, gpu=False)
+
+
+def knn_neighbours(q_emb: np.ndarray, g_emb: np.ndarray, g_lat: np.ndarray, g_lon: np.ndarray, k: int = 10) -> "Neighbours":
+    """The top-k gallery neighbours of each query (exact cosine search through :func:`flat_index`).
+
+    Args:
+        q_emb: ``(n, d)`` L2-normalised query embeddings.
+        g_emb: ``(m, d)`` L2-normalised gallery embeddings.
+        g_lat, g_lon: ``(m,)`` gallery coordinates, degrees.
+        k: neighbours per query (capped at ``m``).
+
+    Returns:
+        :class:`~geosolver.locate.Neighbours` ``(n, min(k, m))``.
+    """
+    from geosolver.locate import Neighbours
+
+    k = max(1, min(int(k), np.shape(g_emb)[0]))
+    return Neighbours.search(flat_index(g_emb), q_emb, k, g_lat, g_lon)
 
 
 def knn_predict(
@@ -23,8 +64,8 @@ def knn_predict(
     g_lat: np.ndarray,
     g_lon: np.ndarray,
     k: int = 10,
-    strategy: str = "densest",
-    **aggregate_kw,
+    strategy: str = DEFAULT_STRATEGY,
+    **vote_kw,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Guess a location for each query from its top-k gallery neighbours (exact cosine search).
 
@@ -34,20 +75,13 @@ def knn_predict(
         g_lat, g_lon: ``(m,)`` gallery coordinates, degrees.
         k: neighbours that vote (capped at ``m``).
         strategy: ``nn``, ``weighted-mean`` or ``densest`` (see :mod:`geosolver.locate`).
+        **vote_kw: ``temperature``, ``radius_km`` (km) for :meth:`~geosolver.locate.Neighbours.vote`.
 
     Returns:
         ``(lat, lon)`` of the guesses, ``(n,)`` degrees each.
     """
-    from geosolver.locate import aggregate
-
-    k = max(1, min(int(k), g_emb.shape[0]))
-    sims = q_emb @ g_emb.T
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(np.arange(sims.shape[1]), (sims.shape[0], 1))
-    s = np.take_along_axis(sims, top, 1)
-    order = np.argsort(-s, axis=1, kind="stable")
-    top, s = np.take_along_axis(top, order, 1), np.take_along_axis(s, order, 1)
-    plat, plon, _ = aggregate(s, g_lat[top], g_lon[top], strategy, **aggregate_kw)
-    return plat, plon
+    v = knn_neighbours(q_emb, g_emb, g_lat, g_lon, k).vote(strategy, **vote_kw)
+    return v.lat, v.lon
 
 
 @dataclass
@@ -75,7 +109,7 @@ class ValidationSet:
         i, j = random_pairs(len(g_lat), n_pairs, np.random.default_rng(seed))
         return cls(np.asarray(q_lat, np.float64), np.asarray(q_lon, np.float64), g_lat, g_lon, i, j)
 
-    def metrics(self, q_emb: np.ndarray, g_emb: np.ndarray, k: int = 10, strategy: str = "densest") -> dict[str, float]:
+    def metrics(self, q_emb: np.ndarray, g_emb: np.ndarray, k: int = 10, strategy: str = DEFAULT_STRATEGY) -> dict[str, float]:
         """All validation numbers for the current embeddings.
 
         Returns:
