@@ -11,7 +11,7 @@
    at the tiles' native 64 px, ``train=projection``, ``cache_trunk``, no flips, same steps,
    batch 64, seed 0 (everything else at the CLI defaults).
 3. Base and trained encoders are evaluated identically: gallery + held-out queries embedded with
-   ``embed.embed_table``; ``evaluate.evaluate`` (1-NN and densest k=10, bootstrap 95% CI); paired
+   ``embed.embed``; ``evaluate.evaluate`` (1-NN and densest k=10, bootstrap 95% CI); paired
    bootstrap CI of the per-query Geoscore difference vs the base model (same queries, same
    resamples); Spearman ρ(similarity, distance), mean pairwise cosine and effective rank of the
    held-out query embeddings from ``analysis.analyze_stores`` (all pairs of the Q queries).
@@ -34,7 +34,7 @@ import torch
 
 from geosolver.analysis import analyze_stores
 from geosolver.data import read_dataset
-from geosolver.embed import embed_table
+from geosolver.embed import embed
 from geosolver.encoders import load_encoder
 from geosolver.evaluate import evaluate
 from geosolver.terrain import build_world
@@ -74,8 +74,8 @@ def embed_both(model: str | Path, name: str, train_w: Path, held_w: Path, work: 
     for which, world, csv in (("gallery", train_w, "gallery.csv"), ("queries", held_w, "queries.csv")):
         table = read_dataset("folder", world, csv=world / csv)
         out[which] = work / "stores" / name / which
-        res = embed_table(table, enc, out[which], batch_size=128, num_workers=0, progress=False,
-                          config={"benchmark": "finetune", "model": str(model)})
+        res = embed(table, enc, out[which], batch_size=128, num_workers=0, progress=False,
+                    config={"benchmark": "finetune", "model": str(model)})
         if res.rows_embedded:
             print(f"  embedded {name} {which}: {res.rows_embedded} at {res.images_per_s:.0f} img/s", flush=True)
     return out["gallery"], out["queries"]

@@ -5,7 +5,7 @@
     python benchmarks/terrain.py --gallery 4000 --queries 400 --work /tmp/tb
 
 Everything goes through the public API (terrain.build_world → data.read_dataset →
-embed.embed_table → evaluate.evaluate), so the numbers are what the CLI gives. Scores on the
+embed.embed → evaluate.evaluate), so the numbers are what the CLI gives. Scores on the
 terrain world are NOT comparable with street-view benchmarks.
 """
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from geosolver.data import read_dataset
-from geosolver.embed import embed_table
+from geosolver.embed import embed
 from geosolver.encoders import load_encoder
 from geosolver.evaluate import evaluate
 from geosolver.terrain import build_world
@@ -30,7 +30,7 @@ def _embed(world: Path, which: str, model: str, work: Path, tta: str | None) -> 
     out = work / "stores" / f"{model.replace('/', '_')}{'-tta-' + tta if tta else ''}" / which
     table = read_dataset("folder", world, csv=world / f"{which}.csv")
     enc = load_encoder(model, device="cpu")
-    res = embed_table(table, enc, out, batch_size=128, num_workers=1, tta=tta, progress=False, config={"benchmark": "terrain"})
+    res = embed(table, enc, out, batch_size=128, num_workers=1, tta=tta, progress=False, config={"benchmark": "terrain"})
     if res.rows_embedded:
         print(f"  embedded {model}{' tta=' + tta if tta else ''} {which}: {res.rows_embedded} at {res.images_per_s:.0f} img/s", flush=True)
     return out

@@ -316,6 +316,19 @@ def test_cli_analyze(two_stores, tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "nope"), "--out", str(out)]) == 2
 
 
+
+def test_out_that_is_a_file_is_one_clear_error_and_config_has_the_run_fields(two_stores, tmp_path, capsys):
+    from geosolver.cli import main
+
+    a, _ = two_stores
+    f = tmp_path / "a-file"
+    f.write_text("")
+    assert main(["analyze", str(a.path), "--out", str(f), "--sample", "20"]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    analyze_stores([a.path], tmp_path / "ok", sample=20, progress=False, report=False)
+    cfg = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert cfg["command"] == "analyze" and cfg["sample"] == 20 and {"geosolver_version", "argv", "created"} <= set(cfg)
+
 def test_spearman_on_a_random_subsample_when_pairs_are_too_many(two_stores, tmp_path):
     a, _ = two_stores
     kw = dict(sample=300, progress=False, report=False)

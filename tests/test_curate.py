@@ -274,6 +274,14 @@ def test_coverage_numbers_against_brute_force():
     assert cov["climate_entropy_bits"] == pytest.approx(1.0)
 
 
+
+def test_out_that_is_a_file_is_one_clear_error(tmp_path, capsys):
+    _store(tmp_path, _meta_for_groups([5, 5], np.random.default_rng(0)))
+    f = tmp_path / "a-file"
+    f.write_text("")
+    assert main(["curate", "select", str(tmp_path / "store"), "--size", "4", "--out", str(f), "--by", "land_cover"]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+
 # ------------------------------------------------------------------------------------------
 # end to end through the CLI on an OSV5M-like store
 # ------------------------------------------------------------------------------------------
@@ -315,6 +323,7 @@ def test_cli_end_to_end_on_osv5m_like_store(tmp_path, capsys):
     assert cur["groups"] == meta.groupby(["cell", "land_cover", "climate", "soil"], dropna=False).ngroups
     cfg = json.loads((gal / "config.json").read_text())
     assert cfg["seed"] == 3 and cfg["strategy"] == "grouped-clustered" and cfg["size"] == 120
+    assert cfg["command"] == "curate select" and {"geosolver_version", "argv", "created"} <= set(cfg)
     cov = json.loads((gal / "coverage.json").read_text())
     assert cov["after"]["images"] == 120 and cov["before"]["images"] == n
     assert cov["after"]["cells_covered"] <= cov["before"]["cells_covered"]

@@ -340,11 +340,15 @@ def test_read_dataset_kinds_and_cli(tmp_path, capsys):
     assert cfg["dataset"]["kind"] == "folder" and cfg["dataset"]["rows"] == 3
     assert pd.read_parquet(tmp_path / "out" / "table.parquet")["id"].tolist() == ["img_000", "img_001", "img_002"]
     assert main(["--dataset", "folder", "--root", str(tmp_path / "nowhere")]) == 2
+    assert cfg["command"] == "geosolver.data" and "geosolver_version" in cfg
+    (tmp_path / "a-file").write_text("")
+    assert main(["--dataset", "folder", "--root", str(tmp_path / "imgs"), "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("zip64", [False, True])
 def test_zip_member_names_matches_zipfile(tmp_path, monkeypatch, zip64):
-    from geosolver.data.osv5m import _fast_zip_names, zip_member_names
+    from geosolver.data.osv5m import fast_zip_names, zip_member_names
 
     if zip64:  # make zipfile write the zip64 end records without 65 536 members
         monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
@@ -358,7 +362,7 @@ def test_zip_member_names_matches_zipfile(tmp_path, monkeypatch, zip64):
     with zipfile.ZipFile(p) as zf:
         expected = zf.namelist()
     assert zip_member_names(p) == expected == ["sub/", "sub/1.jpg", "2.jpg", "Zürich/ß.jpg"]
-    assert _fast_zip_names(p) == expected  # the fast parser itself, not its zipfile fallback
+    assert fast_zip_names(p) == expected  # the fast parser itself, not its zipfile fallback
     (tmp_path / "b.zip").write_bytes(b"garbage")
     with pytest.raises(zipfile.BadZipFile):
         zip_member_names(tmp_path / "b.zip")

@@ -156,6 +156,23 @@ def test_bad_arguments(tmp_path, worlds):
         terrain.build_world(root, 10, 5)
 
 
+
+def test_config_json_follows_the_run_directory_contract(worlds):
+    root, _ = worlds["a"]
+    cfg = json.loads((root / "config.json").read_text())
+    assert cfg["command"] == "terrain build" and {"geosolver_version", "argv", "created"} <= set(cfg)
+
+
+def test_out_that_is_a_file_is_one_clear_error(tmp_path, capsys):
+    from geosolver.errors import GeosolverError
+
+    f = tmp_path / "a-file"
+    f.write_text("")
+    with pytest.raises(GeosolverError, match="is a file"):
+        terrain.build_world(f, 10, 5, progress=False)
+    assert main(["terrain", "build", "--out", str(f), "--gallery", "3", "--queries", "1"]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+
 def test_cli_build_and_read_back(tmp_path, capsys):
     out = tmp_path / "w"
     rc = main(["terrain", "build", "--out", str(out), "--gallery", "30", "--queries", "10",

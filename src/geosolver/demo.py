@@ -25,7 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
+from geosolver.files import atomic_write_text
 from geosolver.htmlreport import img_tag, markdown_table_html, page
+from geosolver.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,12 @@ def _world(out: Path, n_gallery: int, n_queries: int, split: str, seed: int, pro
 
 def _embed(world: Path, which: str, model: str, enc, out: Path, progress: bool):
     from geosolver.data import read_dataset
-    from geosolver.embed import embed_table
+    from geosolver.embed import embed
 
     table = read_dataset("folder", world, csv=world / f"{which}.csv")
     store = out / "stores" / _model_slug(model) / which
-    res = embed_table(table, enc, store, batch_size=64, num_workers=1, progress=progress,
-                      config={"command": "demo", "dataset": str(world / f"{which}.csv"), "model": model})
+    res = embed(table, enc, store, batch_size=64, num_workers=1, progress=progress,
+                config={"command": "demo", "dataset": str(world / f"{which}.csv"), "model": model})
     _say(f"embed {model} {which}: {len(res.store)} rows ({res.rows_embedded} new, {res.images_per_s:.0f} img/s)")
     return res.store
 
@@ -92,14 +94,14 @@ def run_demo(
     from geosolver.evaluate import compare_runs, evaluate
 
     t_start = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out, "demo")
+    out = run.path
     timings: dict[str, float] = {}
     config = {
-        "command": "demo", "out": str(out), "n_gallery": n_gallery, "n_queries": n_queries, "models": list(models),
+        "out": str(out), "n_gallery": n_gallery, "n_queries": n_queries, "models": list(models),
         "split": split, "curated_fraction": curated_fraction, "analysis_sample": analysis_sample, "seed": seed,
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    run.write_config(config)
 
     t = time.time()
     world = _world(out, n_gallery, n_queries, split, seed, progress)
@@ -157,7 +159,7 @@ def run_demo(
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "caveat": CAVEAT,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    run.write_json("summary.json", summary)
     _write_report(out, world, models, runs, curated, compare_md, compare_all_md, timings, config)
     _say(f"done in {timings['total']:.0f}s: open {out / 'report.html'}")
     return summary
@@ -204,7 +206,7 @@ def _write_report(out: Path, world: Path, models, runs: dict[str, Path], curated
         "Embedding-space analysis: [analysis/report.html](analysis/report.html)", "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
     ]
-    (out / "report.md").write_text("\n".join(parts_md))
+    atomic_write_text(out / "report.md", "\n".join(parts_md))
 
     analysis_imgs = sorted((out / "analysis").glob("*.png"))
     body = [
@@ -229,4 +231,4 @@ def _write_report(out: Path, world: Path, models, runs: dict[str, Path], curated
         *[img_tag(p, p.stem) for p in analysis_imgs],
         "<h2>Timings</h2>", "<p>" + ", ".join(f"{k}: {v:.0f} s" for k, v in timings.items()) + "</p>",
     ]
-    (out / "report.html").write_text(page("Geosolver demo report", "\n".join(body)))
+    atomic_write_text(out / "report.html", page("Geosolver demo report", "\n".join(body)))

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from geosolver.errors import GeodataError
+from geosolver.files import atomic_write_npy
 from geosolver.geo import grid_cell_label, validate_coords
 
 log = logging.getLogger(__name__)
@@ -157,10 +158,7 @@ def _cached_array(name: str, src: Path, extra: str, shape: tuple[int, ...], dtyp
     arr = np.ascontiguousarray(compute(), dtype=dtype)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
+        atomic_write_npy(path, arr)
     except OSError as e:  # read-only home etc.
         log.warning("could not write cache file %s: %s", path, e)
     return arr

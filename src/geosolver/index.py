@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from geosolver.errors import IndexBuildError, StaleIndexError
-from geosolver.store import EmbeddingStore, atomic_write_json
+from geosolver.files import atomic_write_json
+from geosolver.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ Everything is deterministic given the seed.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import pandas as pd
 from geosolver import geodata
 from geosolver.errors import TerrainError
 from geosolver.geo import EARTH_RADIUS_KM, grid_cell, grid_cell_label, wrap_lon
+from geosolver.rundir import RunDir
 
 SPLITS = ("random", "held-out-cells")
 CSV_COLUMNS = ("id", "path", "lat", "lon", "country", "land_cover", "climate", "cell")
@@ -298,6 +298,7 @@ def build_world(
     out = Path(out)
     if (out / "world.json").exists() and not overwrite:
         raise TerrainError(f"{out} already holds a terrain world (world.json); pick another --out or pass overwrite")
+    run = RunDir(out, "terrain build")
     t0 = time.perf_counter()
     settings = {
         "n_gallery": int(n_gallery), "n_queries": int(n_queries), "split": split, "seed": int(seed),
@@ -347,8 +348,8 @@ def build_world(
     t_tiles = time.perf_counter() - t1
 
     csv_kw = dict(index=False, float_format="%.6f")
-    gallery.to_csv(out / "gallery.csv", **csv_kw)
-    queries.to_csv(out / "queries.csv", **csv_kw)
+    run.write_text("gallery.csv", gallery.to_csv(**csv_kw))
+    run.write_text("queries.csv", queries.to_csv(**csv_kw))
     world = {
         "kind": "geosolver terrain world",
         "settings": settings,
@@ -361,6 +362,6 @@ def build_world(
         "note": NOT_COMPARABLE_NOTE,
         "attribution": dict(geodata.ATTRIBUTION),
     }
-    (out / "world.json").write_text(json.dumps(world, indent=2) + "\n")
-    (out / "config.json").write_text(json.dumps({"command": "terrain build", **settings, "out": str(out)}, indent=2) + "\n")
+    run.write_json("world.json", world)
+    run.write_config({**settings, "out": str(out)})
     return world

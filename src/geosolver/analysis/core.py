@@ -8,19 +8,19 @@ diagnostics (:mod:`.diagnostics`) and writes a report (:mod:`.report`).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from geosolver.errors import AnalysisError
+from geosolver.files import jsonable
 from geosolver.geo import haversine, validate_coords
+from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore
 
 from .curve import count_rises, fit_monotone_curve, MonotoneCurve
@@ -93,22 +93,6 @@ def align_stores(stores: Sequence[EmbeddingStore]) -> tuple[list[np.ndarray], np
                 f"first: id {common[k]!r} at ({lat[k]}, {lon[k]}) vs ({lat0[k]}, {lon0[k]})"
             )
     return rows, np.asarray(common, dtype=object), np.asarray(lat0, np.float64), np.asarray(lon0, np.float64)
-
-
-def _clean(o: Any) -> Any:
-    """JSON-safe copy: numpy → python, NaN/inf → None."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _clean(o.tolist())
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    return o
 
 
 def encoder_summary(st: PairStats, spearman: float, diag: dict) -> tuple[dict, MonotoneCurve]:
@@ -206,6 +190,7 @@ def analyze_stores(
         timings[key] = round(timings.get(key, 0.0) + now - tick, 2)
         tick = now
 
+    run = RunDir(out, "analyze")  # before the long part: a --out that is a file fails now
     rows, ids, lat, lon = align_stores(stores)
     validate_coords(lat, lon, f"coordinates of {stores[0].path}")
     m = len(ids)
@@ -261,7 +246,7 @@ def analyze_stores(
         curves[name] = curve
     lap("diagnostics_s")
 
-    result = _clean(
+    result = jsonable(
         {
             "n_shared_images": m,
             "n_images": int(diag_sel.size) if pairs is None else int(len(used)),
@@ -276,33 +261,28 @@ def analyze_stores(
             "encoders": encoders,
         }
     )
-    config = _clean(
-        {
-            "command": "analyze",
-            "stores": [str(p) for p in paths],
-            "names": names,
-            "out": str(out),
-            "sample": sample,
-            "pairs": pairs,
-            "seed": seed,
-            "block": block,
-            "spearman_exact_max_pairs": spearman_exact_max_pairs,
-            "spearman_subsample": spearman_subsample,
-            "distance_bins_km": stats[0].dist_edges,
-            "similarity_bins": stats[0].sim_bins,
-        }
-    )
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    config = {
+        "stores": [str(p) for p in paths],
+        "names": names,
+        "out": str(out),
+        "sample": sample,
+        "pairs": pairs,
+        "seed": seed,
+        "block": block,
+        "spearman_exact_max_pairs": spearman_exact_max_pairs,
+        "spearman_subsample": spearman_subsample,
+        "distance_bins_km": stats[0].dist_edges,
+        "similarity_bins": stats[0].sim_bins,
+    }
+    run.write_config(config)
     for name, slug in zip(names, slugs):
-        (outdir / f"curve_{slug}.json").write_text(curves[name].to_json() + "\n")
+        run.write_text(f"curve_{slug}.json", curves[name].to_json() + "\n")
     if report:
         from .report import write_report
 
-        write_report(outdir, result, dict(zip(names, stats)), curves)
+        write_report(run.path, result, dict(zip(names, stats)), curves)
         lap("report_s")
     result["timings"] = dict(timings)
     result["seconds"] = round(time.time() - t0, 2)
-    (outdir / "stats.json").write_text(json.dumps(result, indent=2) + "\n")
+    run.write_json("stats.json", result)
     return result

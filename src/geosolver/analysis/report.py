@@ -9,6 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
+from geosolver.files import atomic_write_text
 from geosolver.htmlreport import img_tag, page
 
 from .curve import MonotoneCurve
@@ -228,7 +229,7 @@ def write_report(out: Path, result: dict, stats: Mapping[str, PairStats], curves
     md += ["<details><summary>What the numbers mean</summary>", ""] + [f"- **{a}**: {b}" for a, b in legend] + ["", "</details>", ""]
     for fname, title in PLOTS.items():
         md += [f"## {title}", "", f"![{title}]({fname})", ""]
-    (out / "report.md").write_text("\n".join(md))
+    atomic_write_text(out / "report.md", "\n".join(md))
 
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     trs = "".join(
@@ -246,4 +247,4 @@ def write_report(out: Path, result: dict, stats: Mapping[str, PairStats], curves
     ]
     for fname, title in PLOTS.items():
         body += [f"<h2>{html.escape(title)}</h2>", img_tag(out / fname, title)]
-    (out / "report.html").write_text(page("Geosolver embedding analysis", "\n".join(body)))
+    atomic_write_text(out / "report.html", page("Geosolver embedding analysis", "\n".join(body)))

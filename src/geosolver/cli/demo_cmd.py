@@ -4,6 +4,9 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from geosolver.demo import DEFAULT_MODELS
+    from geosolver.terrain import SPLITS
+
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline on an offline terrain world and write demo/report.html",
@@ -13,8 +16,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo", help="output directory (default: demo)")
     p.add_argument("--gallery", type=int, default=4000, help="gallery tiles (default 4000)")
     p.add_argument("--queries", type=int, default=400, help="query tiles (default 400)")
-    p.add_argument("--models", default="efficientnet-lite0@64,histogram", help="comma-separated encoders")
-    p.add_argument("--split", choices=["random", "held-out-cells"], default="random")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated encoders")
+    p.add_argument("--split", choices=SPLITS, default="random")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)

@@ -7,11 +7,13 @@ import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from geosolver.index import KINDS
+
     p = sub.add_parser("index", help="build a kNN index (faiss) over an embedding store")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     b = isub.add_parser("build", help="build STORE/index-<kind>.faiss (+ .json settings)")
     b.add_argument("store", help="embedding store directory (the gallery)")
-    b.add_argument("--kind", choices=["flat", "ivf", "ivfpq"], default="flat", help="flat = exact (default); ivf / ivfpq = approximate, for millions of rows")
+    b.add_argument("--kind", choices=KINDS, default="flat", help="flat = exact (default); ivf / ivfpq = approximate, for millions of rows")
     b.add_argument("--nlist", type=int, default=None, help="IVF cells (default ~4*sqrt(rows))")
     b.add_argument("--pq-m", type=int, default=None, help="PQ bytes per vector for ivfpq (must divide dim; default 64 or the largest divisor)")
     b.add_argument("--nprobe", type=int, default=None, help="cells visited per query (default nlist/16)")

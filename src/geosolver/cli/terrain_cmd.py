@@ -6,6 +6,8 @@ import argparse
 
 
 def register(sub) -> None:
+    from geosolver.terrain import SPLITS
+
     p = sub.add_parser(
         "terrain",
         help="build the offline terrain world (a folder + CSV dataset of rendered map tiles)",
@@ -17,7 +19,7 @@ def register(sub) -> None:
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--gallery", type=int, required=True, help="number of gallery tiles")
     b.add_argument("--queries", type=int, required=True, help="number of query tiles")
-    b.add_argument("--split", choices=["random", "held-out-cells"], default="random",
+    b.add_argument("--split", choices=SPLITS, default="random",
                    help="random: queries drawn like the gallery; held-out-cells: queries only from grid cells absent from the gallery")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--tile-size", type=int, default=64, help="tile side in pixels (default 64)")

@@ -13,6 +13,7 @@ import pandas as pd
 from geosolver.curate.groups import DEFAULT_FEATURES, CurationError, group_size_histogram
 from geosolver.curate.sampling import COVERAGE_CELL_DEG, CurationResult, select
 from geosolver.geo import EARTH_RADIUS_KM, grid_cell, latlon_to_xyz, random_points_on_sphere
+from geosolver.rundir import RunDir
 
 
 # ------------------------------------------------------------------------------------------
@@ -118,12 +119,6 @@ def plot_map(meta_all: pd.DataFrame, rows: np.ndarray, path: str | os.PathLike, 
 # ------------------------------------------------------------------------------------------
 # end to end
 # ------------------------------------------------------------------------------------------
-def _write_json(path: Path, obj: Any) -> None:
-    from geosolver.store import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
 def curate_store(
     store_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -159,10 +154,11 @@ def curate_store(
     out = Path(out)
     if (out / "manifest.json").exists():
         raise CurationError(f"{out} already holds a store; pick another --out")
+    run = RunDir(out, "curate select")
     meta = store.metadata
     res = select(store, size, by=by, strategy=strategy, seed=seed, cluster_threshold=cluster_threshold,
                  cell_size=cell_size, meta=meta, **kwargs)
-    config = {"command": "curate select", "store": str(store_path), "out": str(out), **res.settings,
+    config = {"command": run.command, "store": str(store_path), "out": str(out), **res.settings,
               "land_points": int(land_points), "make_map": bool(make_map)}
     t = time.perf_counter()
     store.subset(res.rows, out, config={"curation": config})
@@ -192,7 +188,7 @@ def curate_store(
         plot_map(meta, res.rows, out / "map.png", title=f"{strategy}: {res.rows.size:,} of {len(meta):,} images (seed {seed})")
         res.timings["map"] = time.perf_counter() - t
     curation["timings_s"] = res.timings
-    _write_json(out / "curation.json", curation)
-    _write_json(out / "coverage.json", cov)
-    _write_json(out / "config.json", config)
+    run.write_json("curation.json", curation)
+    run.write_json("coverage.json", cov)
+    run.write_config(config)
     return res, cov

@@ -6,13 +6,12 @@ With ``--out DIR`` it also writes ``DIR/table.parquet``, ``DIR/skipped.csv`` and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 
 from geosolver.data import add_dataset_arguments, read_dataset_from_args
 from geosolver.errors import GeosolverError
+from geosolver.rundir import RunDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         table = read_dataset_from_args(args)
+        run = RunDir(args.out, "geosolver.data") if args.out else None
     except GeosolverError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -32,15 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped by reason:")
         print(skipped["reason"].str.split(":").str[0].value_counts().to_string())
     print(table.head(5).to_string())
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        info = table.attrs["dataset"]
-        table.attrs = {}
-        table.to_parquet(out / "table.parquet", index=False)
-        skipped.to_csv(out / "skipped.csv", index=False)
-        (out / "config.json").write_text(json.dumps({"command": "geosolver.data", **vars(args), "dataset": info}, indent=2, default=str))
-        print(f"wrote {out}/table.parquet, skipped.csv, config.json")
+    if run is not None:
+        run.write_parquet("table.parquet", table)
+        run.write_text("skipped.csv", skipped.to_csv(index=False))
+        run.write_config({**vars(args), "dataset": table.attrs["dataset"]})
+        print(f"wrote {run.path}/table.parquet, skipped.csv, config.json")
     return 0
 
 

@@ -75,13 +75,18 @@ def zip_member_names(path: str | os.PathLike) -> list[str]:
         OSError, zipfile.BadZipFile: unreadable or not a zip file.
     """
     try:
-        return _fast_zip_names(path)
+        return fast_zip_names(path)
     except (ValueError, struct.error):
         with zipfile.ZipFile(path) as zf:
             return zf.namelist()
 
 
-def _fast_zip_names(path: str | os.PathLike) -> list[str]:
+def fast_zip_names(path: str | os.PathLike) -> list[str]:
+    """The central-directory parser of :func:`zip_member_names`, without its :mod:`zipfile` fallback.
+
+    Raises:
+        ValueError, struct.error: a layout it does not recognise; OSError: unreadable file.
+    """
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
