@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,76 @@ def test_collapse_stops_training_with_a_clear_message(tmp_path, geo_images, tiny
     evals = [r for r in recs if r["type"] == "eval"]
     assert evals[-1]["collapsed"] and evals[-1]["step"] < 60
     assert (Path(cfg.out) / "model" / "config.json").is_file()  # the best weights before collapse are kept
+
+
+def test_the_best_validation_step_is_saved_not_the_last(tmp_path, geo_images, tiny_clip_dir, monkeypatch):
+    # Script the validation Geoscore so that step 2 of 4 is the best, and record the weights each
+    # validation saw: OUT/model must hold step 2's weights, not the final ones.
+    from transformers import CLIPModel
+
+    from geosolver.encoders import load_encoder
+    from geosolver.train.validate import ValidationSet
+
+    enc = load_encoder(tiny_clip_dir, device="cpu", precision="fp32")
+    scripted = iter([10.0, 20.0, 40.0, 30.0, 25.0])  # steps 0, 1, 2, 3, 4
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    real_metrics = ValidationSet.metrics
+
+    def metrics(self, *args, **kwargs):
+        m = real_metrics(self, *args, **kwargs)
+        seen[len(seen)] = {k: v.detach().clone() for k, v in enc.model.state_dict().items()}
+        m["geoscore"] = next(scripted)
+        return m
+
+    monkeypatch.setattr(ValidationSet, "metrics", metrics)
+    res = train(_cfg(tmp_path, geo_images, tiny_clip_dir, objective="geo-contrastive", steps=4, eval_every=1), encoder=enc)
+    assert sorted(seen) == [0, 1, 2, 3, 4] and res.steps == 4 and res.best_step == 2
+    assert json.loads((res.out / "config.json").read_text())["result"]["best_step"] == 2
+    saved = CLIPModel.from_pretrained(res.model_dir).state_dict()
+    vision = [k for k in saved if k.startswith(("vision_model.", "visual_projection"))]
+    assert any(not torch.equal(seen[2][k], seen[4][k]) for k in vision)  # training moved the weights after step 2
+    for k in vision:
+        torch.testing.assert_close(saved[k], seen[2][k], rtol=0, atol=0)
+
+
+def test_missing_train_extra_fails_with_one_line_naming_it(tmp_path, geo_images, tiny_clip_dir, monkeypatch, capsys):
+    from transformers import CLIPModel
+
+    from geosolver.cli import main as cli_main
+    from geosolver.errors import TrainError
+    from geosolver.train.params import add_lora
+
+    root, csv = geo_images
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # `import accelerate` raises ImportError
+    rc = cli_main(["train", "--root", str(root), "--csv", str(csv), "--model", str(tiny_clip_dir), "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "pip install 'geosolver[train]'" in err and "accelerate" in err
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(TrainError, match=r"peft.*pip install 'geosolver\[train\]'"):
+        add_lora(CLIPModel.from_pretrained(tiny_clip_dir))
+
+
+def test_cli_options_are_derived_from_train_config_and_keep_their_spellings(capsys):
+    from dataclasses import asdict, fields
+
+    from geosolver.cli import build_parser
+    from geosolver.cli.train_cmd import train_config
+
+    def parse(*argv):
+        return train_config(build_parser().parse_args(["train", "--data", "r", "--out", "o", *argv]))
+
+    default = parse()
+    assert asdict(default) == asdict(TrainConfig(out="o", root="r"))  # every default comes from the dataclass
+    cfg = parse("--train", "last-blocks", "3", "--no-flip", "--no-progress", "--cache-trunk", "--w-contrastive", "0.5",
+                "--lora-r", "4", "--positive-cell-deg", "2", "--balance-edges-km", "0", "10", "20100", "--strategy", "nn")
+    assert (cfg.train, cfg.blocks, cfg.flip, cfg.progress, cfg.cache_trunk, cfg.w_contrastive, cfg.lora_r) == ("last-blocks", 3, False, False, True, 0.5, 4)
+    assert cfg.positive_cell_deg == 2.0 and cfg.balance_edges_km == [0.0, 10.0, 20100.0] and cfg.strategy == "nn"
+    assert (parse("--train", "lora").train, parse("--train", "lora").blocks) == ("lora", 2)
+    for bad in (["--train", "lora", "3"], ["--train", "bogus"], ["--train", "last-blocks", "x"], ["--objective", "nope"]):
+        with pytest.raises(SystemExit):
+            parse(*bad)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # line breaks (even at hyphens) do not matter
+    assert all("".join(f.metadata["help"].split()) in text for f in fields(TrainConfig))  # help text lives on the field

@@ -5,29 +5,44 @@
 ...                         model="streetclip", objective="distance-consistency"))  # doctest: +SKIP
 >>> res.model_dir                                                        # doctest: +SKIP
 
-Modules: :mod:`.objectives` (loss functions), :mod:`.sampler` (same-cell batches),
-:mod:`.params` (what is trained, LoRA), :mod:`.trunk` (frozen-trunk split), :mod:`.pixels`
-(decoding, caches, batches), :mod:`.validate` (validation metrics, collapse stop),
-:mod:`.loop` (the run).
+Modules: :mod:`.config` (every setting, and the ``geosolver train`` options derived from it),
+:mod:`.objectives` (loss functions), :mod:`.sampler` (same-cell batches), :mod:`.params` (what is
+trained, LoRA), :mod:`.trunk` (frozen-trunk split), :mod:`.pixels` (decoding, caches, batches),
+:mod:`.validate` (validation metrics, collapse stop), :mod:`.loop` (the run, in stages).
+
+The names below are imported on first use, so ``geosolver.train.config`` (the CLI's parser)
+loads without torch.
 """
 
-from geosolver.train.loop import OBJECTIVE_PRESETS, TrainConfig, TrainResult, fit_target_curve, train
-from geosolver.train.objectives import ObjectiveWeights, TargetCurve
-from geosolver.train.params import TRAIN_MODES, TrainError, TrainSetupError
-from geosolver.train.sampler import CellGroupBatchSampler
-from geosolver.train.validate import CollapseError
+from __future__ import annotations
 
-__all__ = [
-    "OBJECTIVE_PRESETS",
-    "TRAIN_MODES",
-    "CellGroupBatchSampler",
-    "CollapseError",
-    "ObjectiveWeights",
-    "TargetCurve",
-    "TrainConfig",
-    "TrainError",
-    "TrainResult",
-    "TrainSetupError",
-    "fit_target_curve",
-    "train",
-]
+import importlib
+from typing import TYPE_CHECKING
+
+from geosolver.errors import CollapseError, TrainError, TrainSetupError
+
+if TYPE_CHECKING:
+    from geosolver.train.config import OBJECTIVE_PRESETS, TRAIN_MODES, ObjectiveWeights, TrainConfig
+    from geosolver.train.loop import TrainResult, fit_target_curve, train
+    from geosolver.train.objectives import TargetCurve
+    from geosolver.train.sampler import CellGroupBatchSampler
+
+_LAZY = {
+    "OBJECTIVE_PRESETS": "config",
+    "TRAIN_MODES": "config",
+    "ObjectiveWeights": "config",
+    "TrainConfig": "config",
+    "TrainResult": "loop",
+    "fit_target_curve": "loop",
+    "train": "loop",
+    "TargetCurve": "objectives",
+    "CellGroupBatchSampler": "sampler",
+}
+
+__all__ = sorted([*_LAZY, "CollapseError", "TrainError", "TrainSetupError"])
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"geosolver.train.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'geosolver.train' has no attribute {name!r}")

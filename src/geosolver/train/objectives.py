@@ -23,12 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from geosolver.geo import haversine_torch
-
-#: Distance-bin edges (km) used to balance pairs inside a batch: fine near 0 where retrieval
-#: lives, logarithmic beyond. The last edge exceeds the largest distance on Earth (≈ 20 015 km).
-DEFAULT_BALANCE_EDGES_KM: tuple[float, ...] = (0.0, 1.0, 5.0, 25.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20100.0)
-
-OBJECTIVE_NAMES = ("contrastive", "consistency", "uniformity", "distill")
+from geosolver.train.config import DEFAULT_BALANCE_EDGES_KM, ObjectiveWeights
 
 
 def pair_distances_km(lat: torch.Tensor, lon: torch.Tensor) -> torch.Tensor:
@@ -249,19 +244,6 @@ def distill_loss(emb: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # the weighted sum
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ObjectiveWeights:
-    """Weights of the loss terms (0 disables a term)."""
-
-    contrastive: float = 0.0
-    consistency: float = 0.0
-    uniformity: float = 0.0
-    distill: float = 0.0
-
-    def active(self) -> list[str]:
-        return [n for n in OBJECTIVE_NAMES if getattr(self, n) != 0]
-
-
 def combined_loss(
     emb: torch.Tensor,
     lat: torch.Tensor,

@@ -22,11 +22,16 @@ from typing import Any
 import torch
 
 from geosolver.errors import TrainError, TrainSetupError
+from geosolver.train.config import TRAIN_MODES
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("projection", "last-blocks", "lora", "all")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def missing_train_extra(e: ImportError) -> TrainError:
+    """The one-line error for a missing ``[train]`` extra (``peft``, ``accelerate``)."""
+    return TrainError(f"training needs the [train] extra ({e.name or e} is missing): pip install 'geosolver[train]'")
 
 
 def is_clip(model: torch.nn.Module) -> bool:
@@ -110,8 +115,8 @@ def add_lora(model: torch.nn.Module, r: int = 8, alpha: float = 16.0, dropout: f
         raise TrainSetupError(f"--train lora supports CLIP models only (got {type(model).__name__}); use last-blocks or all")
     try:
         from peft import LoraConfig, get_peft_model
-    except ImportError as e:  # pragma: no cover
-        raise TrainSetupError(f"--train lora needs the 'peft' package ({e}); pip install 'geosolver[train]'") from None
+    except ImportError as e:
+        raise missing_train_extra(e) from None
     model.requires_grad_(False)
     cfg = LoraConfig(
         r=int(r),

@@ -1,15 +1,24 @@
 """The image side of training: pixels decoded by ``DataLoader`` workers or cached in RAM, the
-frozen-trunk cache, and the endless stream of training batches (sharded over processes)."""
+frozen-trunk cache, the endless stream of training batches (sharded over processes), and
+:class:`TrainInputs` — what the trained module eats and how the current model embeds a row.
+
+Images are read through the project's one decode path, :mod:`geosolver.embed.decode`
+(:class:`~geosolver.embed.decode.ImageRows` + :func:`~geosolver.embed.decode.make_loader`); an image
+that cannot be decoded is logged once and left out, never fatal.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from geosolver.train.params import TrainError
+from geosolver.embed.decode import Decoded, ImageRows, make_loader
+from geosolver.encoders import Encoder
+from geosolver.errors import TrainError
 from geosolver.train.sampler import CellGroupBatchSampler
 
 log = logging.getLogger(__name__)
@@ -18,74 +27,57 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 # pixels: decoded on the fly by DataLoader workers, or cached in RAM
 # ----------------------------------------------------------------------------------------------
-class RowDataset:
-    """Map-style dataset: row → ``(row, pixels float32 (3,S,S) or None)``; bad images give None."""
-
-    def __init__(self, sources: np.ndarray, preprocessor, min_side: int | None):
-        self.sources = sources
-        self.preprocessor = preprocessor
-        self.min_side = min_side
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int):
-        from geosolver.embed import error_text, load_pixels
-
-        try:
-            return int(i), load_pixels(self.sources[i], self.preprocessor, self.min_side)
-        except Exception as e:  # noqa: BLE001 — a bad image is skipped, never fatal
-            log.warning("skipping %s: %s", self.sources[i], error_text(e))
-            return int(i), None
-
-
-def _collate(items):
-    ok = [it for it in items if it[1] is not None]
-    rows = np.array([it[0] for it in ok], dtype=np.int64)
-    px = torch.from_numpy(np.stack([it[1] for it in ok])) if ok else None
-    return rows, px
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)
-
-
 class Pixels:
-    """Preprocessed pixels of the dataset rows, from a RAM cache or decoded by workers."""
+    """Preprocessed pixels of the dataset rows, from a RAM cache or decoded by workers.
 
-    def __init__(self, sources: np.ndarray, preprocessor, min_side, num_workers: int, progress: bool):
-        self.ds = RowDataset(sources, preprocessor, min_side)
+    Args:
+        sources: ``(n,)`` image sources of the dataset table's rows.
+        preprocessor, min_side: the encoder's (see :class:`~geosolver.embed.decode.ImageRows`).
+        num_workers: decode worker processes (0: decode in this process).
+        progress: show a progress bar while building the cache.
+    """
+
+    def __init__(self, sources: np.ndarray, preprocessor, min_side: int | None, num_workers: int, progress: bool):
+        self.images = ImageRows(sources, preprocessor, min_side)
         self.num_workers = num_workers
         self.progress = progress
         self.cache: torch.Tensor | None = None  # (n, 3, S, S) float16
         self.ok = np.ones(len(sources), bool)
+        self.warned: set[int] = set()
 
     def _loader(self, rows: Sequence[int] | None = None, batch_size: int = 64, batch_sampler=None):
-        from torch.utils.data import DataLoader, Subset
+        """A ``DataLoader`` of :class:`~geosolver.embed.decode.Decoded` batches over ``rows`` (all
+        rows when None) or over ``batch_sampler``'s batches (workers kept between epochs)."""
+        from torch.utils.data import Subset
 
-        ds = self.ds if rows is None else Subset(self.ds, list(rows))
-        kw: dict[str, Any] = dict(num_workers=self.num_workers, collate_fn=_collate)
-        if self.num_workers:
-            kw.update(worker_init_fn=_worker_init, persistent_workers=batch_sampler is not None, prefetch_factor=4)
-        if batch_sampler is not None:
-            return DataLoader(ds, batch_sampler=batch_sampler, **kw)
-        return DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
+        ds = self.images if rows is None else Subset(self.images, list(rows))
+        return make_loader(ds, batch_size, self.num_workers, batch_sampler=batch_sampler, persistent_workers=batch_sampler is not None)
+
+    def _decoded(self, loader) -> Iterator[Decoded]:
+        """The loader's batches; a warning (once per row) for each image that could not be decoded.
+        Row numbers are the table's (a ``Subset`` yields the rows' own indices)."""
+        for batch in loader:
+            for row, why in batch.errors:
+                if row not in self.warned:
+                    self.warned.add(row)
+                    log.warning("skipping %s: %s", self.images.sources[row], why)
+            yield batch
 
     def build_cache(self, batch_size: int = 64) -> None:
         """Decode + preprocess every row once; rows that fail are marked in :attr:`ok`."""
         from tqdm.auto import tqdm
 
-        n = len(self.ds)
+        n = len(self.images)
         cache = None
         self.ok[:] = False
         with tqdm(total=n, desc="cache images", unit="img", disable=not self.progress) as bar:
-            for rows, px in self._loader(None, batch_size):
-                if px is not None:
+            for batch in self._decoded(self._loader(None, batch_size)):
+                if batch.pixels is not None:
                     if cache is None:
-                        cache = torch.empty((n, *px.shape[1:]), dtype=torch.float16)
-                    cache[torch.from_numpy(rows)] = px.to(torch.float16)
-                    self.ok[rows] = True
-                bar.update(batch_size)
+                        cache = torch.empty((n, *batch.pixels.shape[1:]), dtype=torch.float16)
+                    cache[torch.from_numpy(batch.ok_rows)] = batch.pixels.to(torch.float16)
+                    self.ok[batch.ok_rows] = True
+                bar.update(len(batch.rows))
         if cache is None:
             raise TrainError("no image of the dataset could be decoded")
         self.cache = cache
@@ -99,10 +91,9 @@ class Pixels:
                 r = rows[s : s + batch_size]
                 yield r, self.cache[torch.from_numpy(r)].float()
             return
-        for sub_rows, px in self._loader(rows.tolist(), batch_size):
-            if px is not None:
-                # Subset returns the original row numbers (the dataset yields its own index).
-                yield sub_rows, px
+        for batch in self._decoded(self._loader(rows.tolist(), batch_size)):
+            if batch.pixels is not None:
+                yield batch.ok_rows, batch.pixels
 
     def train_batches(self, sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int, world: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Endless ``(rows, pixels)`` training batches; process ``rank`` of ``world`` takes every
@@ -121,9 +112,9 @@ class Pixels:
             else:
                 if loader is None:
                     loader = self._loader(None, batch_sampler=mapped)
-                for r, px in loader:
-                    if px is not None and len(r) >= 2:
-                        yield r, px
+                for batch in self._decoded(loader):
+                    if batch.pixels is not None and len(batch.ok_rows) >= 2:
+                        yield batch.ok_rows, batch.pixels
             epoch += 1
 
 
@@ -153,10 +144,24 @@ class MapBatches:
                 yield self.rows[np.asarray(b)].tolist()
 
 
-class TrunkCache:
-    """Frozen-trunk outputs (float32) of the needed rows, plus mirrored images' for ``flip_rows``."""
+def model_input(enc: Encoder, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels ``(n, 3, S, S)`` as the encoder's model takes them: float32 on its device (channels-last
+    where the encoder runs so)."""
+    x = pixels.to(enc.device, dtype=torch.float32, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if enc.channels_last else x
 
-    def __init__(self, enc, trunk, pixels: Pixels, rows: np.ndarray, flip_rows: np.ndarray | None, n_table: int, batch_size: int, progress: bool):
+
+class TrunkCache:
+    """Frozen-trunk outputs (float32) of the needed rows, plus mirrored images' for ``flip_rows``.
+
+    Args:
+        enc: the encoder; trunk: pixels → trunk output (:func:`~geosolver.train.trunk.split_model`).
+        pixels: the dataset's pixels; rows: the table rows to cache.
+        flip_rows: rows whose mirror image is cached too (None: no flips).
+        n_table: rows in the table; batch_size: images per trunk forward pass.
+    """
+
+    def __init__(self, enc: Encoder, trunk, pixels: Pixels, rows: np.ndarray, flip_rows: np.ndarray | None, n_table: int, batch_size: int, progress: bool):
         from tqdm.auto import tqdm
 
         self.pos = np.full(n_table, -1, np.int64)
@@ -171,8 +176,7 @@ class TrunkCache:
         enc.model.eval()
         with torch.no_grad(), tqdm(total=len(rows), desc="trunk cache", unit="img", disable=not progress) as bar:
             for r, px in pixels.batches(rows, batch_size):
-                x = enc._to_device(px)
-                t = trunk(x).float().cpu()
+                t = trunk(model_input(enc, px)).float().cpu()
                 if self.plain is None:
                     self.plain = torch.zeros((len(rows), *t.shape[1:]), dtype=torch.float32)
                     if flip_rows is not None:
@@ -182,7 +186,7 @@ class TrunkCache:
                 if self.flipped is not None:
                     fsel = want_flip[r]
                     if fsel.any():
-                        self.flipped[idx[torch.from_numpy(fsel)]] = trunk(enc._to_device(px[torch.from_numpy(fsel)].flip(-1))).float().cpu()
+                        self.flipped[idx[torch.from_numpy(fsel)]] = trunk(model_input(enc, px[torch.from_numpy(fsel)].flip(-1))).float().cpu()
                 self.ok[r] = True
                 bar.update(len(r))
         enc.model.train(was)
@@ -190,6 +194,7 @@ class TrunkCache:
             raise TrainError("no image of the dataset could be decoded")
 
     def get(self, rows: np.ndarray, flip: torch.Tensor | None = None) -> torch.Tensor:
+        """Trunk outputs ``(len(rows), ...)`` float32; the mirror image's where ``flip`` ``(len(rows),)`` is set."""
         idx = torch.from_numpy(self.pos[rows])
         x = self.plain[idx]
         if flip is not None and self.flipped is not None and bool(flip.any()):
@@ -197,13 +202,75 @@ class TrunkCache:
         return x
 
 
-def embed_rows_of(enc, pixels: Pixels, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings ``(len(rows), dim)`` (zeros where an image failed) and the ok mask."""
-    pos = {int(r): i for i, r in enumerate(rows)}
-    out = np.zeros((len(rows), enc.dim), np.float32)
-    ok = np.zeros(len(rows), bool)
-    for r, px in pixels.batches(rows, batch_size):
-        idx = np.array([pos[int(x)] for x in r], np.int64)
-        out[idx] = enc.embed_pixels(px)
-        ok[idx] = True
-    return out, ok
+# ----------------------------------------------------------------------------------------------
+# what the trained module eats
+# ----------------------------------------------------------------------------------------------
+class EncoderFeatures(torch.nn.Module):
+    """``pixels → enc.features(pixels)`` as a module, so DDP sees the forward pass."""
+
+    def __init__(self, enc: Encoder):
+        super().__init__()
+        self.model = enc.model
+        self.enc = [enc]  # a list: the model is not registered as a submodule twice
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.enc[0].features(pixels)
+
+
+@dataclass
+class TrainInputs:
+    """The inputs of the trained module: pixels into the whole encoder, or — with ``--cache-trunk``
+    — cached trunk outputs into the head.
+
+    Attributes:
+        enc: the encoder being trained.
+        pixels: the dataset's pixels.
+        batch_size: images per embedding forward pass (validation, base embeddings).
+        trunk, head: the frozen-trunk cache and the trainable head on top of it, or None.
+    """
+
+    enc: Encoder
+    pixels: Pixels
+    batch_size: int
+    trunk: TrunkCache | None = None
+    head: torch.nn.Module | None = None
+
+    def module(self) -> torch.nn.Module:
+        """The module the optimiser trains through: the head, or the encoder's features."""
+        return EncoderFeatures(self.enc) if self.head is None else self.head
+
+    def batches(self, sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int, world: int) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
+        """Endless ``(rows, pixels or None)`` training batches (None: the trunk cache has the inputs)."""
+        if self.trunk is None:
+            return self.pixels.train_batches(sampler, rows, rank, world)
+        return trunk_batches(sampler, rows, rank, world)
+
+    def forward_input(self, rows: np.ndarray, pixels: torch.Tensor | None, flip: torch.Tensor | None) -> torch.Tensor:
+        """The module's input for a batch: pixels (mirrored where ``flip``) or the cached trunk outputs."""
+        if self.trunk is not None:
+            return self.trunk.get(rows, flip)
+        if flip is not None:
+            return torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+        return pixels
+
+    def embed(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Current-model embeddings ``(len(rows), dim)`` float32, L2-normalised (zeros where an image
+        failed), and the ok mask ``(len(rows),)``."""
+        enc = self.enc
+        out = np.zeros((len(rows), enc.dim), np.float32)
+        if self.trunk is None:
+            pos = {int(r): i for i, r in enumerate(rows)}
+            ok = np.zeros(len(rows), bool)
+            for r, px in self.pixels.batches(rows, self.batch_size):
+                idx = np.array([pos[int(x)] for x in r], np.int64)
+                out[idx] = enc.embed_pixels(px)
+                ok[idx] = True
+            return out, ok
+        ok = self.trunk.ok[rows]
+        sel = np.flatnonzero(ok)
+        with torch.no_grad(), torch.autocast(enc.device.type, dtype=enc.dtype, enabled=enc.dtype != torch.float32):
+            for s in range(0, len(sel), self.batch_size):
+                part = sel[s : s + self.batch_size]
+                e = self.head(self.trunk.get(rows[part]).to(enc.device)).float()
+                out[part] = torch.nn.functional.normalize(e, dim=-1).cpu().numpy()
+        return out, ok

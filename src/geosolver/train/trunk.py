@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from geosolver.train.params import TrainSetupError, is_clip
+from geosolver.errors import TrainSetupError
+from geosolver.train.params import is_clip
 
 
 class _ClipProjectionHead(torch.nn.Module):
