@@ -25,6 +25,7 @@ failures), so a resumed batch job knows exactly which input rows are done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -124,7 +125,11 @@ class ShardInfo:
 
     @classmethod
     def from_json(cls, d: dict) -> "ShardInfo":
-        return cls(name=d["name"], rows=int(d["rows"]), n_inputs=int(d.get("n_inputs", d["rows"])), sha256=d["sha256"])
+        try:
+            return cls(name=d["name"], rows=int(d["rows"]), n_inputs=int(d.get("n_inputs", d["rows"])), sha256=str(d["sha256"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"manifest entry for shard {d.get('name')!r} is damaged ({type(e).__name__}: {e}); "
+                             "the manifest lists name, rows, n_inputs and sha256 per shard") from None
 
 
 def encoder_compatible(a: dict, b: dict) -> tuple[bool, str]:
@@ -137,6 +142,36 @@ def encoder_compatible(a: dict, b: dict) -> tuple[bool, str]:
         if a.get(key) != b.get(key):
             return False, f"encoder {key} differs: {a.get(key)!r} vs {b.get(key)!r}"
     return True, ""
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def write_lock(path: str | os.PathLike):
+    """Hold the store directory's write lock (``flock`` on ``PATH/.lock``) for a writing job.
+
+    The lock dies with its process, so a killed job never leaves a stale lock behind.
+
+    Raises:
+        StoreError: another process holds the lock (two jobs writing one store).
+    """
+    import fcntl
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file; a store is a directory (pick another --out)")
+    path.mkdir(parents=True, exist_ok=True)
+    f = open(path / LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"another process is writing {path} (its lock {path / LOCK} is held); "
+                             "wait for it to finish or pick another --out") from None
+        yield
+    finally:
+        f.close()
 
 
 def _empty_failures(with_shard: bool = True) -> pd.DataFrame:
@@ -234,7 +269,7 @@ class StoreWriter:
         keep = {shard_name(c) for c in self.committed()}
         for p in self.path.iterdir():
             stem = p.name.split(".")[0]
-            if p.is_file() and (".tmp" in p.name or (chunk_of(stem) is not None and stem not in keep)):
+            if p.is_file() and p.name != LOCK and (".tmp" in p.name or (chunk_of(stem) is not None and stem not in keep)):
                 p.unlink(missing_ok=True)
         cdir = self.path / CHUNK_DIR
         if cdir.is_dir():
@@ -447,12 +482,32 @@ class EmbeddingStore:
 
     # -- embeddings -----------------------------------------------------------------------
     def shard_embeddings(self, i: int) -> np.ndarray:
-        """Shard ``i``'s embeddings as a read-only float16 memmap, shape ``(rows_i, dim)``."""
+        """Shard ``i``'s embeddings as a read-only float16 memmap, shape ``(rows_i, dim)``.
+
+        The first read of a shard checks that it opens, has the manifest's shape and a float
+        dtype, and holds only finite values (one pass over data that search reads anyway).
+
+        Raises:
+            StoreError: the shard is missing, truncated, not a float array, the wrong shape, or
+                holds NaN/inf; the message names the shard and points to ``--verify``.
+        """
         if i not in self._mm:
             s = self.shards[i]
-            arr = np.load(self.path / f"{s.name}.npy", mmap_mode="r")
+            f = self.path / f"{s.name}.npy"
+            hint = f"run `geosolver info {self.path} --verify`, then re-embed the store"
+            try:
+                arr = np.load(f, mmap_mode="r")
+            except FileNotFoundError:
+                raise StoreError(f"{f} is missing; {hint}") from None
+            except (ValueError, OSError, EOFError) as e:
+                raise StoreError(f"{f} cannot be read as an array ({type(e).__name__}: {e}); {hint}") from None
+            if arr.dtype.kind != "f":
+                raise StoreError(f"{f} holds {arr.dtype} values, not float embeddings; {hint}")
             if arr.shape != (s.rows, self.dim):
-                raise StoreError(f"{self.path / s.name}.npy has shape {arr.shape}, manifest says ({s.rows}, {self.dim})")
+                raise StoreError(f"{f} has shape {arr.shape}, manifest says ({s.rows}, {self.dim}); {hint}")
+            for lo in range(0, arr.shape[0], 65536):
+                if not np.isfinite(arr[lo : lo + 65536]).all():
+                    raise StoreError(f"{f} holds non-finite values (NaN or inf): the shard is damaged; {hint}")
             self._mm[i] = arr
         return self._mm[i]
 
@@ -499,21 +554,35 @@ class EmbeddingStore:
         return w.finalize()
 
     def verify(self) -> list[str]:
-        """Check every shard's checksum and shape; return a list of problems (empty if fine)."""
+        """Check every shard's checksum, shape, values and metadata; one line per problem (empty: fine).
+
+        Never raises on the damage it exists to report (truncated or empty ``.npy``, corrupt or
+        missing parquet, checksum mismatch, NaN/inf values).
+        """
         problems = []
         for i, s in enumerate(self.shards):
             f = self.path / f"{s.name}.npy"
             if not f.exists():
                 problems.append(f"{f} missing")
-                continue
-            if sha256_file(f) != s.sha256:
-                problems.append(f"{f} checksum mismatch")
+            else:
+                if sha256_file(f) != s.sha256:
+                    problems.append(f"{f} checksum mismatch (the file changed after it was written)")
+                try:
+                    self._mm.pop(i, None)
+                    self.shard_embeddings(i)
+                except StoreError as e:
+                    problems.append(str(e).split("; run `geosolver info")[0])
+            pq = self.path / f"{s.name}.parquet"
             try:
-                self.shard_embeddings(i)
-            except StoreError as e:
-                problems.append(str(e))
-            if len(pd.read_parquet(self.path / f"{s.name}.parquet")) != s.rows:
-                problems.append(f"{s.name}.parquet row count differs from manifest ({s.rows})")
+                n = len(pd.read_parquet(pq))
+            except FileNotFoundError:
+                problems.append(f"{pq} missing (the shard's metadata: id, lat, lon)")
+                continue
+            except Exception as e:  # noqa: BLE001 — any reader error is damage to report
+                problems.append(f"{pq} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                continue
+            if n != s.rows:
+                problems.append(f"{pq} has {n} rows, manifest says {s.rows}")
         return problems
 
     def describe(self) -> str:

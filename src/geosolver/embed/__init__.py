@@ -37,7 +37,7 @@ from geosolver.embed.decode import error_text, load_pixels
 from geosolver.embed.job import DEFAULT_SHARD_SIZE, ChunkPlan, check_table, open_store, table_fingerprint
 from geosolver.encoders import Encoder, EncoderSpec, load_encoder
 from geosolver.errors import EmbedError, StoreError
-from geosolver.store import EmbeddingStore, StoreWriter
+from geosolver.store import EmbeddingStore, StoreWriter, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -163,22 +163,35 @@ def embed(
     if num_workers is not None and int(num_workers) < 0:
         raise EmbedError(f"num_workers must be >= 0, got {num_workers}")
     table = check_table(table)
-    if engine == "ray":
-        return _embed_ray(table, encoder, out, batch_size, num_workers, shard_size, tta, progress, config, skipped,
-                          ray_address, ray_actors)
     if engine == "ranks":
-        if rank is None or world_size is None:
-            env = rank_from_env()
-            if env is None:
-                raise EmbedError("engine 'ranks' needs rank and world_size (or RANK/WORLD_SIZE from torchrun)")
-            rank, world_size, local_rank = env
-        if not 0 <= rank < world_size:
-            raise EmbedError(f"rank {rank} outside world size {world_size}")
-        if not isinstance(encoder, Encoder):
-            spec = encoder if isinstance(encoder, EncoderSpec) else EncoderSpec(str(encoder))
-            encoder = load_encoder(spec.on(device=_rank_device(spec.device, rank if local_rank is None else local_rank)))
-        return _embed_rank(table, encoder, out, rank, world_size, batch_size, num_workers or 0, shard_size, tta,
-                           progress, config, skipped, merge_when_done, wait_s)
+        return _embed_ranks(table, encoder, out, rank, world_size, local_rank, batch_size, num_workers, shard_size, tta,
+                            progress, config, skipped, merge_when_done, wait_s)
+    with write_lock(out):  # one job per store: a second `embed` on the same --out gets one clear line
+        if engine == "ray":
+            return _embed_ray(table, encoder, out, batch_size, num_workers, shard_size, tta, progress, config, skipped,
+                              ray_address, ray_actors)
+        return _embed_local(table, encoder, out, batch_size, num_workers, shard_size, tta, progress, config, skipped)
+
+
+def _embed_ranks(table, encoder, out, rank, world_size, local_rank, batch_size, num_workers, shard_size, tta, progress,
+                 config, skipped, merge_when_done, wait_s) -> EmbedResult:
+    """Resolve this rank (arguments or torchrun's environment) and its device, then run it."""
+    if rank is None or world_size is None:
+        env = rank_from_env()
+        if env is None:
+            raise EmbedError("engine 'ranks' needs rank and world_size (or RANK/WORLD_SIZE from torchrun)")
+        rank, world_size, local_rank = env
+    if not 0 <= rank < world_size:
+        raise EmbedError(f"rank {rank} outside world size {world_size}")
+    if not isinstance(encoder, Encoder):
+        spec = encoder if isinstance(encoder, EncoderSpec) else EncoderSpec(str(encoder))
+        encoder = load_encoder(spec.on(device=_rank_device(spec.device, rank if local_rank is None else local_rank)))
+    return _embed_rank(table, encoder, out, rank, world_size, batch_size, num_workers or 0, shard_size, tta,
+                       progress, config, skipped, merge_when_done, wait_s)
+
+
+def _embed_local(table, encoder, out, batch_size, num_workers, shard_size, tta, progress, config, skipped) -> EmbedResult:
+    """This process runs every chunk still to do, merging the manifest after each."""
     enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder)
     workers = default_num_workers(enc.device.type) if num_workers is None else int(num_workers)
     writer, plan = open_store(out, enc.identity(), table, shard_size, tta, config, skipped)

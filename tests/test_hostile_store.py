@@ -1,0 +1,150 @@
+"""Hostile input against the store: every kind of damage gets one line naming the shard and what is
+wrong (exit code 2 through the CLI), never a traceback; nothing outside the store is read; a second
+writer is refused while the first holds the store."""
+
+import json
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geosolver.cli import main as cli_main
+from geosolver.errors import StoreError
+from geosolver.store import EmbeddingStore, write_lock, write_store
+
+ENC = {"name": "enc", "dim": 8, "revision": "r1"}
+
+
+def _store(path, n=12, shard_size=5) -> EmbeddingStore:
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((n, 8)).astype(np.float32)
+    meta = pd.DataFrame({"id": [f"i{k}" for k in range(n)], "lat": np.linspace(-40, 40, n), "lon": np.linspace(-100, 100, n)})
+    return write_store(path, emb, meta, ENC, shard_size=shard_size)
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[:100])
+
+
+def _empty(p):
+    p.write_bytes(b"")
+
+
+def _nan(p):
+    arr = np.load(p)
+    arr[1, 3] = np.nan
+    np.save(p, arr)
+
+
+def _object_dtype(p):
+    np.save(p, np.array([{"a": 1}] * 5, dtype=object), allow_pickle=True)
+
+
+def _corrupt_parquet(p):
+    q = p.with_suffix(".parquet")
+    raw = bytearray(q.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64
+    q.write_bytes(bytes(raw))
+
+
+def _missing_parquet(p):
+    p.with_suffix(".parquet").unlink()
+
+
+DAMAGE = {
+    "truncated npy": (_truncate, "cannot be read as an array"),
+    "zero-byte npy": (_empty, "cannot be read as an array"),
+    "NaN in a shard": (_nan, "non-finite"),
+    "object-dtype npy": (_object_dtype, "cannot be read as an array"),
+    "corrupt parquet": (_corrupt_parquet, "parquet cannot be read"),
+    "missing parquet": (_missing_parquet, "parquet missing"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_verify_reports_damage_in_one_line_and_exits_2(kind, tmp_path, capsys):
+    st = _store(tmp_path / "s")
+    damage, fragment = DAMAGE[kind]
+    damage(tmp_path / "s" / "shard-00001.npy")
+    assert cli_main(["info", str(tmp_path / "s"), "--verify"]) == 2
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    lines = [ln for ln in out.out.splitlines() if "shard-00001" in ln]
+    assert lines and any(fragment in ln for ln in lines), out.out
+    assert not any("shard-00000" in ln or "shard-00002" in ln for ln in out.out.splitlines()[1:])  # healthy shards: silent
+    assert len(st) == 12
+
+
+@pytest.mark.parametrize("kind", ["truncated npy", "NaN in a shard", "object-dtype npy"])
+def test_search_refuses_a_damaged_shard_naming_it(kind, tmp_path):
+    _store(tmp_path / "s")
+    DAMAGE[kind][0](tmp_path / "s" / "shard-00001.npy")
+    with pytest.raises(StoreError, match=r"shard-00001\.npy.*--verify"):
+        EmbeddingStore(tmp_path / "s").embeddings()
+
+
+def test_evaluate_on_a_nan_store_exits_2_instead_of_scoring(tmp_path, capsys):
+    _store(tmp_path / "g")
+    _store(tmp_path / "q")
+    _nan(tmp_path / "g" / "shard-00002.npy")
+    rc = cli_main(["evaluate", "--queries", str(tmp_path / "q"), "--gallery", str(tmp_path / "g"), "--out", str(tmp_path / "run"), "--no-plots"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "shard-00002.npy holds non-finite values" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["../evil_outside/victim", "/etc/passwd", "shard-00001/../../x", "shard-1", "notashard"])
+def test_a_manifest_naming_files_outside_the_store_is_refused(name, tmp_path):
+    _store(tmp_path / "s")
+    outside = tmp_path / "evil_outside"
+    outside.mkdir()
+    pd.DataFrame({"id": ["victim"], "lat": [0.0], "lon": [0.0]}).to_parquet(outside / "victim.parquet")
+    before = (outside / "victim.parquet").read_bytes()
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    m["shards"][0]["name"] = name
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="not a shard name of this store"):
+        EmbeddingStore(tmp_path / "s")
+    assert cli_main(["info", str(tmp_path / "s"), "--verify"]) == 2
+    assert cli_main(["enrich", str(tmp_path / "s"), "--features", "land"]) == 2
+    assert (outside / "victim.parquet").read_bytes() == before
+
+
+def test_a_manifest_entry_without_sha256_is_one_line(tmp_path, capsys):
+    _store(tmp_path / "s")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    del m["shards"][1]["sha256"]
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    assert cli_main(["info", str(tmp_path / "s"), "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert "shard-00001" in err and "damaged" in err and "Traceback" not in err
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
+    held, release = threading.Event(), threading.Event()
+
+    def first():
+        with write_lock(tmp_path / "s"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(StoreError, match="another process is writing"):
+            with write_lock(tmp_path / "s"):
+                pass
+    finally:
+        release.set()
+        t.join()
+    with write_lock(tmp_path / "s"):  # released: the next job may write
+        pass
+
+
+def test_out_pointing_at_a_file_is_one_line(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        with write_lock(f):
+            pass
