@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from geosolver.errors import UserError  # re-exported: raise it for a nonsensical option
+
+__all__ = ["UserError", "build_parser", "main"]
 
 # Order here is the order of `geosolver --help`.
 COMMAND_MODULES = [
@@ -59,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     from geosolver.errors import GeosolverError
 
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit
+        return rc
     except (GeosolverError, FileNotFoundError) as e:
         print(f"geosolver {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `geosolver info STORE | head -1`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"geosolver {args.command}: interrupted", file=sys.stderr)
         return 130

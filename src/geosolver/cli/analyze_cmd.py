@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from geosolver.cli.args import non_negative_int, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,11 +20,11 @@ def register(sub) -> None:
     )
     p.add_argument("stores", nargs="+", metavar="STORE", help="embedding store directories (one per encoder)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--sample", type=int, default=5000, help="N images; all N(N-1)/2 pairs are analysed (default 5000)")
-    p.add_argument("--pairs", type=int, default=None, help="instead: M random pairs drawn from all shared images")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--sample", type=positive_int, default=5000, help="N images; all N(N-1)/2 pairs are analysed (default 5000)")
+    p.add_argument("--pairs", type=positive_int, default=None, help="instead: M random pairs drawn from all shared images")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--names", default=None, help="comma-separated display names, one per store")
-    p.add_argument("--block", type=int, default=256, help="rows per block of the pair pass (default 256; memory ≈ block × N × 100 bytes)")
+    p.add_argument("--block", type=positive_int, default=256, help="rows per block of the pair pass (default 256; memory ≈ block × N × 100 bytes)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 

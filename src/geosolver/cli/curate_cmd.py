@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from geosolver.cli.args import non_negative_int, positive_float, positive_int
+
 
 def _features(s: str) -> list[str]:
     return [c.strip() for c in s.split(",") if c.strip()]
@@ -22,21 +24,21 @@ def register(sub) -> None:
     st.add_argument("store", help="embedding store directory")
     st.add_argument("--by", type=_features, default=list(DEFAULT_FEATURES),
                     help=f"comma-separated feature columns to group by (default {default_by}); absent ones are skipped")
-    st.add_argument("--top", type=int, default=10, help="also print the N largest groups (default 10; 0 = none)")
+    st.add_argument("--top", type=non_negative_int, default=10, help="also print the N largest groups (default 10; 0 = none)")
     st.set_defaults(func=run_stats)
 
     se = csub.add_parser("select", help="choose a gallery of N images and write it as a new store")
     se.add_argument("store", help="embedding store directory")
-    se.add_argument("--size", type=int, required=True, help="images in the gallery")
+    se.add_argument("--size", type=positive_int, required=True, help="images in the gallery")
     se.add_argument("--out", required=True, help="gallery store directory to create")
     se.add_argument("--by", type=_features, default=list(DEFAULT_FEATURES),
                     help=f"comma-separated feature columns to group by (default {default_by})")
     se.add_argument("--strategy", choices=STRATEGIES, default="grouped-clustered", help="selection strategy")
-    se.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    se.add_argument("--cluster-threshold", type=int, default=20,
+    se.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    se.add_argument("--cluster-threshold", type=positive_int, default=20,
                     help="cluster only groups larger than this (default 20)")
-    se.add_argument("--cell-size", type=float, default=2.0, help="grid cell size in degrees for --strategy cell (default 2)")
-    se.add_argument("--land-points", type=int, default=2000,
+    se.add_argument("--cell-size", type=positive_float, default=2.0, help="grid cell size in degrees for --strategy cell (default 2)")
+    se.add_argument("--land-points", type=positive_int, default=2000,
                     help="random land points for the coverage distance (default 2000; 0 = skip)")
     se.add_argument("--no-map", action="store_true", help="do not draw map.png")
     se.set_defaults(func=run_select)

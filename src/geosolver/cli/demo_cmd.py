@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from geosolver.cli.args import non_negative_int, positive_int
+
 
 def register(sub) -> None:
     from geosolver.demo import DEFAULT_MODELS
@@ -14,11 +16,11 @@ def register(sub) -> None:
         "curate galleries, analyse the embedding spaces and write report.html. A few minutes on 2 CPU cores.",
     )
     p.add_argument("--out", default="demo", help="output directory (default: demo)")
-    p.add_argument("--gallery", type=int, default=4000, help="gallery tiles (default 4000)")
-    p.add_argument("--queries", type=int, default=400, help="query tiles (default 400)")
+    p.add_argument("--gallery", type=positive_int, default=4000, help="gallery tiles (default 4000)")
+    p.add_argument("--queries", type=positive_int, default=400, help="query tiles (default 400)")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated encoders")
     p.add_argument("--split", choices=SPLITS, default="random")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from geosolver.geodata import FEATURES
+from geosolver.cli.args import positive_float
 
 
 def register(sub) -> None:
@@ -16,7 +17,7 @@ def register(sub) -> None:
     )
     p.add_argument("store", help="embedding store directory")
     p.add_argument("--features", default=",".join(FEATURES), help=f"comma-separated subset of {','.join(FEATURES)} (default: all)")
-    p.add_argument("--cell-size", type=float, default=2.0, help="grid cell side in degrees for the 'cell' column (default 2.0)")
+    p.add_argument("--cell-size", type=positive_float, default=2.0, help="grid cell side in degrees for the 'cell' column (default 2.0)")
     p.add_argument("--overwrite", action="store_true", help="recompute columns that already exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

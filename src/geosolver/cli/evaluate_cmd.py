@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from geosolver.cli.args import non_negative_int, positive_float, positive_int
+
 
 def _csv(typ):
     def parse(s: str):
@@ -26,12 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", type=_csv(str), default=list(STRATEGIES), help=f"comma-separated, of {','.join(STRATEGIES)} (default all)")
     p.add_argument("--k", type=_csv(int), default=list(DEFAULT_KS), help=f"comma-separated neighbour counts (default {','.join(map(str, DEFAULT_KS))})")
     p.add_argument("--exclude-self", action="store_true", help="leave-one-out: skip gallery rows with the query's id")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
-    p.add_argument("--radius-km", type=float, default=DEFAULT_RADIUS_KM)
+    p.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE)
+    p.add_argument("--radius-km", type=positive_float, default=DEFAULT_RADIUS_KM)
     p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap repetitions for the 95%% interval")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nprobe", type=positive_int, default=None, help="IVF cells visited per query")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap repetitions for the 95%% interval")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from geosolver.cli.args import non_negative_int, positive_float, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.index import KINDS
@@ -14,14 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = isub.add_parser("build", help="build STORE/index-<kind>.faiss (+ .json settings)")
     b.add_argument("store", help="embedding store directory (the gallery)")
     b.add_argument("--kind", choices=KINDS, default="flat", help="flat = exact (default); ivf / ivfpq = approximate, for millions of rows")
-    b.add_argument("--nlist", type=int, default=None, help="IVF cells (default ~4*sqrt(rows))")
-    b.add_argument("--pq-m", type=int, default=None, help="PQ bytes per vector for ivfpq (must divide dim; default 64 or the largest divisor)")
-    b.add_argument("--nprobe", type=int, default=None, help="cells visited per query (default nlist/16)")
-    b.add_argument("--rerank", type=int, default=10, help="ivfpq: re-score rerank*k PQ candidates with the exact vectors from the store (0 = off; default 10)")
-    b.add_argument("--train-size", type=int, default=None, help="rows sampled to train IVF/PQ")
-    b.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads")
-    b.add_argument("--memory-budget-gb", type=float, default=None, help="ivfpq: choose nlist (~4*sqrt(n), power of 2) and pq_m (largest divisor of dim <= 64) to fit this RAM budget")
-    b.add_argument("--recall-queries", type=int, default=None, help="measure recall@10 vs exact search on this many store rows (default 1000 for ivf/ivfpq, 0 for flat)")
+    b.add_argument("--nlist", type=positive_int, default=None, help="IVF cells (default ~4*sqrt(rows))")
+    b.add_argument("--pq-m", type=positive_int, default=None, help="PQ bytes per vector for ivfpq (must divide dim; default 64 or the largest divisor)")
+    b.add_argument("--nprobe", type=positive_int, default=None, help="cells visited per query (default nlist/16)")
+    b.add_argument("--rerank", type=non_negative_int, default=10, help="ivfpq: re-score rerank*k PQ candidates with the exact vectors from the store (0 = off; default 10)")
+    b.add_argument("--train-size", type=positive_int, default=None, help="rows sampled to train IVF/PQ")
+    b.add_argument("--threads", type=positive_int, default=None, help="faiss OpenMP threads")
+    b.add_argument("--memory-budget-gb", type=positive_float, default=None, help="ivfpq: choose nlist (~4*sqrt(n), power of 2) and pq_m (largest divisor of dim <= 64) to fit this RAM budget")
+    b.add_argument("--recall-queries", type=non_negative_int, default=None, help="measure recall@10 vs exact search on this many store rows (default 1000 for ivf/ivfpq, 0 for flat)")
     b.set_defaults(func=run)
 
 

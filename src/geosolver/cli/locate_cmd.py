@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from geosolver.cli.args import non_negative_int, positive_float, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.encoders import TTA_MODES
@@ -16,13 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or zip://ARCHIVE::MEMBER sources")
     p.add_argument("--gallery", required=True, help="gallery embedding store")
     p.add_argument("--model", default=None, help="encoder name/path (default: the gallery's encoder)")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"neighbours that vote (default {DEFAULT_K})")
+    p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"neighbours that vote (default {DEFAULT_K})")
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"aggregation (default {DEFAULT_STRATEGY})")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature on similarities")
-    p.add_argument("--radius-km", type=float, default=DEFAULT_RADIUS_KM, help="neighbourhood radius in km")
+    p.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE, help="softmax temperature on similarities")
+    p.add_argument("--radius-km", type=positive_float, default=DEFAULT_RADIUS_KM, help="neighbourhood radius in km")
     p.add_argument("--tta", choices=TTA_MODES, default=None, help="test-time augmentation")
     p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
-    p.add_argument("--show", type=int, default=5, help="neighbours to print per photo")
+    p.add_argument("--show", type=non_negative_int, default=5, help="neighbours to print per photo")
     p.add_argument("--json", action="store_true", help="print one JSON object per photo")
     p.set_defaults(func=run)
 
@@ -51,4 +53,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {'#':>3} {'similarity':>10} {'lat':>10} {'lon':>11} {'km':>8}  id")
         for j, nb in enumerate(p.neighbours[: args.show], 1):
             print(f"  {j:>3} {nb['similarity']:>10.4f} {nb['lat']:>10.4f} {nb['lon']:>11.4f} {nb['distance_km']:>8.0f}  {nb['id']}")
-    return 1 if failed else 0
+    return 2 if failed else 0

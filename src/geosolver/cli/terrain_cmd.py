@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from geosolver.cli.args import non_negative_int, positive_float, positive_int
+
 
 def register(sub) -> None:
     from geosolver.terrain import SPLITS
@@ -17,14 +19,14 @@ def register(sub) -> None:
     tsub = p.add_subparsers(dest="terrain_command", metavar="ACTION", required=True)
     b = tsub.add_parser("build", help="render gallery and query tiles and write gallery.csv / queries.csv")
     b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--gallery", type=int, required=True, help="number of gallery tiles")
-    b.add_argument("--queries", type=int, required=True, help="number of query tiles")
+    b.add_argument("--gallery", type=positive_int, required=True, help="number of gallery tiles")
+    b.add_argument("--queries", type=positive_int, required=True, help="number of query tiles")
     b.add_argument("--split", choices=SPLITS, default="random",
                    help="random: queries drawn like the gallery; held-out-cells: queries only from grid cells absent from the gallery")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--tile-size", type=int, default=64, help="tile side in pixels (default 64)")
-    b.add_argument("--window", type=int, default=32, help="tile coverage in 0.05-degree source pixels (default 32 = 1.6 deg)")
-    b.add_argument("--cell-size", type=float, default=2.0, help="grid cell side in degrees (labels, held-out split)")
+    b.add_argument("--seed", type=non_negative_int, default=0)
+    b.add_argument("--tile-size", type=positive_int, default=64, help="tile side in pixels (default 64)")
+    b.add_argument("--window", type=positive_int, default=32, help="tile coverage in 0.05-degree source pixels (default 32 = 1.6 deg)")
+    b.add_argument("--cell-size", type=positive_float, default=2.0, help="grid cell side in degrees (labels, held-out split)")
     b.add_argument("--holdout-fraction", type=float, default=0.2, help="share of populated cells held out (held-out-cells)")
     b.add_argument("--overwrite", action="store_true", help="write into a folder that already holds a world")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
