@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from geosolver.cli.args import port, positive_float, positive_int
     from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES
 
@@ -13,11 +14,17 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="encoder device: auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest photo accepted, MB (default 20)")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"default neighbours that vote (default {DEFAULT_K})")
+    p.add_argument("--port", type=port, default=8000, help="port, 1-65535 (default 8000)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest photo accepted, MB (default 20)")
+    p.add_argument("--max-pixels", type=positive_int, default=None,
+                   help="most pixels decoded for one photo, checked from its header before decoding; JPEGs count at their "
+                        "reduced decode size (default 40000000)")
+    p.add_argument("--max-decodes", type=positive_int, default=None, help="most photos decoded at the same time (default 2)")
+    p.add_argument("--read-timeout", type=positive_float, default=None, metavar="SECONDS",
+                   help="seconds an upload may take to arrive before the server answers 408 (default 30)")
+    p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"default neighbours that vote (default {DEFAULT_K})")
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"default aggregation (default {DEFAULT_STRATEGY})")
-    p.add_argument("--max-batch", type=int, default=8, help="most concurrent photos per encoder batch (default 8)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="most concurrent photos per encoder batch (default 8)")
     p.add_argument("--save-uploads", metavar="DIR", default=None, help="keep every upload and its answer in DIR (default: keep nothing)")
     p.set_defaults(func=run)
 
@@ -30,10 +37,12 @@ def run(args) -> int:
 
         raise UserError(f"the web app needs the [serve] extra ({e.name} is missing): pip install 'geosolver[serve]'") from None
 
+    limits = {key: getattr(args, key, None) for key in ("max_pixels", "max_decodes", "read_timeout")}
     geo = open_geolocator(args.gallery, args.model, device=args.device, index_kind=args.index)
     app = create_app(
         geo, max_upload_mb=args.max_upload_mb, default_k=args.k, default_strategy=args.strategy,
         max_batch=args.max_batch, save_uploads=args.save_uploads,
+        **{key: value for key, value in limits.items() if value is not None},
     )
     print(f"geosolver serve: {geo.encoder.name} over {len(geo.gallery)} gallery photos ({geo.gallery.path})")
     print(f"geosolver serve: open http://{args.host}:{args.port}/  (API docs at /docs; Ctrl-C to stop)")

@@ -16,7 +16,15 @@ Routes:
 Robustness: the body is read in chunks and refused (413) as soon as it passes the size limit;
 non-images (415), unsupported formats (415), truncated or undecodable images (422) and
 decompression bombs (422, checked from the header before decoding) get a clear one-line
-``detail``; bad ``k``/``strategy`` get 422. Decoding and preprocessing run in the threadpool
+``detail``; bad ``k``/``strategy`` get 422. The body must arrive within ``read_timeout`` seconds
+(408 otherwise) and a client that disconnects mid-upload costs one log line.
+
+Memory: a small file can declare a huge image (a 0.5 MB PNG of 13000x13000 px decodes to 0.5 GB of
+RGB, several times that while converting). So the server has its own pixel budget, ``max_pixels``
+(:data:`DEFAULT_MAX_PIXELS`, far below the global guard :data:`geosolver.images.MAX_PIXELS`),
+checked from the header against the pixels that would actually be decoded (JPEGs count at their
+draft-reduced size), at most ``max_decodes`` photos are decoded at once, and the full-size image is
+dropped as soon as the model-sized pixels exist. Decoding and preprocessing run in the threadpool
 (JPEGs decoded reduced to the encoder's ``min_side``, as the embedding pipeline does); the model runs in
 one worker thread (:class:`~geosolver.serve.worker.ModelWorker`), so the event loop stays free
 and concurrent requests are micro-batched. Uploads are kept in memory and never written to disk
@@ -26,10 +34,12 @@ unless ``save_uploads`` is set.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import io
 import logging
 import os
+import threading
 import time
 import warnings
 from contextlib import asynccontextmanager
@@ -40,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
@@ -64,26 +75,40 @@ STATIC_DIR = Path(__file__).with_name("static")
 ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
+#: Most pixels the server decodes for one photo (JPEGs: counted at their draft-reduced size).
+#: 40 Mpx lets through every ordinary photo (12-24 Mpx phones and cameras, 33 Mpx 8K frames, and
+#: 48-100 Mpx camera JPEGs, which decode at 1/8 scale for a 224 px model) while capping one decode
+#: at ~120 MB of RGB (~0.5 GB at the peak of an RGBA->RGB conversion), against ~0.5 GB / ~2 GB for
+#: a 169 Mpx image just under the global guard.
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Most photos decoded at the same time (each decode may hold up to ``max_pixels`` of image).
+DEFAULT_MAX_DECODES = 2
+#: Seconds a request body may take to arrive before the server answers 408.
+DEFAULT_READ_TIMEOUT = 30.0
+#: Decoded images at least this large trigger a ``gc.collect()`` once they are dropped.
+_GC_PIXELS = 4_000_000
+
 
 @dataclass
 class Photo:
     """A decoded upload.
 
     Attributes:
-        image: upright RGB image (possibly reduced by JPEG draft decoding, see ``min_side``).
+        image: upright RGB image (possibly reduced by JPEG draft decoding, see ``min_side``);
+            ``None`` once the app has dropped it after preprocessing.
         format: PIL format name (``JPEG``, ``PNG``, ``WEBP`` ...).
         gps: EXIF GPS ``(lat, lon)`` in degrees, or ``None``.
         width, height: the photo's full upright size in pixels.
     """
 
-    image: Image.Image
+    image: Image.Image | None
     format: str
     gps: tuple[float, float] | None
     width: int
     height: int
 
 
-def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None) -> Photo:
+def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None, max_pixels: int | None = None) -> Photo:
     """Check and decode an uploaded photo.
 
     The header is read first (format, declared size) so that unsupported formats and
@@ -94,6 +119,9 @@ def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None)
         name: how to call the upload in messages (the client's file name).
         min_side: JPEGs may be decoded reduced while keeping the shorter side at least this many
             pixels (the encoder's ``min_side``: the same decoding the embedding pipeline uses).
+        max_pixels: most pixels to decode (the server's budget, checked from the header against
+            the size that would be decoded: a JPEG's draft-reduced size); ``None``: only the global
+            :data:`~geosolver.images.MAX_PIXELS` guard.
 
     Returns:
         The :class:`Photo` (image turned upright by its EXIF orientation).
@@ -121,6 +149,23 @@ def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None)
     w, h = probe.size
     if limit and w * h > limit:
         raise PhotoError(422, f"{name}: refused as a possible decompression bomb: it declares {w}x{h} = {w * h} pixels, more than the limit of {limit}")
+    if max_pixels:
+        dw, dh = w, h
+        if min_side and fmt == "JPEG":  # the same reduction open_image will apply (header only)
+            scale = max(1, min(w, h) // int(min_side))
+            if scale >= 2:
+                try:
+                    probe.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+                    dw, dh = probe.size
+                except Exception:  # count the full size
+                    dw, dh = w, h
+        if dw * dh > max_pixels:
+            decoded = "" if (dw, dh) == (w, h) else f" (decoded reduced: {dw}x{dh} = {dw * dh:,})"
+            raise PhotoError(
+                422,
+                f"{name}: {w}x{h} = {w * h:,} pixels{decoded} is more than this server's limit of {max_pixels:,} pixels "
+                f"(geosolver serve --max-pixels); refused before decoding as a possible decompression bomb: send a smaller photo",
+            )
     try:
         gps = exif_gps(probe)
         orientation = int(probe.getexif().get(0x0112, 1))
@@ -162,6 +207,9 @@ def create_app(
     save_uploads: str | os.PathLike | None = None,
     gallery_points: int = 3000,
     warmup: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decodes: int = DEFAULT_MAX_DECODES,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
 ) -> FastAPI:
     """Build the FastAPI app around a ready :class:`~geosolver.locate.Geolocator`.
 
@@ -176,6 +224,10 @@ def create_app(
             its ``config.json`` records the app's settings.
         gallery_points: most gallery coordinates ``/api/gallery/points`` returns.
         warmup: run one blank image through the model now, so the first photo is not slow.
+        max_pixels: most pixels decoded for one photo (checked from the header; JPEGs count at
+            their draft-reduced size); more gets 422 before any pixel is decoded.
+        max_decodes: most photos decoded (and preprocessed) at the same time.
+        read_timeout: seconds the request body may take to arrive; slower uploads get 408.
 
     Returns:
         The ``fastapi.FastAPI`` app (serve it with uvicorn).
@@ -189,6 +241,15 @@ def create_app(
         raise ServeError(f"default k must be in [1, {max_k}], got {default_k}")
     if default_strategy not in STRATEGIES:
         raise ServeError(f"unknown strategy {default_strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if not max_batch >= 1:
+        raise ServeError(f"max_batch must be >= 1, got {max_batch}")
+    if not max_pixels >= 1:
+        raise ServeError(f"max_pixels must be >= 1, got {max_pixels}")
+    if not max_decodes >= 1:
+        raise ServeError(f"max_decodes must be >= 1, got {max_decodes}")
+    if not read_timeout > 0:
+        raise ServeError(f"read_timeout must be > 0 seconds, got {read_timeout}")
+    max_pixels, max_decodes, read_timeout = int(max_pixels), int(max_decodes), float(read_timeout)
     max_bytes = int(max_upload_mb * 1e6)
     encoder = geolocator.encoder  # loaded now: a bad model fails at start-up, not on the first photo
     gallery = geolocator.gallery
@@ -202,6 +263,9 @@ def create_app(
         "default_strategy": default_strategy,
         "max_k": max_k,
         "max_batch": max_batch,
+        "max_pixels": max_pixels,
+        "max_decodes": max_decodes,
+        "read_timeout_s": read_timeout,
         "save_uploads": str(save_dir) if save_dir else None,
     }
     if save_dir is not None:
@@ -214,10 +278,24 @@ def create_app(
         p = worker.submit(blank, 1, default_strategy).result()
         _place(p.lat, p.lon)
 
+    decode_slots = threading.BoundedSemaphore(max_decodes)
+
     def prepare(data: bytes, name: str) -> tuple[Photo, np.ndarray]:
-        """Decode + preprocess (in the threadpool, outside the model worker)."""
-        photo = decode_photo(data, name, min_side=min_side)
-        return photo, encoder.preprocess(photo.image)
+        """Decode + preprocess (in the threadpool, outside the model worker), at most
+        ``max_decodes`` at a time; the decoded image is dropped before returning."""
+        with decode_slots:
+            photo = decode_photo(data, name, min_side=min_side, max_pixels=max_pixels)
+            img = photo.image
+            photo.image = None
+            try:
+                pixels = encoder.preprocess(img)
+            finally:
+                big = img.width * img.height >= _GC_PIXELS
+                img.close()
+                del img
+                if big:
+                    _release_memory()
+        return photo, pixels
 
     @asynccontextmanager
     async def lifespan(app):
@@ -259,6 +337,9 @@ def create_app(
             "strategies": list(STRATEGIES),
             "max_k": max_k,
             "max_upload_bytes": max_bytes,
+            "max_pixels": max_pixels,
+            "max_decodes": max_decodes,
+            "read_timeout_s": read_timeout,
             "saves_uploads": save_dir is not None,
         }
 
@@ -296,6 +377,7 @@ def create_app(
         openapi_extra=upload_schema,
         responses={
             400: {"description": "empty or malformed upload"},
+            408: {"description": "the upload did not arrive within the read timeout"},
             413: {"description": "upload above the size limit"},
             415: {"description": "not an image, or an unsupported format"},
             422: {"description": "truncated/corrupt image, decompression bomb, missing field, bad k or strategy"},
@@ -308,9 +390,17 @@ def create_app(
     ) -> dict:
         t0 = time.perf_counter()
         try:
-            up = await read_upload(request.headers, request.stream(), max_bytes)
+            up = await asyncio.wait_for(read_upload(request.headers, request.stream(), max_bytes), read_timeout)
         except UploadError as e:
             raise HTTPException(e.status, e.message) from None
+        except asyncio.TimeoutError:
+            log.warning("upload from %s timed out: the body did not arrive within %g s", _client(request), read_timeout)
+            raise HTTPException(
+                408, f"the upload did not arrive within {read_timeout:g} s (geosolver serve --read-timeout)", headers={"Connection": "close"}
+            ) from None
+        except ClientDisconnect:
+            log.warning("upload from %s aborted: the client disconnected before sending the whole body", _client(request))
+            raise HTTPException(400, "the client disconnected during the upload") from None
         k_eff, strategy_eff = _resolve_params(k, strategy, up.fields, default_k, default_strategy, max_k)
         name = up.filename or "upload"
         try:
@@ -331,6 +421,36 @@ def create_app(
         return out
 
     return app
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (``None`` elsewhere)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _release_memory() -> None:
+    """Hand a large decoded image's memory back to the OS.
+
+    Freeing is not enough: each threadpool thread allocates from its own glibc malloc arena and
+    the freed blocks stay in those arenas (measured: four 36 Mpx uploads left the server ~1.4 GB
+    larger). ``malloc_trim(0)`` releases the free pages of every arena.
+    """
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _client(request: Request) -> str:
+    c = request.client
+    return f"{c.host}:{c.port}" if c else "unknown client"
 
 
 def _resolve_params(k, strategy, fields: dict[str, str], default_k: int, default_strategy: str, max_k: int) -> tuple[int, str]:

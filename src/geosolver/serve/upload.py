@@ -147,7 +147,15 @@ async def _parse_multipart(chunks: AsyncIterator[bytes], boundary: bytes, max_by
             if len(part["data"]) > max_bytes:
                 raise _too_large(max_bytes)
         elif len(part["data"]) > MAX_FIELD_BYTES:
-            raise UploadError(400, f"form field {part.get('name')!r} is longer than {MAX_FIELD_BYTES} bytes")
+            name = part.get("name")
+            if part.get("filename") or not part["headers"].get("content-type", "text/plain").lower().startswith("text/"):
+                # a file in another field (e.g. 'photo', 'image'): say where the photo goes
+                raise UploadError(
+                    422, f"no {file_field!r} field in the form: a file was sent in the field {name!r}; send the photo in the field {file_field!r}"
+                )
+            raise UploadError(
+                400, f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes (text fields only; send the photo in the field {file_field!r})"
+            )
 
     def on_end() -> None:
         state["ended"] = True
