@@ -377,3 +377,103 @@ def test_relative_root_gives_absolute_sources(tmp_path, monkeypatch):
     assert src.startswith(f"tar://{tmp_path}/wds/a.tar::")
     monkeypatch.chdir("/")
     assert open_image(src).size == (20, 12)  # still readable from elsewhere
+
+
+# ------------------------------------------------------------------------ symlink loops, encodings
+
+
+def _walk_in_thread(fn, timeout=60):
+    """Run ``fn`` in a daemon thread; fail (instead of hanging) when it does not finish in time."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the test thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "reader did not finish: endless walk over a symlink loop?"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.parametrize("loop", ["sub/up->..", "loop->root"])
+def test_folder_id_csv_over_symlink_loop(tmp_path, caplog, loop):
+    truth = make_folder_dataset(tmp_path / "imgs", n=4, by="id", fmt=".png")  # images in imgs/ and imgs/sub1/
+    imgs = tmp_path / "imgs"
+    if loop == "sub/up->..":
+        (imgs / "sub1" / "up").symlink_to("..", target_is_directory=True)
+        link = "sub1/up"
+    else:
+        (imgs / "loop").symlink_to(imgs, target_is_directory=True)
+        link = "loop"
+    with caplog.at_level(logging.WARNING, logger="geosolver.data"):
+        table = _walk_in_thread(lambda: read_dataset("folder", imgs))
+    assert table["id"].tolist() == truth["id"].tolist()
+    assert table["source"].tolist() == truth["file"].tolist()  # the real paths, not ones through the link
+    reasons = skipped_of(table)
+    assert reasons.keys() == {link} and "symlink loop" in reasons[link]
+    assert any("symlink loop" in r.getMessage() and link in r.getMessage() for r in caplog.records)
+
+
+def test_exif_reader_over_symlink_loop(tmp_path):
+    make_jpeg(tmp_path / "a.jpg", exif_gps=(10.5, 20.25))
+    make_jpeg(tmp_path / "sub" / "b.jpg", exif_gps=(-10.5, -20.25))
+    (tmp_path / "sub" / "up").symlink_to("..", target_is_directory=True)
+    (tmp_path / "self.jpg").symlink_to(tmp_path / "self.jpg")  # a file symlink pointing at itself
+    table = _walk_in_thread(lambda: read_dataset("exif", tmp_path))
+    assert table["id"].tolist() == ["a.jpg", "sub/b.jpg"]
+    reasons = skipped_of(table)
+    assert "symlink loop" in reasons["sub/up"]
+    assert "self.jpg" in reasons  # unreadable (ELOOP), skipped with a reason, no crash
+
+
+def _write_latin1_folder(root: Path, header_city: str = "city") -> Path:
+    make_jpeg(root / "a.png", color=(1, 2, 3))
+    make_jpeg(root / "b.png", color=(4, 5, 6))
+    text = f"id,lat,lon,{header_city},note\na,47.37,8.54,Zürich,café crème\nb,-23.55,-46.63,São Paulo,€5 – ok\n"
+    (root / "metadata.csv").write_bytes(text.encode("cp1252"))
+    return root / "metadata.csv"
+
+
+def test_folder_latin1_csv_decoded_to_str(tmp_path, caplog):
+    csv = _write_latin1_folder(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="geosolver.data"):
+        table = read_dataset("folder", tmp_path)
+    assert table["city"].tolist() == ["Zürich", "São Paulo"]
+    assert table["note"].tolist() == ["café crème", "€5 – ok"]  # cp1252-only characters too
+    assert all(type(v) is str for col in ("id", "source", "city", "note") for v in table[col])
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(str(csv) in m and "cp1252" in m for m in msgs), msgs
+    # The grouping the curate commands do must work on it (it used to die on bytes).
+    assert table.groupby("city").size().to_dict() == {"São Paulo": 1, "Zürich": 1}
+
+
+def test_csv_latin1_header_latin1_fallback_and_utf8_bom(tmp_path, caplog):
+    from geosolver.data.common import read_csv
+
+    _write_latin1_folder(tmp_path / "h", header_city="Stadt_ß")  # a non-UTF-8 column name
+    table = read_dataset("folder", tmp_path / "h")
+    assert "Stadt_ß" in table.columns and table["Stadt_ß"].tolist() == ["Zürich", "São Paulo"]
+    # Bytes cp1252 leaves undefined (0x81, 0x8d) fall through to latin-1.
+    (tmp_path / "l1.csv").write_bytes(b"id,c\n1,\x81\xe9\x8d\n")
+    with caplog.at_level(logging.WARNING, logger="geosolver.data"):
+        df = read_csv(tmp_path / "l1.csv")
+    assert df["c"].tolist() == ["\x81é\x8d"]
+    assert any("latin-1" in r.getMessage() and "l1.csv" in r.getMessage() for r in caplog.records)
+    # UTF-8 with a byte-order mark: the first column name carries no BOM, nothing is logged.
+    caplog.clear()
+    (tmp_path / "bom.csv").write_bytes("\ufeffid,city\n1,Zürich\n".encode("utf-8"))
+    with caplog.at_level(logging.WARNING, logger="geosolver.data"):
+        df = read_csv(tmp_path / "bom.csv", ["id"])
+    assert list(df.columns) == ["id", "city"] and df["city"].tolist() == ["Zürich"] and df["id"].tolist() == ["1"]
+    assert not caplog.records
+    # UTF-16 with its byte-order mark (Excel's "Unicode text").
+    (tmp_path / "u16.csv").write_bytes("id,city\n1,Zürich\n2,東京\n".encode("utf-16"))
+    assert read_csv(tmp_path / "u16.csv", ["id"])["city"].tolist() == ["Zürich", "東京"]

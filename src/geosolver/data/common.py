@@ -10,6 +10,7 @@ where the table came from.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -59,6 +60,69 @@ def require_column(columns: Sequence[str], names: Sequence[str], what: str, wher
     return col
 
 
+#: Encodings tried, in order, for a CSV that is not valid UTF-8. cp1252 (Windows "ANSI") decodes the
+#: printable latin-1 characters the same way and also has € and typographic quotes; latin-1 decodes any
+#: byte, so it is the last resort.
+FALLBACK_ENCODINGS: tuple[str, ...] = ("cp1252", "latin-1")
+_SNIFF_BYTES = 64 * 1024
+#: Bytes that never occur in a text CSV (C0 controls other than tab, newlines and form feed; DEL).
+_CONTROL_BYTES = bytes([*range(0, 9), 11, *range(14, 32), 127])
+
+
+def one_line(text, limit: int = 300) -> str:
+    """``text`` as one printable line of at most ``limit`` characters (for error messages quoting data)."""
+    s = " ".join(str(text).split())
+    s = "".join(c if c.isprintable() else "?" for c in s)
+    return s if len(s) <= limit else s[:limit] + " ..."
+
+
+def _sniff_encoding(path: Path) -> str:
+    """``"utf-16"`` for a file with a UTF-16 byte-order mark, else ``"utf-8"``; raise
+    :class:`DatasetError` for an empty file or one whose first bytes are binary, not text."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the CSV file: {one_line(e.strerror or e)}") from None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if not head.strip():
+        raise DatasetError(f"{path}: the CSV file is empty")
+    n_control = sum(head.count(bytes([b])) for b in _CONTROL_BYTES)
+    if b"\x00" in head or n_control > 0.01 * len(head):
+        raise DatasetError(
+            f"{path}: not a CSV file: binary content ({n_control} control byte(s) in the first {len(head)} bytes)"
+        )
+    return "utf-8"
+
+
+def _is_utf8_problem(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, UnicodeDecodeError) or "utf8" in msg or "utf-8" in msg
+
+
+def _unique_names(columns) -> list[str]:
+    """Column names with repeats renamed ``name.1``, ``name.2`` ... (the first keeps its name)."""
+    seen: set[str] = set(map(str, columns))
+    counts: dict[str, int] = {}
+    out = []
+    for c in map(str, columns):
+        if c not in counts:
+            counts[c] = 0
+            out.append(c)
+            continue
+        k = counts[c]
+        while True:
+            k += 1
+            cand = f"{c}.{k}"
+            if cand not in seen:
+                break
+        counts[c] = k
+        seen.add(cand)
+        out.append(cand)
+    return out
+
+
 def read_csv(path: str | os.PathLike, string_columns: Iterable[str] = ()) -> pd.DataFrame:
     """Read a CSV file with pyarrow (multi-threaded, arrow-backed strings: lean for millions of rows).
 
@@ -66,28 +130,57 @@ def read_csv(path: str | os.PathLike, string_columns: Iterable[str] = ()) -> pd.
     as they are. ``string_columns`` (matched case-insensitively) are read as strings without type inference —
     used for ids and for coordinates, which are parsed leniently later.
 
+    Text is decoded at read time, so every text column (and column name) comes out as ``str``: UTF-8
+    (a byte-order mark is dropped), UTF-16 when the file starts with its byte-order mark, else — with a
+    logged warning naming the file and the encoding used — the first of :data:`FALLBACK_ENCODINGS` that
+    decodes the file. Repeated column names get a ``.1``, ``.2`` ... suffix (the first one keeps its name).
+
     Raises:
-        DatasetError: the file is missing, empty or not parseable CSV.
+        DatasetError: the file is missing, a directory, empty, binary or not parseable CSV (one line
+        naming the file).
     """
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, not a CSV file")
     if not path.is_file():
         raise DatasetError(f"CSV file not found: {path}")
-    try:
-        # The column names first, so string_columns may name columns that exist only in some files.
-        with pcsv.open_csv(path) as reader:
-            names = reader.schema.names
-        wanted = {c.strip().lower() for c in string_columns}
-        types = {c: pa.string() for c in names if c.strip().lower() in wanted}
-        table = pcsv.read_csv(
-            path,
-            convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True),
-        )
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DatasetError(f"{path}: cannot read as CSV: {e}") from None
-    return table.to_pandas()
+    first = _sniff_encoding(path)
+    encodings = [first] + (list(FALLBACK_ENCODINGS) if first == "utf-8" else [])
+    wanted = {c.strip().lower() for c in string_columns}
+    table = None
+    for i, enc in enumerate(encodings):
+        last = i == len(encodings) - 1
+        read_options = pcsv.ReadOptions(encoding="utf8" if enc == "utf-8" else enc)
+        try:
+            # The column names first, so string_columns may name columns that exist only in some files.
+            with pcsv.open_csv(path, read_options=read_options) as reader:
+                names = reader.schema.names
+            types = {c: pa.string() for c in names if c.strip().lower() in wanted}
+            table = pcsv.read_csv(
+                path,
+                read_options=read_options,
+                convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True),
+            )
+        except (pa.ArrowException, UnicodeDecodeError) as e:
+            if not last and _is_utf8_problem(e):
+                continue  # not this encoding: try the next
+            raise DatasetError(f"{path}: cannot read as CSV: {one_line(e)}") from None
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{path}: cannot read as CSV: {one_line(e)}") from None
+        if not last and any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema):
+            continue  # arrow keeps text that is not valid UTF-8 as bytes: decode it properly instead
+        if enc not in ("utf-8", "utf-16"):
+            log.warning("%s: not valid UTF-8; read it as %s", path, enc)
+        break
+    df = table.to_pandas()
+    if df.columns.duplicated().any():
+        dups = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+        log.warning("%s: repeated column name(s) %s; the first of each is used, the others get a .N suffix", path, dups)
+        df.columns = _unique_names(df.columns)
+    return df
 
 
 def parse_coords(lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,33 +307,76 @@ def _where(dataset: dict) -> str:
     return str(dataset.get("csv") or dataset.get("root"))
 
 
-def walk_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+def walk_images(
+    root: str | os.PathLike,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    skipped: list[tuple[str, str]] | None = None,
+) -> list[str]:
     """Paths (as str, deterministic) of all image files under ``root``, recursively.
 
     Order: depth-first, names sorted; a folder's own files come before those of its sub-folders.
 
-    Hidden files and directories (starting with ``.``) are ignored.
+    Hidden files and directories (starting with ``.``) are ignored. Symlinked folders are followed,
+    except a symlink loop (a link back to a folder that encloses it, e.g. ``sub/up -> ..``): it is
+    skipped, as are entries that cannot be examined (e.g. a symlink pointing at itself) and folders
+    that cannot be listed. Each skipped entry is logged as a warning and, when ``skipped`` is given,
+    appended to it as ``(path, reason)``.
     """
     exts = tuple(e.lower() for e in extensions)
     out: list[str] = []
-    stack = [os.fspath(root)]
+
+    def skip(path: str, reason: str) -> None:
+        log.warning("skipping %s: %s", path, reason)
+        if skipped is not None:
+            skipped.append((path, reason))
+
+    def key_of(st: os.stat_result) -> tuple[int, int]:
+        return (st.st_dev, st.st_ino)
+
+    root_s = os.fspath(root)
+    try:
+        top: tuple[tuple[int, int], ...] = (key_of(os.stat(root_s)),)
+    except OSError:
+        top = ()
+    # Each folder to walk carries the (device, inode) of itself and its enclosing folders: a link
+    # back to one of them is a loop. Every other folder is walked, so the walk ends on any tree.
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(root_s, top)]
     while stack:
-        d = stack.pop()
+        d, ancestors = stack.pop()
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as e:
-            log.warning("cannot list %s: %s", d, e)
+            skip(d, f"cannot list folder: {e.strerror or e}")
             continue
         subdirs = []
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir(follow_symlinks=True):
-                subdirs.append(e.path)
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+                key = key_of(e.stat(follow_symlinks=True)) if is_dir else None
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    skip(e.path, f"symlink loop: {err.strerror}")
+                else:
+                    skip(e.path, f"cannot examine: {err.strerror or err}")
+                continue
+            if is_dir:
+                if key in ancestors:
+                    skip(e.path, f"symlink loop: leads back to {os.path.realpath(e.path)}, a folder that encloses it")
+                    continue
+                subdirs.append((e.path, ancestors + (key,)))
             elif e.name.lower().endswith(exts):
                 out.append(e.path)
         stack.extend(reversed(subdirs))
     return out
+
+
+def skipped_frame(skipped: Sequence[tuple[str, str]], base: str | os.PathLike) -> pd.DataFrame:
+    """:func:`walk_images`' ``(path, reason)`` pairs as a skipped table (``id``: the path relative to
+    ``base``, ``/``-separated), for :func:`finish_table`'s ``extra_skipped``."""
+    ids = [Path(os.path.relpath(p, base)).as_posix() for p, _ in skipped]
+    return pd.DataFrame({"id": pd.Series(ids, dtype="str"), "reason": pd.Series([r for _, r in skipped], dtype="str")})
 
 
 def stem_index(paths: Sequence[str] | pd.Series, sources: Sequence[str] | pd.Series | None = None) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from geosolver.data.common import IMAGE_EXTENSIONS, DatasetError, finish_table, walk_images
+from geosolver.data.common import IMAGE_EXTENSIONS, DatasetError, finish_table, skipped_frame, walk_images
 from geosolver.images import exif_gps
 
 log = logging.getLogger("geosolver.data.exif")
@@ -79,7 +79,8 @@ def read_exif(
     folder = root / split if split else root
     if not folder.is_dir():
         raise DatasetError(f"photo folder is not a directory: {folder}")
-    paths = walk_images(folder, IMAGE_EXTENSIONS)
+    walk_skipped: list[tuple[str, str]] = []  # symlink loops, entries that cannot be examined
+    paths = walk_images(folder, IMAGE_EXTENSIONS, skipped=walk_skipped)
     if not paths:
         raise DatasetError(f"{folder}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     ids, lat, lon, reasons, metas = [], [], [], [], []
@@ -104,4 +105,5 @@ def read_exif(
         log.warning("%s: %d of %d photo(s) have no EXIF GPS and are skipped", folder, n_no_gps, len(reasons))
     meta_df = pd.DataFrame(metas, columns=[c for c, _, _ in EXIF_COLUMNS]).astype("str")
     dataset = {"kind": "exif", "root": str(root), "split": split, "csv": None}
-    return finish_table(ids, paths[: len(ids)], lat, lon, meta_df, reasons, dataset, limit=limit)
+    return finish_table(ids, paths[: len(ids)], lat, lon, meta_df, reasons, dataset, limit=limit,
+                        extra_skipped=skipped_frame(walk_skipped, folder))

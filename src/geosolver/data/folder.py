@@ -29,6 +29,7 @@ from geosolver.data.common import (
     parse_coords,
     read_csv,
     require_column,
+    skipped_frame,
     stem_index,
     walk_images,
 )
@@ -43,6 +44,8 @@ def _find_csv(root: Path, split: str | None, csv: str | os.PathLike | None) -> P
         p = Path(csv)
         if not p.is_absolute() and not p.exists() and (root / p).exists():
             p = root / p
+        if p.is_dir():
+            raise DatasetError(f"{p}: is a directory, not a CSV file")
         if not p.is_file():
             raise DatasetError(f"CSV file not found: {p}")
         return p
@@ -110,6 +113,7 @@ def read_folder(
             f"column {list(PATH_NAMES)}, case-insensitive); columns found: {list(df.columns)}"
         )
 
+    walk_skipped: list[tuple[str, str]] = []
     if path_col is not None:
         bases = [root] + ([csv_path.parent] if csv_path.parent.resolve() != root.resolve() else [])
         sources, found = _resolve_paths(df[path_col], bases)
@@ -125,7 +129,7 @@ def read_folder(
     else:
         ids = df[id_col].astype("str").str.strip()
         # walk_images lists a folder's own files before its sub-folders', so ROOT/<id>.<ext> wins.
-        index = stem_index(walk_images(root))
+        index = stem_index(walk_images(root, skipped=walk_skipped))
         sources = pd.DataFrame({"id": ids}).merge(index, on="id", how="left", sort=False)["source"]
         found = sources.notna().to_numpy()
         sources = sources.fillna("")
@@ -135,4 +139,5 @@ def read_folder(
         reasons[i] = REASON_NOT_FOUND
     meta = df.drop(columns=[c for c in (id_col, path_col, lat_col, lon_col) if c is not None])
     dataset = {"kind": "folder", "root": str(root), "split": split, "csv": str(csv_path)}
-    return finish_table(ids, sources, lat, lon, meta, reasons, dataset, limit=limit)
+    return finish_table(ids, sources, lat, lon, meta, reasons, dataset, limit=limit,
+                        extra_skipped=skipped_frame(walk_skipped, root))
