@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the web app's browser test (tests/test_serve_browser.py) needs: Debian's chromium
 # and playwright-core from npm (into tests/e2e/node_modules). No browser is downloaded by a test
-# tool: playwright-core drives /usr/bin/chromium. Without these the browser test skips loudly.
+# tool: playwright-core drives /usr/bin/chromium. Without these the browser test skips loudly, or
+# fails under CI (CI=true); exits non-zero when it cannot install them (.ci/run stops there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
@@ -10,11 +11,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
-    echo "chromium missing and cannot apt-get install it (not root): the browser test will be skipped" >&2; exit 1
+    echo "chromium missing and cannot apt-get install it (not root): the browser test cannot run" >&2; exit 1
   fi
 fi
-if ! command -v npm >/dev/null 2>&1; then
-  echo "npm missing: the browser test will be skipped (apt-get install nodejs npm)" >&2; exit 1
+if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+  echo "node/npm missing: the browser test cannot run (apt-get install nodejs npm)" >&2; exit 1
 fi
 cd tests/e2e
 if [ -f package-lock.json ]; then

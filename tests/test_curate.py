@@ -90,6 +90,30 @@ def test_missing_feature_columns_are_skipped_with_a_notice(caplog):
     assert "land_cover" in str(e.value)  # names the columns that exist
 
 
+def _absent_notices(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "absent from the metadata" in r.getMessage()]
+
+
+def test_absent_default_columns_are_noticed_once_per_process(tmp_path, caplog, monkeypatch, capsys):
+    """Not asked for (--by not given): one notice per process, not one per call. Asked for: every call."""
+    from geosolver.curate import groups
+
+    monkeypatch.setattr(groups, "_NOTICED", set(), raising=False)  # a fresh process
+    meta = _meta_for_groups([3, 5, 4], np.random.default_rng(0))
+    _store(tmp_path, meta)
+    with caplog.at_level(logging.WARNING, logger="geosolver.curate"):
+        for _ in range(3):
+            assert main(["curate", "stats", str(tmp_path / "store")]) == 0
+            curate.group_table(meta)
+            curate.select(EmbeddingStore(tmp_path / "store"), 5, strategy="grouped", seed=0)
+        assert len(_absent_notices(caplog)) == 1 and "soil" in _absent_notices(caplog)[0]
+        caplog.clear()
+        for _ in range(2):  # the user asked for soil: say so each time
+            assert main(["curate", "stats", str(tmp_path / "store"), "--by", "land_cover,soil"]) == 0
+        assert len(_absent_notices(caplog)) == 2 and all("soil" in m for m in _absent_notices(caplog))
+    capsys.readouterr()
+
+
 # ------------------------------------------------------------------------------------------
 # round-robin arithmetic
 # ------------------------------------------------------------------------------------------

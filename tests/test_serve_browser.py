@@ -8,7 +8,8 @@ gallery twin), the error in km (independent ``haversine`` package), the Geoscore
 (``5000·exp(-km/1492.7)``), the markers and the upright photo. Saves a screenshot under the
 test's tmp dir, and to ``docs/screenshot.png`` when ``GEOSOLVER_SCREENSHOT`` is set.
 
-Skipped, with the reason in the summary, when chromium, node or playwright-core is missing.
+Skipped, with the reason in the summary, when chromium, node or playwright-core is missing --
+except under CI (``CI=true``), where a missing tool chain fails the test instead.
 """
 
 from __future__ import annotations
@@ -37,8 +38,17 @@ E2E = REPO / "tests" / "e2e"
 CHROMIUM = os.environ.get("GEOSOLVER_CHROMIUM", "/usr/bin/chromium")
 
 
+def in_ci() -> bool:
+    """True under a CI service (``CI=true``, as GitHub Actions, GitLab and most others set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _skip_loudly(reason: str) -> None:
+    """The browser tool chain is missing: under CI fail (a CI run must exercise the page), else
+    skip with the reason printed, warned and in the summary."""
     msg = f"BROWSER TEST NOT RUN: {reason} (run scripts/install-browser-deps.sh)"
+    if in_ci():
+        pytest.fail(msg + " -- CI is set, so a missing browser tool chain is a failure, not a skip", pytrace=False)
     warnings.warn(msg)
     print(msg, file=sys.stderr)
     pytest.skip(msg)
@@ -199,3 +209,25 @@ def test_page_shows_a_clear_error_for_a_non_image(server, tmp_path):
     assert page["state"] == "error" and r.returncode == 1
     assert "not an image" in page["error"] and not page["resultVisible"]
     assert not page["photoVisible"] and page["guessMarkers"] == 0  # no broken image, no stale marker
+
+
+def test_a_missing_browser_tool_chain_fails_under_ci_and_skips_loudly_locally(monkeypatch, capsys):
+    """Under CI (CI=true) the browser test must not pass by skipping: a missing tool chain fails it."""
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", "true")
+    try:
+        _requirements()
+    except pytest.skip.Exception as e:
+        pytest.fail(f"under CI=true a missing browser tool chain skipped instead of failing: {e}")
+    except pytest.fail.Exception as e:
+        assert "BROWSER TEST NOT RUN: no Chromium at /nonexistent/chromium" in str(e)
+    else:
+        pytest.fail("_requirements() accepted a missing Chromium")
+    for value in ("1", "TRUE", "yes"):  # the other spellings CI services use
+        monkeypatch.setenv("CI", value)
+        with pytest.raises(pytest.fail.Exception, match="BROWSER TEST NOT RUN"):
+            _requirements()
+    monkeypatch.delenv("CI")
+    with pytest.warns(UserWarning, match="BROWSER TEST NOT RUN"), pytest.raises(pytest.skip.Exception, match=r"no Chromium"):
+        _requirements()
+    assert "BROWSER TEST NOT RUN" in capsys.readouterr().err

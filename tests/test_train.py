@@ -403,3 +403,95 @@ def test_cli_options_are_derived_from_train_config_and_keep_their_spellings(caps
         build_parser().parse_args(["train", "--help"])
     text = "".join(capsys.readouterr().out.split())  # line breaks (even at hyphens) do not matter
     assert all("".join(f.metadata["help"].split()) in text for f in fields(TrainConfig))  # help text lives on the field
+
+
+# ----------------------------------------------------------------------------------------------
+# hostile numbers: one line naming the option as typed, exit 2, before anything is loaded
+# ----------------------------------------------------------------------------------------------
+BAD_TRAIN_NUMBERS = [
+    ("--lr", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--lr", "inf"), ("--steps", "0"), ("--steps", "-5"),
+    ("--batch-size", "0"), ("--batch-size", "-8"), ("--group-size", "0"), ("--w-distill", "-1"), ("--w-distill", "nan"),
+    ("--w-contrastive", "-0.5"), ("--w-consistency", "inf"), ("--w-uniformity", "nan"), ("--temperature", "0"),
+    ("--temperature", "-0.07"), ("--radius-km", "nan"), ("--sharpen", "0"), ("--cell-deg", "-2"), ("--positive-cell-deg", "0"),
+    ("--weight-decay", "-0.1"), ("--warmup-steps", "-1"), ("--grad-clip", "nan"), ("--eval-every", "-1"),
+    ("--val-fraction", "1.5"), ("--val-fraction", "nan"), ("--val-queries", "0"), ("--val-gallery", "1"), ("--k", "0"),
+    ("--collapse-rank-frac", "nan"), ("--collapse-max-cosine", "2"), ("--lora-r", "0"), ("--lora-alpha", "nan"),
+    ("--lora-dropout", "1"), ("--blocks", "0"), ("--limit", "0"), ("--curve-sample", "1"), ("--num-workers", "-1"),
+    ("--seed", "-1"), ("--balance-edges-km", "0 nan"), ("--balance-edges-km", "10 5"),
+]
+
+
+@pytest.mark.parametrize("opt,value", BAD_TRAIN_NUMBERS, ids=[f"{o} {v}" for o, v in BAD_TRAIN_NUMBERS])
+def test_bad_training_numbers_are_one_line_naming_the_option(opt, value, tmp_path, geo_images, tiny_clip_dir, capsys):
+    from geosolver.cli import main as cli_main
+
+    root, csv = geo_images
+    out = tmp_path / "run"
+    rc = cli_main(["train", "--root", str(root), "--csv", str(csv), "--model", str(tiny_clip_dir), "--out", str(out),
+                   "--no-progress", "--device", "cpu", "--steps", "2", "--batch-size", "8", "--val-fraction", "0",
+                   "--num-workers", "0", "--w-distill", "0", opt, *value.split()])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("geosolver train: error:") and opt in err, err
+    assert not (out / "model").exists()
+
+
+def test_train_config_validates_in_python_too():
+    from geosolver.errors import TrainError
+
+    with pytest.raises(TrainError, match=r"--lr must be a finite number > 0"):
+        TrainConfig(out="o", root="r", lr=float("nan"))
+    with pytest.raises(TrainError, match=r"--w-distill"):
+        TrainConfig(out="o", root="r", w_distill=-1)
+    with pytest.raises(TrainError, match=r"--steps"):
+        TrainConfig(out="o", root="r", steps="many")
+    TrainConfig(out="o", root="r", lr=1e-4, w_contrastive=0, positive_cell_deg=None, limit=None)  # valid
+
+
+def test_histogram_model_advice_is_true(tmp_path, geo_images, capsys):
+    """`--model histogram` has no weights: the message must not advise `--train all`, which fails the same way."""
+    from geosolver.cli import main as cli_main
+
+    root, csv = geo_images
+    for mode in ("last-blocks", "all", "projection"):
+        rc = cli_main(["train", "--root", str(root), "--csv", str(csv), "--model", "histogram", "--out", str(tmp_path / mode),
+                       "--train", mode, "--no-progress", "--device", "cpu", "--steps", "2", "--batch-size", "8",
+                       "--val-fraction", "0", "--num-workers", "0", "--curve-sample", "16"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1, err
+        assert "no trainable weights" in err and "use --train all" not in err, err
+        assert "efficientnet-lite0" in err and "streetclip" in err, err  # what can be fine-tuned instead
+
+
+def _synthetic_log(path: Path, weights: dict) -> list[dict]:
+    """A train_log.jsonl whose raw distill term (0.4-0.5) is far above the total it enters weighted."""
+    recs = []
+    for s in range(1, 6):
+        parts = {"consistency": 0.05 / s, "distill": 0.5 - 0.02 * s}
+        total = sum(weights[k] * v for k, v in parts.items())
+        recs.append({"type": "step", "step": s, "loss": total, "parts": parts, "lr": 1e-3})
+    recs.append({"type": "eval", "step": 5, "spearman": 0.5, "mean_cosine": 0.3, "effective_rank": 4.0, "geoscore": 1000.0})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return recs
+
+
+def test_training_plot_shows_each_term_as_it_enters_the_total(tmp_path):
+    from geosolver.train.loop import loss_series, plot_training, read_train_log
+
+    weights = {"contrastive": 0.0, "consistency": 1.0, "uniformity": 0.0, "distill": 0.1}
+    recs = _synthetic_log(tmp_path / "train_log.jsonl", weights)
+    steps, _ = read_train_log(tmp_path / "train_log.jsonl")
+    series = loss_series(steps, weights)
+    assert list(series)[0] == "total" and series["total"] == pytest.approx([r["loss"] for r in recs[:5]])
+    distill = series["0.1 × distill"]  # labelled with its weight
+    assert all(d <= t for d, t in zip(distill, series["total"]))
+    assert distill == pytest.approx([0.1 * r["parts"]["distill"] for r in recs[:5]])
+    assert max(r["parts"]["distill"] for r in recs[:5]) > max(series["total"])  # unweighted, it would sit above
+    weighted = [v for k, v in series.items() if k != "total"]
+    assert [sum(x) for x in zip(*weighted)] == pytest.approx(series["total"])  # the terms add up to the total
+    # the run's weights come from config.json next to the log when not given
+    (tmp_path / "config.json").write_text(json.dumps({"weights": weights}))
+    plot_training(tmp_path / "train_log.jsonl", tmp_path / "training.png")
+    assert (tmp_path / "training.png").stat().st_size > 0
+    assert list(loss_series(steps, None)) == ["total", "consistency (unweighted)", "distill (unweighted)"]

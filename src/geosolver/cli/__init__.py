@@ -8,6 +8,7 @@ parsed ``argparse.Namespace`` and returning an exit code.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -31,6 +32,8 @@ COMMAND_MODULES = [
     "geosolver.cli.terrain_cmd",
     "geosolver.cli.train_cmd",
     "geosolver.cli.serve_cmd",
+    "geosolver.cli.download_cmd",
+    "geosolver.cli.study_cmd",
 ]
 
 
@@ -52,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for an ``OSError`` that escaped a command: what the errno means and which file(s),
+    e.g. ``No space left on device (ENOSPC): /data/store/shard-00003.npy``."""
+    what = os.strerror(e.errno) if e.errno else (e.strerror or str(e) or type(e).__name__)
+    if e.errno in errno.errorcode:
+        what += f" ({errno.errorcode[e.errno]})"
+    files = [str(f) for f in (e.filename, e.filename2) if f is not None]
+    line = what + (": " + " -> ".join(files) if files else "")
+    if not e.errno and not files and str(e) and str(e) != what:
+        line += f": {e}"
+    return " ".join(line.split())  # one line, whatever the file name holds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `geosolver info STORE | head -1`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # disk full, read-only file system, permission denied, quota...: one line
+        print(f"geosolver {args.command}: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"geosolver {args.command}: interrupted", file=sys.stderr)
         return 130

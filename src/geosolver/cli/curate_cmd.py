@@ -22,7 +22,7 @@ def register(sub) -> None:
 
     st = csub.add_parser("stats", help="number of groups and images per group")
     st.add_argument("store", help="embedding store directory")
-    st.add_argument("--by", type=_features, default=list(DEFAULT_FEATURES),
+    st.add_argument("--by", type=_features, default=None,
                     help=f"comma-separated feature columns to group by (default {default_by}); absent ones are skipped")
     st.add_argument("--top", type=non_negative_int, default=10, help="also print the N largest groups (default 10; 0 = none)")
     st.set_defaults(func=run_stats)
@@ -31,7 +31,7 @@ def register(sub) -> None:
     se.add_argument("store", help="embedding store directory")
     se.add_argument("--size", type=positive_int, required=True, help="images in the gallery")
     se.add_argument("--out", required=True, help="gallery store directory to create")
-    se.add_argument("--by", type=_features, default=list(DEFAULT_FEATURES),
+    se.add_argument("--by", type=_features, default=None,
                     help=f"comma-separated feature columns to group by (default {default_by})")
     se.add_argument("--strategy", choices=STRATEGIES, default="grouped-clustered", help="selection strategy")
     se.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")

@@ -31,17 +31,31 @@ SIZE_BINS: tuple[tuple[str, int, float], ...] = (
 # ------------------------------------------------------------------------------------------
 # grouping
 # ------------------------------------------------------------------------------------------
-def present_features(meta: pd.DataFrame, by: Sequence[str], notice: bool = True) -> list[str]:
+#: Absent default columns already noticed in this process (see :func:`present_features`).
+_NOTICED: set[tuple[str, ...]] = set()
+
+
+def present_features(meta: pd.DataFrame, by: Sequence[str] | None = None, notice: bool = True) -> list[str]:
     """The columns of ``by`` that ``meta`` has, in order; the others are skipped with a notice.
+
+    ``by=None`` means :data:`DEFAULT_FEATURES` (the user asked for nothing in particular): absent
+    ones are noticed once per process (later calls log it at debug level), since a store without,
+    say, ``soil`` lacks it on every call. Columns asked for explicitly are noticed every time.
 
     Raises:
         CurationError: if none is present, naming the columns that exist.
     """
-    by = list(dict.fromkeys(by))
+    explicit = by is not None
+    by = list(dict.fromkeys(DEFAULT_FEATURES if by is None else by))
     have = [c for c in by if c in meta.columns]
     missing = [c for c in by if c not in meta.columns]
     if missing and notice:
-        log.warning("curate: feature column(s) %s absent from the metadata; grouping by %s", missing, have or "nothing")
+        key = tuple(missing)
+        first = explicit or key not in _NOTICED
+        _NOTICED.add(key)
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "curate: feature column(s) %s absent from the metadata; grouping by %s%s", missing, have or "nothing",
+                "" if explicit else " (add them with `geosolver enrich`, or pick columns with --by)")
     if not have:
         raise CurationError(
             f"none of the feature columns {by} is in the store metadata (columns: {list(meta.columns)}); "
@@ -93,10 +107,11 @@ def group_codes(meta: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.D
     return combined, keys
 
 
-def group_table(meta: pd.DataFrame, by: Sequence[str] = DEFAULT_FEATURES) -> pd.DataFrame:
+def group_table(meta: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per group of images sharing the values of ``by``, largest group first.
 
-    Absent columns are skipped with a notice; NaN values form the group value ``"<missing>"``.
+    ``by`` None: :data:`DEFAULT_FEATURES`. Absent columns are skipped with a notice (see
+    :func:`present_features`); NaN values form the group value ``"<missing>"``.
 
     Returns:
         DataFrame with the present feature columns plus ``n_images`` (int), sorted by

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from geosolver.curate.groups import DEFAULT_FEATURES, CurationError, group_size_histogram
+from geosolver.curate.groups import CurationError, group_size_histogram
 from geosolver.curate.sampling import COVERAGE_CELL_DEG, CurationResult, select
 from geosolver.geo import EARTH_RADIUS_KM, grid_cell, latlon_to_xyz, random_points_on_sphere
 from geosolver.rundir import RunDir
@@ -123,7 +123,7 @@ def curate_store(
     store_path: str | os.PathLike,
     out: str | os.PathLike,
     size: int,
-    by: Sequence[str] = DEFAULT_FEATURES,
+    by: Sequence[str] | None = None,
     strategy: str = "grouped-clustered",
     seed: int = 0,
     cluster_threshold: int = 20,

@@ -267,7 +267,7 @@ def _order_clustered_groups(
 def select(
     store,
     size: int,
-    by: Sequence[str] = DEFAULT_FEATURES,
+    by: Sequence[str] | None = None,
     strategy: str = "grouped-clustered",
     seed: int = 0,
     cluster_threshold: int = 20,
@@ -284,7 +284,8 @@ def select(
         store: an :class:`~geosolver.store.EmbeddingStore` (embeddings are read only for
             the groups that are clustered, one group at a time).
         size: images wanted; more than the store holds means all of them.
-        by: feature columns to group by (``grouped*`` strategies); absent ones are skipped.
+        by: feature columns to group by (``grouped*`` strategies); absent ones are skipped. None:
+            :data:`~geosolver.curate.groups.DEFAULT_FEATURES` (absent ones noticed once per process).
         strategy: ``grouped-clustered`` (default), ``grouped``, ``cell`` or ``random``.
         seed: seed of every random choice (group order, order inside groups, k-means).
         cluster_threshold: groups with at most this many images are never clustered.
@@ -310,7 +311,7 @@ def select(
     n_rows = len(meta)
     n = int(min(size, n_rows))
     rng = np.random.default_rng(seed)
-    settings = dict(size=int(size), strategy=strategy, seed=int(seed), by=list(by), cluster_threshold=int(cluster_threshold),
+    settings = dict(size=int(size), strategy=strategy, seed=int(seed), by=list(DEFAULT_FEATURES if by is None else by), cluster_threshold=int(cluster_threshold),
                     cell_size=float(cell_size), max_clusters=int(max_clusters), pool_min=int(pool_min),
                     pool_per_pick=int(pool_per_pick), pool_max=int(pool_max))
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ No torch here: the CLI imports this module to build its parser.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 
 from geosolver.data import DATASET_KINDS
@@ -149,6 +150,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_opt("seeds the split, the sampler, flips and the model's random parts"))
     progress: bool = field(default=True, metadata=_opt("show progress bars (--no-progress: none)"))
 
+    def __post_init__(self) -> None:
+        """Refuse a nonsensical number at once, naming the option as typed (``--lr``)."""
+        validate_numbers(self)
+
     def weights(self) -> ObjectiveWeights:
         """The effective loss weights (preset, then explicit overrides)."""
         if self.objective not in OBJECTIVE_PRESETS:
@@ -167,6 +172,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`TrainError` naming the first bad setting."""
+        validate_numbers(self)  # again: a field may have been changed after construction
         w = self.weights()
         if not w.active():
             raise TrainError("every loss weight is 0: nothing to train")
@@ -185,3 +191,79 @@ class TrainConfig:
             raise TrainError("temperature, radius_km and sharpen must be > 0")
         if list(self.balance_edges_km) != sorted(set(self.balance_edges_km)) or len(self.balance_edges_km) < 2:
             raise TrainError(f"balance_edges_km must be >= 2 strictly increasing values, got {self.balance_edges_km}")
+
+
+# ----------------------------------------------------------------------------------------------
+# numeric settings: (field, kind, low, high, low inclusive, high inclusive, None allowed)
+# ----------------------------------------------------------------------------------------------
+_INF = math.inf
+#: Every numeric :class:`TrainConfig` field and the range it must lie in.
+NUMERIC_RULES: tuple[tuple[str, type, float, float, bool, bool, bool], ...] = (
+    ("limit", int, 1, _INF, True, False, True),
+    ("w_contrastive", float, 0, _INF, True, False, True),
+    ("w_consistency", float, 0, _INF, True, False, True),
+    ("w_uniformity", float, 0, _INF, True, False, False),
+    ("w_distill", float, 0, _INF, True, False, False),
+    ("radius_km", float, 0, _INF, False, False, False),
+    ("positive_cell_deg", float, 0, 180, False, True, True),
+    ("temperature", float, 0, _INF, False, False, False),
+    ("sharpen", float, 0, _INF, False, False, False),
+    ("curve_sample", int, 2, _INF, True, False, False),
+    ("blocks", int, 1, _INF, True, False, False),
+    ("lora_r", int, 1, _INF, True, False, False),
+    ("lora_alpha", float, 0, _INF, False, False, False),
+    ("lora_dropout", float, 0, 1, True, False, False),
+    ("steps", int, 1, _INF, True, False, False),
+    ("batch_size", int, 2, _INF, True, False, False),  # the pair losses need two images
+    ("group_size", int, 1, _INF, True, False, False),
+    ("cell_deg", float, 0, 180, False, True, False),
+    ("lr", float, 0, _INF, False, False, True),
+    ("weight_decay", float, 0, _INF, True, False, False),
+    ("warmup_steps", int, 0, _INF, True, False, False),
+    ("grad_clip", float, 0, _INF, True, False, False),
+    ("eval_every", int, 0, _INF, True, False, False),
+    ("val_fraction", float, 0, 1, True, False, False),
+    ("val_queries", int, 1, _INF, True, False, False),
+    ("val_gallery", int, 2, _INF, True, False, False),
+    ("k", int, 1, _INF, True, False, False),
+    ("collapse_rank_frac", float, 0, 1, True, True, False),
+    ("collapse_max_cosine", float, -1, 1, True, True, False),
+    ("num_workers", int, 0, _INF, True, False, True),
+    ("seed", int, 0, _INF, True, False, False),
+)
+
+
+def option_name(field_name: str) -> str:
+    """The command-line spelling of a :class:`TrainConfig` field: ``w_distill`` → ``--w-distill``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _range_text(kind: type, lo: float, hi: float, lo_in: bool, hi_in: bool) -> str:
+    what = "an integer" if kind is int else "a finite number"
+    if hi == _INF:
+        return f"{what} {'>=' if lo_in else '>'} {lo:g}"
+    return f"{what} in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def validate_numbers(cfg: TrainConfig) -> None:
+    """Raise :class:`TrainError` naming the first numeric setting that is out of range, not finite
+    or not a number, as ``--option must be ... , got VALUE``."""
+    for name, kind, lo, hi, lo_in, hi_in, optional in NUMERIC_RULES:
+        value = getattr(cfg, name)
+        if value is None and optional:
+            continue
+        opt = option_name(name) + (" (N of --train last-blocks N)" if name == "blocks" else "")
+        need = _range_text(kind, lo, hi, lo_in, hi_in)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and kind is int and isinstance(value, float):
+            ok = value.is_integer()
+        ok = ok and math.isfinite(value) and (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+        if not ok:
+            raise TrainError(f"{opt} must be {need}, got {value!r}")
+    edges = cfg.balance_edges_km
+    try:
+        vals = [float(v) for v in edges]
+    except (TypeError, ValueError):
+        raise TrainError(f"--balance-edges-km must be numbers (km), got {edges!r}") from None
+    if len(vals) < 2 or not all(math.isfinite(v) and v >= 0 for v in vals) or any(b <= a for a, b in zip(vals, vals[1:])):
+        raise TrainError(f"--balance-edges-km must be >= 2 finite, non-negative, strictly increasing values (km), got {list(edges)}")

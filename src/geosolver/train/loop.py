@@ -43,10 +43,11 @@ import pandas as pd
 import torch
 
 from geosolver.encoders import Encoder
-from geosolver.errors import CollapseError, TrainError
+from geosolver.errors import CollapseError, TrainError, TrainSetupError
 from geosolver.files import jsonable
 from geosolver.geo import grid_cell, validate_coords
 from geosolver.rundir import RunDir
+from geosolver.train.config import OBJECTIVE_NAMES as OBJECTIVE_ORDER
 from geosolver.train.config import ObjectiveWeights, TrainConfig
 from geosolver.train.objectives import TargetCurve, combined_loss
 from geosolver.train.params import (
@@ -54,6 +55,7 @@ from geosolver.train.params import (
     count_parameters,
     merge_lora,
     missing_train_extra,
+    no_weights_message,
     restore,
     select_trainable,
     snapshot,
@@ -120,6 +122,7 @@ def train(config: TrainConfig, table: pd.DataFrame | None = None, encoder: Encod
     rt = setup(cfg)
     data, rows = read_data(cfg, table)
     enc = load_model(cfg, encoder, rt)
+    check_has_weights(enc)  # before any image is embedded
     inputs, rows = prepare_inputs(cfg, enc, data, rows, rt)
     targets, rows = base_targets(cfg, weights, inputs, data, rows)
     if rt.main and targets.curve is not None:
@@ -395,16 +398,27 @@ class Surgery:
     ckpt_layers: list[torch.nn.Module]
 
 
+def check_has_weights(enc: Encoder) -> None:
+    """Raise :class:`TrainSetupError` for an encoder with no weights at all (``histogram``)."""
+    if next(enc.model.parameters(), None) is None:
+        what = f"the {enc.name} encoder" + (" (a fixed colour count)" if getattr(enc, "backend", "") == "histogram" else "")
+        raise TrainSetupError(no_weights_message(what))
+
+
 def choose_trainable(cfg: TrainConfig, enc: Encoder) -> Surgery:
     """Freeze the model and unfreeze the ``cfg.train`` part (or add LoRA adapters); turn on
     gradient checkpointing when asked."""
+    check_has_weights(enc)
     peft_model = None
     if cfg.train == "lora":
         peft_model = add_lora(enc.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     else:
         select_trainable(enc.model, cfg.train, cfg.blocks)
     ckpt_layers = enable_checkpointing(enc.model) if cfg.gradient_checkpointing else []
-    return Surgery(trainable_parameters(enc.model), peft_model, ckpt_layers)
+    params = trainable_parameters(enc.model)
+    if not params:
+        raise TrainSetupError(f"--train {cfg.train} leaves nothing to train in {enc.name}; choose another --train mode")
+    return Surgery(params, peft_model, ckpt_layers)
 
 
 def enable_checkpointing(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -679,7 +693,7 @@ def save_model(trainer: Trainer, run: RunDir) -> Path:
 def write_outputs(run: RunDir, effective: dict, trainer: Trainer, seconds: float) -> None:
     """``training.png`` and the final ``config.json`` (the settings plus ``result``)."""
     try:
-        plot_training(run / TRAIN_LOG, run / "training.png")
+        plot_training(run / TRAIN_LOG, run / "training.png", weights=effective.get("weights"))
     except Exception as e:  # noqa: BLE001 — a plot must not lose a finished run
         log.warning("could not draw training.png: %s", e)
     h = trainer.history
@@ -690,25 +704,70 @@ def write_outputs(run: RunDir, effective: dict, trainer: Trainer, seconds: float
     run.write_config(effective, result=result)
 
 
-def plot_training(log_path: Path, out_png: Path) -> None:
-    """``training.png``: training losses (top) and validation metrics (bottom) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+def read_train_log(log_path: Path) -> tuple[list[dict], list[dict]]:
+    """The ``step`` and ``eval`` records of a ``train_log.jsonl``, in order."""
     steps, evals = [], []
     with open(log_path) as f:
         for line in f:
             rec = json.loads(line)
             (steps if rec.get("type") == "step" else evals if rec.get("type") == "eval" else []).append(rec)
+    return steps, evals
+
+
+def loss_series(steps: list[dict], weights: dict[str, float] | None) -> dict[str, list[float]]:
+    """What the loss panel of ``training.png`` draws: label → one value per step record.
+
+    ``"total"`` first, then each term **as it enters the total**, ``weight × term``, labelled
+    ``"0.1 × distill"`` (``"consistency"`` for a weight of 1), so the terms add up to the total. Without
+    ``weights`` (an old log with no ``config.json``) the raw terms, labelled ``"(unweighted)"``.
+    NaN is written as null in the log and comes back as NaN.
+    """
+    num = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    out = {"total": [num(r.get("loss")) for r in steps]}
+    names = {k for r in steps for k in r.get("parts", {})}
+    order = lambda n: (OBJECTIVE_ORDER.index(n) if n in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER), n)  # noqa: E731
+    for name in sorted(names, key=order):
+        raw = [num(r.get("parts", {}).get(name)) for r in steps]
+        if weights is None or name not in weights:
+            out[f"{name} (unweighted)"] = raw
+        else:
+            w = float(weights[name])
+            out[name if w == 1 else f"{w:g} × {name}"] = [w * v for v in raw]
+    return out
+
+
+def _run_weights(log_path: Path) -> dict[str, float] | None:
+    """The loss weights of the run that wrote ``log_path`` (its ``config.json``), or None."""
+    try:
+        w = json.loads((Path(log_path).parent / "config.json").read_text()).get("weights")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return w if isinstance(w, dict) else None
+
+
+def plot_training(log_path: Path, out_png: Path, weights: dict[str, float] | None = None) -> None:
+    """``training.png``: training losses (top: the total and each term weighted as it enters the
+    total, see :func:`loss_series`) and validation metrics (bottom) against the step.
+
+    ``weights``: the run's loss weights; default: ``weights`` of ``config.json`` next to the log.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    steps, evals = read_train_log(log_path)
+    if weights is None:
+        weights = _run_weights(log_path)
     num = lambda v: np.nan if v is None else v  # noqa: E731 — NaN is written as null
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     if steps:
         x = [r["step"] for r in steps]
-        axes[0].plot(x, [r["loss"] for r in steps], label="total", color="k", lw=1)
-        for name in sorted({k for r in steps for k in r.get("parts", {})}):
-            axes[0].plot(x, [num(r["parts"].get(name)) for r in steps], label=name, lw=0.8)
+        for label, ys in loss_series(steps, weights).items():
+            if label == "total":
+                axes[0].plot(x, ys, label="total", color="k", lw=1)
+            else:
+                axes[0].plot(x, ys, label=label, lw=0.8)
         axes[0].legend(fontsize=8)
     axes[0].set_ylabel("training loss")
     if evals:

@@ -34,6 +34,12 @@ def missing_train_extra(e: ImportError) -> TrainError:
     return TrainError(f"training needs the [train] extra ({e.name or e} is missing): pip install 'geosolver[train]'")
 
 
+def no_weights_message(what: str) -> str:
+    """The one line for a model with nothing to train (e.g. the ``histogram`` encoder)."""
+    return (f"{what} has no trainable weights, so no --train mode can fine-tune it; fine-tune a neural encoder "
+            "instead: --model efficientnet-lite0, or a CLIP model (streetclip, clip-vit-b-32, a hub id or a local directory)")
+
+
 def is_clip(model: torch.nn.Module) -> bool:
     """True for a ``transformers`` ``CLIPModel`` (has ``vision_model`` and ``visual_projection``)."""
     return hasattr(model, "vision_model") and hasattr(model, "visual_projection")
@@ -72,6 +78,8 @@ def select_trainable(model: torch.nn.Module, mode: str, blocks: int = 2) -> list
     """
     if mode not in TRAIN_MODES or mode == "lora":
         raise TrainSetupError(f"select_trainable: unknown mode {mode!r}; use one of projection, last-blocks, all")
+    if next(model.parameters(), None) is None:
+        raise TrainSetupError(no_weights_message(type(model).__name__))
     model.requires_grad_(False)
     if is_clip(model):
         layers = model.vision_model.encoder.layers
@@ -82,12 +90,12 @@ def select_trainable(model: torch.nn.Module, mode: str, blocks: int = 2) -> list
             mods = [model.vision_model, model.visual_projection]
         else:
             mods = _last(layers, blocks) + head
+    elif mode == "all":  # needs no block list
+        mods = [model]
     else:
         parent, name, layers = _block_list(model)
         head = _modules_after(parent, name)
-        if mode == "all":
-            mods = [model]
-        elif mode == "projection":
+        if mode == "projection":
             mods = head
         else:
             mods = _last(layers, blocks) + head
