@@ -155,3 +155,198 @@ def test_tune_grid_is_sorted_and_agrees_with_evaluate(stores):
     assert top.strategy == "densest"
     res = evaluate(q, g, strategies=[top.strategy], ks=[int(top.k)], temperature=top.temperature, radius_km=top.radius_km, bootstrap=10, progress=False)
     assert res["rows"][0]["geoscore"] == pytest.approx(top.geoscore)
+
+
+# ----------------------------------------------------------------------------------------------
+# queries inside the gallery: never a silent perfect score; leave-one-out through the CLI
+# ----------------------------------------------------------------------------------------------
+ONE_DEG_KM = 6371.0 * np.pi / 180  # one degree of latitude on the 6371 km sphere
+LOO_GEOSCORE = 5000 * np.exp(-ONE_DEG_KM / 1492.7)  # every leave-one-out guess is 1° of latitude off
+
+
+def _pairs_store(path, ids=None, members="ab"):
+    """10 pairs of near-identical photos 1° of latitude apart; pairs are orthogonal to each other.
+
+    Leave-one-out, each photo's nearest neighbour is its partner, exactly ``ONE_DEG_KM`` away."""
+    emb, lat, lon, names = [], [], [], []
+    for j in range(10):
+        for m in members:
+            v = np.zeros(32)
+            v[j] = 1.0
+            v[10 + j] = 0.0 if m == "a" else 0.3  # cos(a, b) = 0.958, far from float16 ties
+            emb.append(v)
+            lat.append(-60.0 + 12 * j + (1.0 if m == "b" else 0.0))
+            lon.append(-170.0 + 35 * j)
+            names.append(f"p{j}{m}")
+    meta = pd.DataFrame({"id": ids if ids is not None else names, "lat": lat, "lon": lon})
+    return write_store(path, unit(np.array(emb)), meta, ENC)
+
+
+def _cli_eval(store_q, store_g, out, *extra):
+    from geosolver.cli import main
+
+    argv = ["evaluate", "--queries", str(store_q), "--gallery", str(store_g), "--strategy", "nn", "--k", "1",
+            "--out", str(out), "--bootstrap", "10", "--no-plots", *extra]
+    assert main(argv) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_cli_same_store_is_leave_one_out_by_default_and_says_so(tmp_path, capsys):
+    s = _pairs_store(tmp_path / "s")
+    res = _cli_eval(s.path, s.path, tmp_path / "auto")
+    io = capsys.readouterr()
+    assert res["rows"][0]["geoscore"] == pytest.approx(LOO_GEOSCORE, rel=1e-4)
+    assert res["rows"][0]["median_km"] == pytest.approx(ONE_DEG_KM, rel=1e-4)
+    assert res["references"]["oracle"]["median_km"] == pytest.approx(ONE_DEG_KM, rel=1e-4)
+    assert res["self_overlap"]["queries_in_gallery"] == 20 and res["config"]["exclude_self"] is True
+    assert "leave-one-out" in io.err and "--no-exclude-self" in io.err
+    assert "leave-one-out" in (tmp_path / "auto" / "metrics.md").read_text()
+
+
+def test_cli_no_exclude_self_warns_loudly_and_records_it(tmp_path, capsys):
+    s = _pairs_store(tmp_path / "s")
+    res = _cli_eval(s.path, s.path, tmp_path / "plain", "--no-exclude-self")
+    err = capsys.readouterr().err
+    assert res["rows"][0]["geoscore"] == pytest.approx(5000)  # the old behaviour, on request
+    assert "WARNING" in err and "20 of 20 queries" in err and "--exclude-self" in err
+    assert res["self_overlap"]["queries_in_gallery"] == 20 and res["config"]["exclude_self"] is False
+    assert any("20 of 20 queries" in w for w in res["warnings"])
+    assert "20 of 20 queries" in (tmp_path / "plain" / "metrics.md").read_text()
+
+
+def test_cli_exclude_self_changes_the_result_when_queries_are_a_subset_of_the_gallery(tmp_path, capsys):
+    g = _pairs_store(tmp_path / "g")
+    q = _pairs_store(tmp_path / "q", members="a")  # another store: the 10 "a" photos, also in the gallery
+    plain = _cli_eval(q.path, g.path, tmp_path / "plain")
+    err = capsys.readouterr().err
+    assert plain["rows"][0]["geoscore"] == pytest.approx(5000)  # not the same store: no automatic leave-one-out…
+    assert "10 of 10 queries" in err and "--exclude-self" in err  # …but never silently
+    assert plain["self_overlap"]["queries_in_gallery"] == 10
+    loo = _cli_eval(q.path, g.path, tmp_path / "loo", "--exclude-self")
+    assert loo["rows"][0]["geoscore"] == pytest.approx(LOO_GEOSCORE, rel=1e-4)
+    assert loo["config"]["exclude_self"] is True
+    preds = pd.read_parquet(tmp_path / "loo" / "predictions.parquet")
+    np.testing.assert_allclose(preds[preds.strategy == "nn"].km, ONE_DEG_KM, rtol=1e-4)
+
+
+def test_a_perfect_score_without_shared_ids_is_not_silent(tmp_path, capsys):
+    g = _pairs_store(tmp_path / "g")
+    q = _pairs_store(tmp_path / "q", ids=[f"copy{i}" for i in range(20)])  # the same photos under other ids
+    res = _cli_eval(q.path, g.path, tmp_path / "r")
+    err = capsys.readouterr().err
+    assert res["rows"][0]["geoscore"] == pytest.approx(5000)
+    assert res["self_overlap"]["queries_in_gallery"] == 0
+    assert "WARNING" in err and "perfect" in err
+
+
+def test_api_records_overlap_without_changing_its_default(tmp_path):
+    s = _pairs_store(tmp_path / "s")
+    from geosolver.evaluate import EvaluateWarning
+
+    with pytest.warns(EvaluateWarning, match="20 of 20 queries"):
+        res = evaluate(s, s, strategies=["nn"], ks=[1], bootstrap=10, progress=False)
+    assert res["rows"][0]["geoscore"] == pytest.approx(5000)
+    assert res["self_overlap"]["queries_in_gallery"] == 20 and res["warnings"]
+    auto = evaluate(s, s, strategies=["nn"], ks=[1], exclude_self="auto", bootstrap=10, progress=False)
+    assert auto["rows"][0]["geoscore"] == pytest.approx(LOO_GEOSCORE, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# references in every table: random and oracle, without a meaningless k
+# ----------------------------------------------------------------------------------------------
+def _fake_run(d, enc, n_gal, best_gs, random_gs, oracle_gs):
+    def row(strategy, k, gs):
+        return {"strategy": strategy, "k": k, "n": 10, "geoscore": gs, "geoscore_ci95": [gs - 10, gs + 10], "median_km": 12.5,
+                "mean_km": 20.0, "acc@1km": 0.1, "acc@25km": 0.2, "acc@200km": 0.3, "acc@750km": 0.4, "acc@2500km": 0.5, "country_acc": 0.6}
+
+    best = row("densest", 10, best_gs)
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({
+        "rows": [best], "best": best, "references": {"random": row("random", 0, random_gs), "oracle": row("oracle", 0, oracle_gs)},
+        "config": {"encoder": {"name": enc}, "n_gallery": n_gal},
+    }))
+    return d
+
+
+def test_compare_shows_random_and_oracle_references_without_k(tmp_path, capsys):
+    from geosolver.cli import main
+
+    a = _fake_run(tmp_path / "ra", "enc-a", 50, 3000.0, 1111.0, 4444.0)
+    b = _fake_run(tmp_path / "rb", "enc-b", 70, 2500.0, 1222.0, 4333.0)
+    assert main(["compare", str(a), str(b)]) == 0
+    md = capsys.readouterr().out
+    assert "| ra | enc-a | 50 | random | – | 1111 | [1101, 1121] |" in md
+    assert "| ra | enc-a | 50 | oracle | – | 4444 |" in md
+    assert "| rb | enc-b | 70 | random | – | 1222 |" in md
+    assert "| rb | enc-b | 70 | densest | 10 | 2500 |" in md
+    assert "| 0 |" not in md
+
+
+def test_metrics_table_shows_references_without_k(stores, tmp_path):
+    g, q = stores
+    evaluate(q, g, strategies=["nn"], ks=[1], out=tmp_path / "r", bootstrap=10, plots=False, progress=False)
+    md = (tmp_path / "r" / "metrics.md").read_text()
+    assert "| random | – |" in md and "| oracle | – |" in md and "| 0 |" not in md
+
+
+# ----------------------------------------------------------------------------------------------
+# sweeping temperature and radius through `geosolver evaluate`
+# ----------------------------------------------------------------------------------------------
+def test_cli_sweeps_temperature_and_radius(tmp_path, capsys):
+    from geosolver.cli import main
+    from geosolver.locate import aggregate
+
+    rng = np.random.default_rng(5)
+    glat, glon = clustered_points(400, 20, 2.0, rng)
+    qlat, qlon = clustered_points(50, 20, 2.0, np.random.default_rng(5))
+    gemb = unit(geo_signal(glat, glon) + 0.3 * rng.normal(size=(400, 32)))
+    qemb = unit(geo_signal(qlat, qlon) + 0.3 * rng.normal(size=(50, 32)))
+    g = write_store(tmp_path / "g", gemb, pd.DataFrame({"id": [f"g{i}" for i in range(400)], "lat": glat, "lon": glon}), ENC)
+    q = write_store(tmp_path / "q", qemb, pd.DataFrame({"id": [f"q{i}" for i in range(50)], "lat": qlat, "lon": qlon}), ENC)
+    out = tmp_path / "sweep"
+    assert main(["evaluate", "--queries", str(q.path), "--gallery", str(g.path), "--strategy", "weighted-mean,densest", "--k", "8",
+                 "--temperature", "0.02,0.1", "--radius-km", "250,1000", "--out", str(out), "--bootstrap", "10", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "metrics.json").read_text())
+
+    # independent reference: brute-force top-8 by cosine on the stored (float16) embeddings, the haversine package
+    ge, qe = g.embeddings(), q.embeddings()
+    sims = qe @ ge.T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :8]
+    s8 = np.take_along_axis(sims, top, 1)
+    want = {}
+    for strategy, t, r in [("weighted-mean", 0.02, None), ("weighted-mean", 0.1, None), ("densest", 0.02, 250.0),
+                           ("densest", 0.02, 1000.0), ("densest", 0.1, 250.0), ("densest", 0.1, 1000.0)]:
+        plat, plon, _ = aggregate(s8, glat[top], glon[top], strategy, t, r or 500.0)
+        km = np.array([hv((a, b), (c, d)) for a, b, c, d in zip(qlat, qlon, plat, plon)])
+        want[(strategy, t, r)] = np.mean(5000 * np.exp(-km / 1492.7))
+    got = {(r["strategy"], r["temperature"], r["radius_km"]): r["geoscore"] for r in res["rows"]}
+    assert set(got) == set(want) and all(r["k"] == 8 for r in res["rows"])
+    for key, v in want.items():
+        assert got[key] == pytest.approx(v, rel=1e-3), key
+    best_key = max(want, key=want.get)
+    marked = [r for r in res["rows"] if r.get("is_best")]
+    assert len(marked) == 1 and (marked[0]["strategy"], marked[0]["temperature"], marked[0]["radius_km"]) == best_key
+    assert (res["best"]["strategy"], res["best"]["temperature"], res["best"]["radius_km"]) == best_key
+    assert res["config"]["temperature"] == [0.02, 0.1] and res["config"]["radius_km"] == [250.0, 1000.0]
+    md = (out / "metrics.md").read_text()
+    assert md.count("\n| ") == 6 + 2 and md.count("best") >= 2 and "temperature" in md and "radius_km" in md
+    assert "| densest | 8 | 0.1 | 1000 |" in md and "| weighted-mean | 8 | 0.02 | – |" in md
+    assert printed.strip().startswith(md.split("\n")[0])
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert len(preds) == 50 * (6 + 2)
+
+
+@pytest.mark.parametrize("opt,value", [("--temperature", "0.02,nan"), ("--temperature", "0.1,-1"), ("--radius-km", "100,inf"),
+                                       ("--radius-km", "0,100"), ("--temperature", ","), ("--radius-km", "abc")])
+def test_cli_refuses_bad_sweep_values_in_one_line(opt, value, tmp_path, capsys, monkeypatch):
+    from geosolver.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--queries", "q", "--gallery", "g", "--out", "o", opt, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and f"argument {opt}" in errors[0] and "Traceback" not in err
+    assert not list(tmp_path.iterdir())

@@ -39,6 +39,15 @@ CAVEAT = (
 )
 
 
+#: short HTML headers for the evaluation tables, so that every column fits a 1400 px window
+#: (the markdown keeps the full names; the full name is the header's hover text)
+HTML_HEADERS = {
+    "gallery_rows": "gallery", "geoscore": "Geoscore", "geoscore_ci95": "95 % CI",
+    "median_km": "median km", "mean_km": "mean km", "acc@1km %": "≤1 km", "acc@25km %": "≤25 km",
+    "acc@200km %": "≤200 km", "acc@750km %": "≤750 km", "acc@2500km %": "≤2500 km", "country_acc %": "country",
+}
+
+
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
@@ -217,9 +226,11 @@ def _write_report(out: Path, world: Path, models, runs: dict[str, Path], curated
         "<h2>Results: best row of every run</h2>",
         "<p><b>random</b> guesses a random gallery image's location; <b>oracle</b> is the gallery coordinate nearest the "
         "truth (the best any retrieval from this gallery can do). Geoscore = 5000·exp(−km/1492.7), with a 95 % bootstrap interval.</p>",
-        markdown_table_html(compare_md),
+        "<p>Columns: mean Geoscore and its 95 % interval; median and mean error; then accuracies in %: the share of queries "
+        "located within 1, 25, 200, 750 and 2500 km (≤1 km … ≤2500 km) and in the right country. A reference row has no k.</p>",
+        markdown_table_html(compare_md, HTML_HEADERS),
         "<h2>All strategies against the full gallery</h2>",
-        markdown_table_html(compare_all_md),
+        markdown_table_html(compare_all_md, HTML_HEADERS),
         "<h2>What the photos look like</h2>", img_tag(out / "tiles.png", "tiles"),
         f"<h2>Errors of {models[0]} (best strategy)</h2>",
         "<div class='grid'>", img_tag(first / "errors_map.png", "error map"), img_tag(first / "errors_hist.png", "error distribution"), "</div>",

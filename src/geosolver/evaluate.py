@@ -21,14 +21,29 @@ the reverse geocode of the guess (:func:`geosolver.places.country_of`).
 
 ``nn`` does not depend on ``k``: it is reported once, with ``k = 1``. The other strategies at
 ``k = 1`` equal ``nn`` and are skipped when ``nn`` is also evaluated.
+
+**Sweeps.** ``temperature`` and ``radius_km`` may be lists: every combination that changes the
+guess is voted from the same neighbours (``weighted-mean`` per temperature, ``densest`` per
+temperature × radius, ``nn`` once) and reported as its own row, the best one marked
+(``is_best``). A setting that does not change a row's guess is ``NaN`` in that row.
+
+**Queries inside the gallery.** A query whose ``id`` is also in the gallery can retrieve itself,
+which inflates every score (``nn`` is a perfect 5000). :func:`evaluate` counts such queries and
+records them in ``self_overlap``; when leave-one-out is off it warns (an :class:`EvaluateWarning`,
+also kept in ``warnings`` and written to ``metrics.json`` / ``metrics.md``; the CLI prints it on
+stderr). ``exclude_self="auto"`` (the CLI's default) turns leave-one-out
+on when queries and gallery are the same store (same path, or the same set of ids). A perfect
+score is never reported silently: it also warns when no id is shared (copies under other ids).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
+import warnings as _warnings_module
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,6 +60,15 @@ from geosolver.store import EmbeddingStore, encoder_compatible
 log = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 5, 10, 50)
+REFERENCES = ("random", "oracle")
+
+
+class EvaluateWarning(UserWarning):
+    """An evaluation whose numbers mislead: queries that can retrieve themselves, a perfect score."""
+
+
+#: a mean Geoscore at least this high is "perfect" (mean error below ~0.15 km): always warned about
+PERFECT_GEOSCORE = 4999.5
 METRIC_COLUMNS = ["geoscore", "geoscore_ci95", "median_km", "mean_km"] + [f"acc@{t:g}km" for t in ACCURACY_THRESHOLDS_KM] + ["country_acc"]
 OUTPUT_FILES = ("metrics.json", "metrics.md", "predictions.parquet", "config.json", "errors_map.png", "errors_hist.png")
 
@@ -164,15 +188,78 @@ def combos(strategies: Sequence[str], ks: Sequence[int]) -> list[tuple[str, int]
     return out
 
 
+def positive_values(name: str, values: float | Sequence[float]) -> list[float]:
+    """``values`` (one number or several) as a list of distinct floats, in the given order.
+
+    Raises:
+        EvaluateError: an empty list, or a value that is not a finite number > 0.
+    """
+    vals = [values] if isinstance(values, (int, float, np.number)) else list(values)
+    if not vals:
+        raise EvaluateError(f"{name}: expected at least one value")
+    out: list[float] = []
+    for v in vals:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise EvaluateError(f"{name} must be a finite number > 0, got {v!r}") from None
+        if not math.isfinite(f) or f <= 0:
+            raise EvaluateError(f"{name} must be a finite number > 0, got {v!r}")
+        if f not in out:
+            out.append(f)
+    return out
+
+
+def settings_grid(
+    strategies: Sequence[str], ks: Sequence[int], temperatures: Sequence[float], radii_km: Sequence[float]
+) -> list[tuple[str, int, float, float]]:
+    """Every ``(strategy, k, temperature, radius_km)`` voted, ``(strategy, k)`` as :func:`combos`.
+
+    Only settings that change the guess vary: ``nn`` neither (``NaN`` for both),
+    ``weighted-mean`` the temperature (radius ``NaN``), ``densest`` both."""
+    nan = float("nan")
+    out: list[tuple[str, int, float, float]] = []
+    for s, k in combos(strategies, ks):
+        if s == "nn":
+            out.append((s, k, nan, nan))
+        elif s == "weighted-mean":
+            out.extend((s, k, t, nan) for t in temperatures)
+        else:
+            out.extend((s, k, t, r) for t in temperatures for r in radii_km)
+    return out
+
+
+def vote_setting(nb: Neighbours, strategy: str, k: int, temperature: float, radius_km: float, default_t: float, default_r: float):
+    """``nb.vote`` for one grid setting (a ``NaN`` setting, unused by the strategy, takes the default)."""
+    t = default_t if temperature != temperature else temperature
+    r = default_r if radius_km != radius_km else radius_km
+    return nb.vote(strategy, k, t, r)
+
+
+def self_overlap(qs: EmbeddingStore, gs: EmbeddingStore) -> dict:
+    """How many queries share an ``id`` with a gallery row; whether the two are the same store.
+
+    Returns:
+        ``{"queries_in_gallery", "n_queries", "same_store" (same path), "same_ids" (the same
+        set of ids)}``.
+    """
+    q_ids = qs.metadata["id"].astype(str)
+    g_ids = gs.metadata["id"].astype(str)
+    inside = int(q_ids.isin(g_ids.to_numpy()).sum())
+    same_store = qs.path.resolve() == gs.path.resolve()
+    same_ids = inside == len(q_ids) and g_ids.nunique() == q_ids.nunique() and len(q_ids) > 0
+    return {"queries_in_gallery": inside, "n_queries": int(len(q_ids)), "same_store": bool(same_store), "same_ids": bool(same_ids)}
+
+
 def evaluate(
     queries: EmbeddingStore | str | os.PathLike,
     gallery: EmbeddingStore | str | os.PathLike,
     strategies: Sequence[str] = STRATEGIES,
     ks: Sequence[int] = DEFAULT_KS,
-    exclude_self: bool = False,
+    exclude_self: bool | str = False,
     out: str | os.PathLike | None = None,
-    temperature: float = DEFAULT_TEMPERATURE,
-    radius_km: float = DEFAULT_RADIUS_KM,
+    temperature: float | Sequence[float] = DEFAULT_TEMPERATURE,
+    radius_km: float | Sequence[float] = DEFAULT_RADIUS_KM,
     index_kind: str = "flat",
     index: Any = None,
     bootstrap: int = 1000,
@@ -190,10 +277,14 @@ def evaluate(
         strategies: aggregation strategies (see :mod:`geosolver.locate`).
         ks: neighbour counts.
         exclude_self: leave-one-out: never retrieve a gallery row whose ``id`` equals the
-            query's (use when the gallery contains the queries).
+            query's (use when the gallery contains the queries). ``"auto"``: on when queries and
+            gallery are the same store (same path or the same set of ids), off otherwise.
+            Either way, queries found in the gallery are counted (``self_overlap``) and, with
+            leave-one-out off, warned about.
         out: directory for ``metrics.json``, ``metrics.md``, ``predictions.parquet``,
             ``config.json``, ``errors_map.png``, ``errors_hist.png`` (``None``: write nothing).
-        temperature, radius_km: aggregation settings (softmax temperature; radius in km).
+        temperature, radius_km: aggregation settings (softmax temperature; radius in km); a
+            list of values is swept (every combination is a row, see the module docstring).
         index_kind: ``flat`` / ``ivf`` / ``ivfpq`` gallery index (ignored if ``index`` given).
         index: a ready :class:`~geosolver.index.KnnIndex` over ``gallery``.
         bootstrap: bootstrap repetitions for the Geoscore interval.
@@ -204,16 +295,37 @@ def evaluate(
         **index_params: passed to :meth:`KnnIndex.for_store` (nlist, nprobe, ...).
 
     Returns:
-        ``{"rows": [per (strategy, k) metrics], "best": row with the highest mean Geoscore,
-        "references": {"random": ..., "oracle": ...}, "config": ...}``.
+        ``{"rows": [per (strategy, k, temperature, radius_km) metrics, the best with
+        is_best=True], "best": row with the highest mean Geoscore, "references": {"random": ...,
+        "oracle": ...}, "self_overlap": {...}, "warnings": [...], "config": ...}``.
 
     Raises:
-        EvaluateError: stores from different encoders or of different dims, empty query store.
+        EvaluateError: stores from different encoders or of different dims, empty query store,
+        a temperature or radius that is not a finite number > 0.
     """
     t0 = time.time()
-    todo = combos(strategies, ks)
+    temps = positive_values("temperature", temperature)
+    radii = positive_values("radius_km", radius_km)
+    todo = settings_grid(strategies, ks, temps, radii)
+    qs, gs = _open(queries), _open(gallery)
+    overlap = self_overlap(qs, gs)
+    if isinstance(exclude_self, str):
+        if exclude_self != "auto":
+            raise EvaluateError(f"exclude_self must be True, False or 'auto', got {exclude_self!r}")
+        exclude_self = overlap["same_store"] or overlap["same_ids"]
+        overlap["exclude_self_source"] = "auto"
+        if exclude_self:
+            why = "the same store" if overlap["same_store"] else "stores with the same set of ids"
+            overlap["note"] = (
+                f"queries and gallery are {why}: leave-one-out is on by default (a query never retrieves a gallery row "
+                f"with its own id); pass --no-exclude-self (exclude_self=False) to let queries retrieve themselves"
+            )
+    else:
+        overlap["exclude_self_source"] = "explicit"
+    exclude_self = bool(exclude_self)
+    overlap["exclude_self"] = exclude_self
     qs, gs, geo, nb = neighbour_table(
-        queries, gallery, max(k for _, k in todo), exclude_self, index, index_kind, batch_size, progress, **index_params
+        qs, gs, max(k for _, k, _, _ in todo), exclude_self, index, index_kind, batch_size, progress, **index_params
     )
     search_s = time.time() - t0
     n = len(nb)
@@ -223,11 +335,11 @@ def evaluate(
 
     true_cc = true_countries(qs)
     result_rows, pred_frames = [], []
-    for strategy, k in todo:
-        v = nb.vote(strategy, k, temperature, radius_km)
+    for strategy, k, t, r in todo:
+        v = vote_setting(nb, strategy, k, t, r, temps[0], radii[0])
         m, km, pcc = score(q_lat, q_lon, v.lat, v.lon, true_cc, bootstrap, seed)
-        result_rows.append({"strategy": strategy, "k": k, **m})
-        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, v.lat, v.lon, km, true_cc, pcc, strategy, k, v.confidence))
+        result_rows.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, **m})
+        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, v.lat, v.lon, km, true_cc, pcc, strategy, k, v.confidence, t, r))
 
     excl_rows = [geo.rows_of_ids([i]) for i in q_ids] if exclude_self else None
     refs = {}
@@ -240,6 +352,11 @@ def evaluate(
         pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, plat, plon, km, true_cc, pcc, name, 0, np.full(n, np.nan)))
 
     best = max(result_rows, key=lambda r: r["geoscore"])
+    for r in result_rows:
+        r["is_best"] = r is best
+    warnings = _warnings(overlap, best)
+    for w in warnings:
+        _warnings_module.warn(w, EvaluateWarning, stacklevel=2)
     config = {
         "queries": str(qs.path.resolve()),
         "gallery": str(gs.path.resolve()),
@@ -248,9 +365,10 @@ def evaluate(
         "encoder": gs.encoder,
         "strategies": list(strategies),
         "ks": sorted({int(k) for k in ks}),
-        "exclude_self": bool(exclude_self),
-        "temperature": float(temperature),
-        "radius_km": float(radius_km),
+        "exclude_self": exclude_self,
+        "exclude_self_source": overlap["exclude_self_source"],
+        "temperature": temps[0] if len(temps) == 1 else temps,
+        "radius_km": radii[0] if len(radii) == 1 else radii,
         "index": {"kind": geo.index.kind, **geo.index.settings},
         "bootstrap": int(bootstrap),
         "seed": int(seed),
@@ -259,10 +377,33 @@ def evaluate(
         "geosolver_version": version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    result = {"rows": result_rows, "best": best, "references": refs, "config": config, "timing_s": {"search": search_s, "total": time.time() - t0}}
+    result = {
+        "rows": result_rows, "best": best, "references": refs, "self_overlap": overlap, "warnings": warnings,
+        "config": config, "timing_s": {"search": search_s, "total": time.time() - t0},
+    }
     if out is not None:
         write_outputs(result, pd.concat(pred_frames, ignore_index=True), Path(out), plots=plots)
     return result
+
+
+def _warnings(overlap: dict, best: dict) -> list[str]:
+    """The loud messages of an evaluation: queries that can retrieve themselves, a perfect score."""
+    out = []
+    inside, n = overlap["queries_in_gallery"], overlap["n_queries"]
+    if inside and not overlap["exclude_self"]:
+        out.append(
+            f"{inside} of {n} queries ({100 * inside / max(n, 1):.0f} %) are also in the gallery (same id) and leave-one-out is off: "
+            f"those queries can retrieve themselves, so the scores are inflated (nn scores a perfect 5000 on them). "
+            f"Pass --exclude-self (exclude_self=True) for an honest score."
+        )
+    if best["geoscore"] >= PERFECT_GEOSCORE and not (inside and not overlap["exclude_self"]):
+        out.append(
+            f"perfect score: {best['strategy']} k={best['k']} has mean Geoscore {best['geoscore']:.0f} (mean error {best['mean_km']:.2g} km); "
+            f"the gallery almost certainly holds the query photos themselves"
+            + (" under other ids" if not inside else "")
+            + ", so this measures lookup, not geolocation."
+        )
+    return out
 
 
 def _open(store) -> EmbeddingStore:
@@ -330,20 +471,19 @@ def tune(
         DataFrame ``strategy, k, temperature, radius_km, geoscore, median_km``, best first
         (``weighted-mean`` does not use the radius: its rows have ``radius_km = NaN``).
     """
-    qs, _, _, nb = neighbour_table(queries, gallery, max(ks), exclude_self, **search_kw)
+    temps, radii = positive_values("temperature", temperatures), positive_values("radius_km", radii_km)
+    todo = settings_grid(strategies, ks, temps, radii)
+    qs, _, _, nb = neighbour_table(queries, gallery, max(k for _, k, _, _ in todo), exclude_self, **search_kw)
     q_lat, q_lon = qs.coords()
     out = []
-    for strategy in strategies:
-        for k in sorted(set(ks)):
-            for t in temperatures:
-                for r in radii_km if strategy == "densest" else [float("nan")]:
-                    v = nb.vote(strategy, k, t, r if r == r else DEFAULT_RADIUS_KM)
-                    km = haversine(q_lat, q_lon, v.lat, v.lon, check=False)
-                    out.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "geoscore": float(geoscore(km).mean()), "median_km": float(np.median(km))})
+    for strategy, k, t, r in todo:
+        v = vote_setting(nb, strategy, k, t, r, temps[0], DEFAULT_RADIUS_KM)
+        km = haversine(q_lat, q_lon, v.lat, v.lon, check=False)
+        out.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "geoscore": float(geoscore(km).mean()), "median_km": float(np.median(km))})
     return pd.DataFrame(out).sort_values("geoscore", ascending=False, ignore_index=True)
 
 
-def _pred_frame(ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf) -> pd.DataFrame:
+def _pred_frame(ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf, temperature=float("nan"), radius_km=float("nan")) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "id": ids,
@@ -358,8 +498,16 @@ def _pred_frame(ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf) ->
             "confidence": conf,
             "strategy": strategy,
             "k": np.int32(k),
+            "temperature": np.float64(temperature),
+            "radius_km": np.float64(radius_km),
         }
     )
+
+
+def _same_setting(col: pd.Series, value: Any) -> np.ndarray:
+    """``col == value`` where ``NaN`` (or ``None`` from JSON) equals ``NaN``."""
+    v = float("nan") if value is None else float(value)
+    return col.isna().to_numpy() if v != v else np.isclose(col.to_numpy(np.float64), v)
 
 
 def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = True) -> None:
@@ -373,12 +521,14 @@ def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = Tr
     run.write_parquet("predictions.parquet", preds)
     if plots:
         b = result["best"]
-        sel = preds[(preds["strategy"] == b["strategy"]) & (preds["k"] == b["k"])]
+        sel = preds[(preds["strategy"] == b["strategy"]).to_numpy() & (preds["k"] == b["k"]).to_numpy()
+                    & _same_setting(preds["temperature"], b.get("temperature")) & _same_setting(preds["radius_km"], b.get("radius_km"))]
+        label = row_label(b)
         plot_error_map(
             sel["true_lat"].to_numpy(), sel["true_lon"].to_numpy(), sel["km"].to_numpy(), out / "errors_map.png",
-            title=f"{b['strategy']} k={b['k']}: error at each query's true location (mean Geoscore {b['geoscore']:.0f})",
+            title=f"{label}: error at each query's true location (mean Geoscore {b['geoscore']:.0f})",
         )
-        series = {f"{b['strategy']} k={b['k']}": sel["km"].to_numpy()}
+        series = {label: sel["km"].to_numpy()}
         for ref in ("random", "oracle"):
             series[ref] = preds.loc[preds["strategy"] == ref, "km"].to_numpy()
         plot_error_distribution(series, out / "errors_hist.png", title=f"errors: best strategy vs references ({len(sel)} queries)")
@@ -387,9 +537,22 @@ def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = Tr
 # ----------------------------------------------------------------------------------------------
 # tables
 # ----------------------------------------------------------------------------------------------
+def row_label(r: dict) -> str:
+    """``densest k=10`` (plus ``T=0.05 r=500km`` where the row's temperature / radius are set)."""
+    out = f"{r['strategy']} k={r['k']}"
+    t, rad = r.get("temperature"), r.get("radius_km")
+    if t is not None and t == t:
+        out += f" T={t:g}"
+    if rad is not None and rad == rad:
+        out += f" r={rad:g}km"
+    return out
+
+
 def _fmt(v: Any, col: str) -> str:
     if isinstance(v, (list, tuple)) and len(v) == 2:
         return f"[{v[0]:.0f}, {v[1]:.0f}]"
+    if v is None:
+        return "–"
     if isinstance(v, float):
         if np.isnan(v):
             return "–"
@@ -407,21 +570,40 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     left = {"run", "encoder", "strategy"}
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if c in left else "---:" for c in columns) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c, ""), c) for c in columns) + " |")
+        ref = r.get("strategy") in REFERENCES
+        lines.append("| " + " | ".join("–" if ref and c == "k" else _fmt(r.get(c, ""), c) for c in columns) + " |")
     return "\n".join(lines)
 
 
+def _swept(c: dict) -> bool:
+    return isinstance(c.get("temperature"), list) or isinstance(c.get("radius_km"), list)
+
+
+def _values(v) -> str:
+    return ",".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v:g}"
+
+
 def metrics_markdown(result: dict) -> str:
-    """The evaluation table: every (strategy, k) row, then the random and oracle references."""
-    cols = ["strategy", "k", *METRIC_COLUMNS]
-    rows = list(result["rows"]) + [result["references"]["random"], result["references"]["oracle"]]
+    """The evaluation table: every row (best marked), then the random and oracle references;
+    a note with the settings, leave-one-out and any warning."""
     c = result["config"]
+    swept = _swept(c)
+    cols = ["strategy", "k", *(["temperature", "radius_km"] if swept else []), *METRIC_COLUMNS, "best"]
+    rows = [{**r, "best": "◀ best" if r.get("is_best", r is result["best"]) else ""} for r in result["rows"]]
+    rows += [{**result["references"]["random"], "best": ""}, {**result["references"]["oracle"], "best": ""}]
+    ov = result.get("self_overlap") or {}
+    if c.get("exclude_self"):
+        loo = "leave-one-out on" + (" (automatic: " + ov["note"].split(":")[0] + ")" if ov.get("note") else "")
+    else:
+        loo = "leave-one-out off"
+    inside = f", {ov['queries_in_gallery']} of {ov['n_queries']} queries have their id in the gallery" if ov.get("queries_in_gallery") else ""
     note = (
         f"{c['n_queries']} queries, gallery of {c['n_gallery']} ({c['encoder'].get('name')}), "
-        f"temperature {c['temperature']:g}, radius {c['radius_km']:g} km, exclude_self={c['exclude_self']}. "
-        f"Best: {result['best']['strategy']} k={result['best']['k']}. geoscore_ci95: 95 % bootstrap interval."
+        f"temperature {_values(c['temperature'])}, radius {_values(c['radius_km'])} km, {loo}{inside}. "
+        f"Best: {row_label(result['best'])}. geoscore_ci95: 95 % bootstrap interval."
     )
-    return markdown_table(rows, cols) + "\n\n" + note
+    warn = "".join(f"\n\n**WARNING**: {w}" for w in result.get("warnings", []))
+    return markdown_table(rows, cols) + "\n\n" + note + warn
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:
@@ -440,21 +622,31 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], all_rows: bool = False, 
 
     Args:
         run_dirs: evaluation output directories.
-        all_rows: every (strategy, k) row instead of each run's best.
-        references: add each run's oracle reference row.
+        all_rows: every row instead of each run's best.
+        references: show each run's random and oracle reference rows.
 
     Returns:
         ``(rows, markdown)``; each row has ``run`` (the directory name), ``encoder``, ``gallery_rows``,
-        ``strategy``, ``k`` and the metrics.
+        ``strategy``, ``k`` and the metrics. ``rows`` holds the picked rows and (``references``)
+        each run's oracle row; the markdown table shows, per run, the picked rows, then the random
+        and the oracle reference (reference rows have no ``k``: shown as ``–``). Runs that swept
+        temperature / radius add those columns.
     """
-    rows = []
+    rows, shown, swept = [], [], False
     for d in run_dirs:
         r = load_run(d)
         c = r.get("config", {})
+        swept = swept or _swept(c)
         tag = {"run": Path(d).name, "encoder": c.get("encoder", {}).get("name", "?"), "gallery_rows": c.get("n_gallery", "?")}
-        picked = r["rows"] if all_rows else [r["best"]]
-        rows.extend({**tag, **x} for x in picked)
+        picked = [{**tag, **x} for x in (r["rows"] if all_rows else [r["best"]])]
+        rows.extend(picked)
+        shown.extend(picked)
         if references:
-            rows.append({**tag, **r["references"]["oracle"]})
-    cols = ["run", "encoder", "gallery_rows", "strategy", "k", *METRIC_COLUMNS]
-    return rows, markdown_table(rows, cols)
+            refs = r.get("references", {})
+            if "random" in refs:
+                shown.append({**tag, **refs["random"]})
+            oracle = {**tag, **refs["oracle"]}
+            rows.append(oracle)
+            shown.append(oracle)
+    cols = ["run", "encoder", "gallery_rows", "strategy", "k", *(["temperature", "radius_km"] if swept else []), *METRIC_COLUMNS]
+    return rows, markdown_table(shown, cols)

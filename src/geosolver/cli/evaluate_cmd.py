@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from geosolver.cli.args import non_negative_int, positive_float, positive_int
 
 
 def _csv(typ):
+    """A comma-separated list of ``typ`` values (each checked by ``typ``; at least one; duplicates dropped)."""
+
     def parse(s: str):
         try:
-            return [typ(x) for x in s.split(",") if x.strip()]
+            vals = [typ(x.strip()) for x in s.split(",") if x.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {s!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"expected one or more comma-separated values, got {s!r}")
+        return list(dict.fromkeys(vals))
 
     return parse
+
+
+EXCLUDE_SELF_HELP = (
+    "leave-one-out: a query never retrieves a gallery row with its own id. Default: on when --queries and --gallery "
+    "are the same store (same path, or the same set of ids), because otherwise every query finds itself and scores a "
+    "perfect 5000; off for different stores (queries that are nonetheless in the gallery are counted, and warned about "
+    "on stderr and in metrics.json/metrics.md)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,14 +37,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES
 
-    p = sub.add_parser("evaluate", help="locate every query of a store in a gallery and report Geoscore etc.")
+    p = sub.add_parser(
+        "evaluate", help="locate every query of a store in a gallery and report Geoscore etc.",
+        description="Locate every query of a store in a gallery and report Geoscore, errors and accuracies, beside a random "
+        "and an oracle reference. Lists for --strategy, --k, --temperature and --radius-km are swept from one kNN search. "
+        "When --queries and --gallery are the same store, leave-one-out is on by default (see --exclude-self).",
+    )
     p.add_argument("--queries", required=True, help="query embedding store (true lat/lon)")
     p.add_argument("--gallery", required=True, help="gallery embedding store")
     p.add_argument("--strategy", type=_csv(str), default=list(STRATEGIES), help=f"comma-separated, of {','.join(STRATEGIES)} (default all)")
-    p.add_argument("--k", type=_csv(int), default=list(DEFAULT_KS), help=f"comma-separated neighbour counts (default {','.join(map(str, DEFAULT_KS))})")
-    p.add_argument("--exclude-self", action="store_true", help="leave-one-out: skip gallery rows with the query's id")
-    p.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE)
-    p.add_argument("--radius-km", type=positive_float, default=DEFAULT_RADIUS_KM)
+    p.add_argument("--k", type=_csv(positive_int), default=list(DEFAULT_KS), help=f"comma-separated neighbour counts (default {','.join(map(str, DEFAULT_KS))})")
+    loo = p.add_mutually_exclusive_group()
+    loo.add_argument("--exclude-self", dest="exclude_self", action="store_true", default=None, help=EXCLUDE_SELF_HELP)
+    loo.add_argument("--no-exclude-self", dest="exclude_self", action="store_false",
+                     help="let queries retrieve themselves even when queries and gallery are the same store (the old default; inflated scores, warned about)")
+    p.add_argument("--temperature", type=_csv(positive_float), default=[DEFAULT_TEMPERATURE],
+                   help=f"softmax temperature; comma-separated values are swept (default {DEFAULT_TEMPERATURE:g})")
+    p.add_argument("--radius-km", type=_csv(positive_float), default=[DEFAULT_RADIUS_KM],
+                   help=f"densest-cluster radius in km; comma-separated values are swept (default {DEFAULT_RADIUS_KM:g}). "
+                   "Every (strategy, k, temperature, radius) combination is a row of metrics.md/metrics.json, the best marked")
     p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--nprobe", type=positive_int, default=None, help="IVF cells visited per query")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap repetitions for the 95%% interval")
@@ -46,13 +72,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geosolver.evaluate import evaluate, metrics_markdown
+    from geosolver.evaluate import EvaluateWarning, evaluate, metrics_markdown
 
-    res = evaluate(
-        args.queries, args.gallery, strategies=args.strategy, ks=args.k, exclude_self=args.exclude_self,
-        out=args.out, temperature=args.temperature, radius_km=args.radius_km, index_kind=args.index,
-        bootstrap=args.bootstrap, seed=args.seed, plots=not args.no_plots, nprobe=args.nprobe,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EvaluateWarning)  # printed below, once, from the result
+        res = evaluate(
+            args.queries, args.gallery, strategies=args.strategy, ks=args.k,
+            exclude_self="auto" if args.exclude_self is None else args.exclude_self,
+            out=args.out, temperature=args.temperature, radius_km=args.radius_km, index_kind=args.index,
+            bootstrap=args.bootstrap, seed=args.seed, plots=not args.no_plots, nprobe=args.nprobe,
+        )
+    note = res["self_overlap"].get("note")
+    if note:
+        print(f"geosolver evaluate: {note}", file=sys.stderr)
+    for w in res["warnings"]:
+        print(f"geosolver evaluate: WARNING: {w}", file=sys.stderr)
     print(metrics_markdown(res))
     print(f"\nwrote {args.out}/: metrics.json metrics.md predictions.parquet config.json" + ("" if args.no_plots else " errors_map.png errors_hist.png"))
     return 0
