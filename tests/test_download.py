@@ -1,0 +1,216 @@
+"""`geosolver download` through the real huggingface_hub client against a local hub stand-in (tests/hubstub.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from geosolver.cli import main as cli_main
+from hubstub import OSV5M_ID, STREETCLIP_ID, free_closed_port, point_client_at, start_default_hub
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    # pad_bytes: zips of ~0.3 MB, so a slowly served one can be interrupted half-way
+    stub = start_default_hub(tmp_path_factory.mktemp("hubstub"), pad_bytes=300_000)
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def client(hub, tmp_path, monkeypatch):
+    """This process's huggingface_hub pointed at the stub, a fresh HF_HOME, a clean request log."""
+    point_client_at(monkeypatch, hub.endpoint, tmp_path / "hf_home")
+    hub.reset_log()
+    hub.drop_once.clear()
+    hub.trickle.clear()
+    return hub
+
+
+def _files(hub, repo=("dataset", OSV5M_ID)):
+    return hub.repos[repo].files
+
+
+def _subenv(hub, hf_home) -> dict:
+    env = dict(os.environ, **hub.env(hf_home))
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_dry_run_lists_every_file_with_its_size_and_writes_nothing(client, tmp_path, capsys):
+    root = tmp_path / "osv"
+    assert cli_main(["download", "osv5m", "--root", str(root), "--split", "all", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    files = _files(client)
+    for p in ("test.csv", "train.csv", "images/test/00.zip", "images/test/01.zip", "images/train/00.zip", "images/train/01.zip"):
+        assert p in out
+    total = sum(len(files[p]) for p in files if p.endswith((".csv", ".zip")))
+    from geosolver.hub import human_bytes
+
+    assert f"6 file(s), {human_bytes(total)} in all" in out
+    assert "README.md" not in out  # only what the reader needs
+    assert not client.file_gets() and not (root / "test.csv").exists()
+
+
+def test_download_lands_where_the_reader_finds_it_and_a_second_run_fetches_nothing(client, tmp_path, capsys):
+    root = tmp_path / "osv"
+    assert cli_main(["download", "osv5m", "--root", str(root), "--split", "all", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "split='test'): 24 images" in out and "split='train'): 48 images" in out
+    files = _files(client)
+    for p in ("test.csv", "train.csv", "images/test/00.zip", "images/train/01.zip"):
+        assert (root / p).read_bytes() == files[p]
+    from geosolver.data import read_dataset
+
+    t = read_dataset("osv5m", root, split="test")
+    assert len(t) == 24 and t["source"].str.startswith("zip://").all()
+    assert len(client.file_gets()) == 6
+
+    client.reset_log()
+    assert cli_main(["download", "osv5m", "--root", str(root), "--split", "all", "--no-progress"]) == 0
+    assert "fetched 0 file(s)" in capsys.readouterr().out
+    assert client.file_gets() == []
+    # exactly the repo info and the tree listing: no HEAD, no GET of any file
+    assert [r[0] for r in client.requests] == ["GET", "GET"]
+    assert all(r[1].startswith("/api/") for r in client.requests)
+
+
+def test_shards_takes_only_the_first_zips(client, tmp_path, capsys):
+    root = tmp_path / "osv"
+    assert cli_main(["download", "osv5m", "--root", str(root), "--split", "test", "--shards", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (root / "images/test/00.zip").exists() and not (root / "images/test/01.zip").exists()
+    assert not (root / "train.csv").exists()
+    assert "split='test'): 12 images (12 CSV rows have no image" in out
+    assert sorted(r[1].rsplit("/", 1)[-1] for r in client.file_gets()) == ["00.zip", "test.csv"]
+
+
+def test_extract_unpacks_removes_zips_and_stays_idempotent(client, tmp_path, capsys):
+    from geosolver.data import read_dataset
+
+    root = tmp_path / "osv"
+    assert cli_main(["download", "osv5m", "--root", str(root), "--extract", "--no-progress"]) == 0
+    assert not list((root / "images/test").glob("*.zip"))
+    assert (root / "images/test/00").is_dir() and (root / "images/test/01/01").is_dir()
+    t = read_dataset("osv5m", root, split="test")
+    assert len(t) == 24 and not t["source"].str.startswith("zip://").any()
+    client.reset_log()
+    assert cli_main(["download", "osv5m", "--root", str(root), "--extract", "--no-progress"]) == 0
+    assert client.file_gets() == []
+
+
+def test_a_connection_dropped_mid_zip_is_resumed_with_a_range_request(client, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    # the client keeps what it has received in whole chunks (10 MB by default): small chunks here, so
+    # the first half of a 0.3 MB zip counts
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+    root = tmp_path / "osv"
+    client.drop_once.add("images/test/01.zip")
+    assert cli_main(["download", "osv5m", "--root", str(root), "--no-progress", "--no-check"]) == 0
+    assert not client.drop_once  # the fault fired
+    ranged = [r for r in client.file_gets() if r[1].endswith("images/test/01.zip") and r[2]]
+    half = len(_files(client)["images/test/01.zip"]) // 2
+    assert ranged, client.file_gets()
+    start = int(ranged[0][2].removeprefix("bytes=").rstrip("-"))
+    assert half - 16 * 1024 <= start <= half  # resumed where the whole chunks ended, not from zero
+    for p in ("test.csv", "images/test/00.zip", "images/test/01.zip"):
+        assert (root / p).read_bytes() == _files(client)[p]
+
+
+def test_a_killed_download_resumes_to_byte_identical_files(client, tmp_path, capsys):
+    root = tmp_path / "osv"
+    zname = "images/test/01.zip"
+    client.trickle[zname] = 60_000.0  # ~5 s for this zip: time to kill the process mid-file
+    cmd = [sys.executable, "-m", "geosolver", "download", "osv5m", "--root", str(root), "--workers", "1", "--no-check"]
+    proc = subprocess.Popen(cmd, env=_subenv(client, tmp_path / "hf_sub"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not any(r[1].endswith(zname) for r in client.file_gets()):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(1.0)  # some of the zip has arrived
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert not (root / zname).exists()
+    partials = list((root / ".cache/huggingface/download").rglob("*.incomplete"))
+    assert partials  # the killed process's temporary file (it buffers up to 10 MB chunks, so it may be empty)
+    assert (root / "images/test/00.zip").read_bytes() == _files(client)["images/test/00.zip"]
+
+    client.trickle.clear()
+    client.reset_log()
+    assert cli_main(["download", "osv5m", "--root", str(root), "--no-progress", "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 partial file(s)" in out and "from a killed run" in out
+    assert [r[1].rsplit("/", 1)[-1] for r in client.file_gets()] == ["01.zip"]  # finished files are kept
+    for p in ("test.csv", "images/test/00.zip", zname):
+        assert (root / p).read_bytes() == _files(client)[p]
+    assert not list((root / ".cache/huggingface/download").rglob("*.incomplete"))
+
+
+def test_without_network_one_line_exit_2_within_seconds(tmp_path):
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{free_closed_port()}", HF_HOME=str(tmp_path / "hf"),
+               HF_HUB_OFFLINE="0", PYTHONPATH=SRC)
+    for args in (["osv5m", "--root", str(tmp_path / "osv")], ["model", "streetclip"]):
+        t = time.time()
+        r = subprocess.run([sys.executable, "-m", "geosolver", "download", *args], env=env, capture_output=True, text=True, timeout=60)
+        took = time.time() - t
+        assert r.returncode == 2, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("geosolver download: error:") and "cannot reach the Hugging Face hub" in lines[0]
+        assert "run the same command again" in lines[0]
+        assert took < 15, took
+    assert not (tmp_path / "osv" / "test.csv").exists()
+
+
+def test_hf_hub_offline_is_named_in_the_error(client, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert cli_main(["download", "osv5m", "--root", str(tmp_path / "osv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "HF_HUB_OFFLINE=1 is set" in err and len(err.splitlines()) == 1
+    assert client.requests == []
+
+
+def test_model_download_then_load_offline(client, tmp_path, capsys):
+    d = tmp_path / "streetclip"
+    assert cli_main(["download", "model", "streetclip", "--local-dir", str(d), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == str(d)
+    files = _files(client, ("model", STREETCLIP_ID))
+    assert (d / "model.safetensors").read_bytes() == files["model.safetensors"]
+    assert cli_main(["download", "model", "streetclip", "--no-progress"]) == 0  # into the (temp) HF cache
+    cached = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "models--geolocal--StreetCLIP/snapshots/" in cached
+    client.reset_log()
+    assert cli_main(["download", "model", "geolocal/StreetCLIP", "--local-dir", str(d), "--no-progress"]) == 0
+    assert client.file_gets() == []
+
+    # a fresh process, offline, and no hub at all: by directory, by cached snapshot and by alias
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT=f"http://127.0.0.1:{free_closed_port()}",
+               HF_HOME=os.environ["HF_HOME"], HF_HUB_CACHE=os.environ["HF_HUB_CACHE"], PYTHONPATH=SRC)
+    code = (
+        "import sys\nfrom geosolver.encoders import load_encoder\n"
+        "for name in sys.argv[1:]:\n"
+        "    e = load_encoder(name, device='cpu')\n"
+        "    print(name, e.embed_images([__import__('PIL.Image').Image.new('RGB', (40, 30), (9, 99, 199))]).shape)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(d), cached, "streetclip"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("(1, 16)") == 3, r.stdout
+
+
+def test_built_in_encoders_have_nothing_to_download(capsys):
+    assert cli_main(["download", "model", "histogram"]) == 2
+    assert "built in" in capsys.readouterr().err
