@@ -358,3 +358,14 @@ def test_efficientnet_lite0_native_input_size(tmp_path):
     assert np.abs(again.embed_images([img]) - emb[:1]).max() < 1e-5
     with pytest.raises(EncoderError, match="@<input side"):
         load_encoder("efficientnet-lite0@big", device="cpu")
+
+
+def test_unknown_encoder_error_and_model_help_name_every_form():
+    from geosolver.encoders import MODEL_HELP
+
+    with pytest.raises(EncoderError) as e:
+        load_encoder("no-such-encoder-xyz")
+    assert "efficientnet-lite0@S" in str(e.value)  # the native-input-size form is a name too
+    for name in [*ENCODER_ALIASES, "efficientnet-lite0@S", "org/name"]:
+        assert name in MODEL_HELP, name
+    assert "\n" not in MODEL_HELP and "%" not in MODEL_HELP.replace("%%", "")  # safe as an argparse help string

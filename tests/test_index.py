@@ -143,3 +143,77 @@ def test_cli_index_build(tmp_path, capsys):
     assert idx.settings["nlist"] == 8 and idx.kind == "ivf"
     assert main(["index", "build", str(store.path), "--kind", "ivfpq", "--pq-m", "5"]) == 2
     assert "must divide" in capsys.readouterr().err
+
+
+# ============================================================================ hostile index files and noisy builds
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_corrupt_saved_index_is_one_clear_error(tmp_path, damage, capsys):
+    from geosolver.cli import main
+    from geosolver.encoders import load_encoder
+
+    enc = load_encoder("histogram")  # a gallery `locate --model histogram` accepts
+    store = write_store(tmp_path / "g", clustered(1000, enc.dim, 8, np.random.default_rng(5)), _meta(1000), enc.identity(), shard_size=700)
+    fpath = build_index(store, kind="ivf", nlist=8, progress=False).save()
+    data = fpath.read_bytes()
+    fpath.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00garbage" * 100, "empty": b""}[damage])
+    for load in (lambda: load_index(fpath), lambda: load_index(store.path), lambda: KnnIndex.for_store(store, kind="ivf")):
+        with pytest.raises(IndexBuildError) as e:
+            load()
+        msg = str(e.value)
+        assert str(fpath) in msg and f"geosolver index build {store.path}" in msg and "\n" not in msg, msg
+    # the path `locate` takes (Geolocator.from_store → KnnIndex.for_store): exit 2, one line
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.png")
+    capsys.readouterr()
+    assert main(["locate", str(tmp_path / "p.png"), "--gallery", str(store.path), "--index", "ivf", "--model", "histogram"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(fpath) in err and "Traceback" not in err, err
+
+
+def test_a_saved_index_of_another_shape_is_refused(tmp_path):
+    store = _store(tmp_path / "g", clustered(2000, 16, 8, np.random.default_rng(5)))
+    other = _store(tmp_path / "o", clustered(1000, 16, 8, np.random.default_rng(6)))
+    fpath = build_index(store, kind="ivf", nlist=8, progress=False).save()
+    fpath.write_bytes(build_index(other, kind="ivf", nlist=8, progress=False).save(tmp_path / "x.faiss").read_bytes())
+    with pytest.raises(IndexBuildError, match="index build"):
+        load_index(fpath)
+
+
+def test_ivfpq_on_a_small_store_warns_once_not_per_subquantiser(tmp_path, capfd):
+    store = _store(tmp_path / "g", clustered(2000, 64, 8, np.random.default_rng(7)))  # < 39·256 rows for PQ codebooks
+    capfd.readouterr()
+    idx = build_index(store, kind="ivfpq", progress=False)  # pq_m 64: 64 k-means runs on too few points
+    err = capfd.readouterr().err
+    assert len(idx) == 2000 and idx.settings["pq_m"] == 64
+    assert sum("training points" in ln for ln in err.splitlines()) <= 1, err
+
+
+def test_ivfpq_with_fewer_rows_than_pq_centroids_is_one_clear_error(tmp_path):
+    store = _store(tmp_path / "g", clustered(200, 16, 4, np.random.default_rng(8)))
+    with pytest.raises(IndexBuildError, match="256"):
+        build_index(store, kind="ivfpq", nlist=2, progress=False)
+
+
+def test_exact_topk_matches_brute_force_with_bounded_work_memory(tmp_path):
+    from geosolver.index import exact_topk
+
+    rng = np.random.default_rng(9)
+    store = _store(tmp_path / "g", clustered(3000, 16, 10, rng))
+    q = store.embeddings(np.arange(0, 3000, 7))
+    _, truth = brute_force(store.embeddings(), q, 10)
+    got = exact_topk(store, q, 10, batch_size=1000)
+    assert recall_at(got, truth) > 0.999  # equal up to ties of float16 duplicates
+
+
+def test_ivfpq_plan_counts_training_adding_and_recall_buffers():
+    from geosolver.index import plan_ivfpq
+
+    p = plan_ivfpq(300_000, 768, 1.0)
+    # the float32 training sample plus faiss' residual copy of up to 65 536 of its rows are held
+    # together while training: at least that much must be in the estimate
+    n_train = 100_000
+    assert p["bytes"] >= (n_train + 65536) * 768 * 4
+    assert p["bytes"] <= 1e9
+    with pytest.raises(IndexBuildError, match="too small"):
+        plan_ivfpq(300_000, 768, 0.5)

@@ -25,10 +25,14 @@ search; it is always saved from its CPU copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -92,6 +96,28 @@ MAX_NLIST = 65536
 PQ_MAX_M = 64
 IVF_ID_BYTES = 8  # faiss stores an int64 id next to each code in the inverted lists
 IVF_LIST_SLACK = 1.25  # inverted lists grow by reallocation; calibrated on benchmarks/scale.py (5 M x 768)
+PQ_TRAIN_MAX = 256 * 256  # faiss trains PQ codebooks on at most max_points_per_centroid (256) · ksub (256) residuals
+FAISS_ADD_BLOCK = 32768  # IndexIVFPQ.add encodes in blocks of this many rows (residuals + codes + coarse ids)
+EXACT_WORK_BYTES = 64 * 2**20
+RERANK_ROWS = 16384  # candidate rows re-scored per search block (gathered float32 vectors, ~2 · 50 MB at 768-d)  # exact_topk's similarity block (queries × batch rows) is kept under this
+
+
+def _working_set_bytes(n: int, dim: int, n_train: int, batch_size: int) -> int:
+    """The largest float32 working set of an IVF-PQ build (training, adding, measuring recall).
+
+    * training: the float32 sample (``n_train·dim·4``) + faiss' copy of the sub-sample it trains
+      the PQ codebooks on (when ``n_train`` > 65 536) + the residuals of that sub-sample
+      (``min(n_train, 65 536)·dim·4``);
+    * adding: one float32 batch + faiss' residuals of one 32 768-row block (+ the float16 slice
+      it was converted from);
+    * recall (exact search): one float32 batch + a bounded similarity block.
+    """
+    pq_train = min(n_train, PQ_TRAIN_MAX)
+    train = n_train * dim * 4 + (pq_train if n_train > PQ_TRAIN_MAX else 0) * dim * 4 + pq_train * dim * 4
+    b = min(batch_size, n)
+    add = b * dim * 4 + b * dim * 2 + min(FAISS_ADD_BLOCK, b) * dim * 4 + min(FAISS_ADD_BLOCK, b) * (8 + 8 + 4)
+    recall = b * dim * 4 + EXACT_WORK_BYTES
+    return max(train, add, recall)
 
 
 def plan_ivfpq(n: int, dim: int, memory_budget_gb: float, batch_size: int = 65536, train_size: int | None = None, nlist: int | None = None) -> dict:
@@ -104,8 +130,10 @@ def plan_ivfpq(n: int, dim: int, memory_budget_gb: float, batch_size: int = 6553
     * ``pq_m`` (bytes per vector at 8 bits) = the largest divisor of ``dim`` that is ≤ 64 and for
       which the estimated peak fits: ``1.25·n·(pq_m + 8)`` (codes + int64 ids in the inverted
       lists, with 25 % reallocation slack) + ``nlist·dim·4`` (coarse centroids) + ``256·dim·4``
-      (PQ codebooks) + the float32 working set, ``max(train rows, 2·add batch)·dim·4``.
-      On 5 M × 768 (nlist 1024, pq_m 64) this estimates 856 MB; 885 MB was measured.
+      (PQ codebooks) + the largest float32 working set of the build (:func:`_working_set_bytes`):
+      while training, the float32 sample plus faiss' residual copy of up to 65 536 of its rows;
+      while adding, one float32 batch plus faiss' residuals of a 32 768-row block. The build
+      releases the store's memory-mapped pages as it goes, so they do not add to the peak.
 
     A given ``nlist`` is kept (only ``pq_m`` is chosen).
 
@@ -122,8 +150,7 @@ def plan_ivfpq(n: int, dim: int, memory_budget_gb: float, batch_size: int = 6553
         cap = 1 << max(0, int(math.floor(math.log2(max(1, n // 39)))))
         nlist = int(max(1, min(rule, MAX_NLIST, cap)))
     n_train = min(n, int(train_size or max(39 * nlist, 39 * 256, min(100 * nlist, 100_000))))
-    # training holds the float32 sample; adding holds a float32 batch plus its residuals
-    fixed = nlist * dim * 4 + 256 * dim * 4 + max(n_train, 2 * min(batch_size, n)) * dim * 4
+    fixed = nlist * dim * 4 + 256 * dim * 4 + _working_set_bytes(n, dim, n_train, batch_size)
     budget = memory_budget_gb * 1e9
     for m in sorted((m for m in range(1, min(dim, PQ_MAX_M) + 1) if dim % m == 0), reverse=True):
         total = int(IVF_LIST_SLACK * n * (m + IVF_ID_BYTES)) + fixed
@@ -131,6 +158,85 @@ def plan_ivfpq(n: int, dim: int, memory_budget_gb: float, batch_size: int = 6553
             return {"nlist": nlist, "pq_m": int(m), "bytes": int(total)}
     need = int(IVF_LIST_SLACK * n * (1 + IVF_ID_BYTES)) + fixed
     raise IndexBuildError(f"memory budget {memory_budget_gb} GB is too small for {n:,} x {dim} vectors: IVF-PQ needs at least {need / 1e9:.2f} GB")
+
+
+def _release_pages(store: EmbeddingStore) -> None:
+    """Drop the store's memory-mapped shard pages from this process (``MADV_DONTNEED``): the data
+    stays in the page cache, but no longer counts in the build's resident memory."""
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return
+    for mm in list(getattr(store, "_mm", {}).values()):
+        m = getattr(mm, "_mmap", None)
+        base = mm.base
+        while m is None and base is not None:  # a view of the memmap: find the mmap object
+            m = base if isinstance(base, mmap.mmap) else getattr(base, "_mmap", None)
+            base = getattr(base, "base", None)
+        if isinstance(m, mmap.mmap):
+            with contextlib.suppress(OSError, ValueError):
+                m.madvise(advice)
+
+
+def _iter_batches(store: EmbeddingStore, batch_size: int):
+    """``store.iter_batches`` that releases the mapped pages after every batch."""
+    for off, batch in store.iter_batches(batch_size=batch_size):
+        yield off, batch
+        _release_pages(store)
+
+
+_FAISS_FEW_POINTS = re.compile(r"WARNING clustering (\d+) points to (\d+) centroids: please provide at least (\d+) training points")
+
+
+@contextlib.contextmanager
+def _summarised_faiss_warnings(what: str):
+    """Capture what faiss prints from C++ on fd 2 (one "please provide at least N training points"
+    line per k-means run: 64 for 64 PQ sub-quantisers) and log one summary line instead; other
+    lines are passed on once each."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing to tidy
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            few, other = [], []
+            for line in text.splitlines():
+                m = _FAISS_FEW_POINTS.search(line)
+                if m:
+                    few.append(tuple(int(g) for g in m.groups()))
+                elif line.strip() and line not in other:
+                    other.append(line)
+            if other:
+                sys.stderr.write("\n".join(other) + "\n")
+                sys.stderr.flush()
+            if few:
+                pts, k, want = min(few)
+                log.warning(
+                    "%s: %d k-means run(s) had fewer training points than faiss recommends (%d points for %d centroids; "
+                    "%d wanted): fine for a small store, but codebooks trained on more rows give better recall",
+                    what, len(few), pts, k, want,
+                )
+
+
+def _faiss_error(e: BaseException) -> str:
+    """The informative tail of a faiss C++ error (``Error in <signature> at file.cpp:N: <what>``)."""
+    msg = " ".join(str(e).split())
+    m = re.search(r"\.(?:cpp|h):\d+: (.*)$", msg)
+    text = m.group(1) if m else msg
+    text = re.sub(r"^Error: '.*?' failed: ", "", text)
+    return text[:200]
 
 
 def exact_topk(store: EmbeddingStore, queries: np.ndarray, k: int, batch_size: int = 65536) -> np.ndarray:
@@ -147,12 +253,20 @@ def exact_topk(store: EmbeddingStore, queries: np.ndarray, k: int, batch_size: i
     q = _as_queries(queries, store.dim)
     best_s = np.full((q.shape[0], 0), -np.inf, np.float32)
     best_i = np.zeros((q.shape[0], 0), np.int64)
-    for off, batch in store.iter_batches(batch_size=batch_size):
-        sims = q @ batch.T
-        kk = min(k, sims.shape[1])
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        best_s = np.concatenate([best_s, np.take_along_axis(sims, part, 1)], axis=1)
-        best_i = np.concatenate([best_i, part + off], axis=1)
+    for off, batch in _iter_batches(store, batch_size):
+        kk = min(k, batch.shape[0])
+        # similarities (4 B) + argpartition's indices (8 B) of a block of queries stay under EXACT_WORK_BYTES
+        qb = max(1, EXACT_WORK_BYTES // (12 * batch.shape[0]))
+        top_s = np.empty((q.shape[0], kk), np.float32)
+        top_i = np.empty((q.shape[0], kk), np.int64)
+        for s in range(0, q.shape[0], qb):
+            sims = q[s : s + qb] @ batch.T
+            part = np.argpartition(sims, sims.shape[1] - kk, axis=1)[:, -kk:]
+            top_s[s : s + qb] = np.take_along_axis(sims, part, 1)
+            top_i[s : s + qb] = part + off
+            del sims, part
+        best_s = np.concatenate([best_s, top_s], axis=1)
+        best_i = np.concatenate([best_i, top_i], axis=1)
         order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
         best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
     return best_i
@@ -254,8 +368,8 @@ class KnnIndex:
         k = min(int(k), len(self))
         rerank = int(self.settings.get("rerank") or 0)
         k_search = min(len(self), k * rerank) if (rerank > 1 and self.store is not None) else k
-        if k_search > k:  # re-ranking reads k_search vectors per query: bound that to ~64k rows
-            batch_size = max(1, min(batch_size, 65536 // k_search))
+        if k_search > k:  # re-ranking reads k_search float32 vectors per query (twice): bound that to RERANK_ROWS rows
+            batch_size = max(1, min(batch_size, RERANK_ROWS // k_search))
         sims = np.empty((q.shape[0], k), np.float32)
         rows = np.empty((q.shape[0], k), np.int64)
         for s in range(0, q.shape[0], batch_size):
@@ -447,12 +561,26 @@ def build_index(
         n_train = min(n, int(train_size or max(min_train, min(100 * nlist, 100_000))))
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else np.arange(n)
+        if kind == "ivfpq" and n_train < (1 << pq_bits):
+            raise IndexBuildError(
+                f"ivfpq with pq_bits={pq_bits} trains {1 << pq_bits} centroids per sub-quantiser and needs at least "
+                f"{1 << pq_bits} training rows; {'the store has' if n_train == n else 'train_size gives'} {n_train}: "
+                f"use --kind flat (exact) or ivf for a gallery this small"
+            )
+        if n_train < nlist:
+            raise IndexBuildError(f"{n_train} training rows cannot train nlist={nlist} cells; raise train_size or lower nlist")
         log.info("training %s index (nlist=%d) on %d of %d rows", kind, nlist, n_train, n)
-        index.train(store.embeddings(sample))
-        del sample
+        x = store.embeddings(sample)
+        _release_pages(store)
+        try:
+            with _summarised_faiss_warnings(f"{kind} training on {n_train:,} rows"):
+                index.train(x)
+        except RuntimeError as e:
+            raise IndexBuildError(f"faiss could not train the {kind} index on {n_train:,} rows: {_faiss_error(e)}") from None
+        del sample, x
         settings.update(nlist=nlist, nprobe=int(nprobe or max(1, nlist // 16)), train_size=int(n_train))
     with tqdm(total=n, desc=f"index {kind}", unit="vec", disable=not progress, leave=False) as bar:
-        for _, batch in store.iter_batches(batch_size=batch_size):
+        for _, batch in _iter_batches(store, batch_size):
             index.add(batch)
             bar.update(batch.shape[0])
     idx = KnnIndex(index, kind, settings, store_fingerprint(store), store=store, gpu=gpu)
@@ -482,15 +610,31 @@ def load_index(path: str | os.PathLike, store: EmbeddingStore | str | os.PathLik
     jpath = p.with_suffix(".json")
     if not p.exists() or not jpath.exists():
         raise IndexBuildError(f"no saved index at {p} (needs {p.name} and {jpath.name}); build one with `geosolver index build`")
+    def rebuild_hint(st: Any) -> str:
+        where = st.path if isinstance(st, EmbeddingStore) else p.parent
+        return f"build it again with `geosolver index build {where} --kind {kind_of_file}`"
+
+    kind_of_file = p.stem.removeprefix("index-") or "flat"
     try:
         meta = json.loads(jpath.read_text())
-    except json.JSONDecodeError as e:
-        raise IndexBuildError(f"{jpath} is not valid JSON: {e}") from None
+        if not isinstance(meta, dict) or "kind" not in meta or "store_fingerprint" not in meta:
+            raise ValueError("kind or store_fingerprint missing")
+    except (ValueError, OSError) as e:
+        raise IndexBuildError(f"{jpath} is not a readable index description ({type(e).__name__}: {e}); {rebuild_hint(None)}") from None
     if store is None:  # the store it sits in (survives moving the directory), else the one recorded
         store = EmbeddingStore(p.parent if (p.parent / "manifest.json").exists() else meta.get("store") or p.parent)
     elif not isinstance(store, EmbeddingStore):
         store = EmbeddingStore(store)
     if check and meta.get("store_fingerprint") != store_fingerprint(store):
         raise StaleIndexError(f"saved index {p} is stale: store {store.path} changed since it was built")
-    index = _faiss().read_index(str(p))
+    try:
+        index = _faiss().read_index(str(p))
+    except RuntimeError as e:  # truncated, garbage, another faiss' format: faiss says so in C++ terms
+        raise IndexBuildError(f"saved index {p} is damaged and cannot be read ({_faiss_error(e)}); {rebuild_hint(store)}") from None
+    rows = meta.get("rows", store_fingerprint(store)["rows"] if check else None)
+    if int(index.d) != store.dim or (rows is not None and int(index.ntotal) != int(rows)):
+        raise IndexBuildError(
+            f"saved index {p} holds {int(index.ntotal):,} vectors of dim {int(index.d)}, but its description says "
+            f"{rows} rows of dim {store.dim}: the file was replaced or damaged; {rebuild_hint(store)}"
+        )
     return KnnIndex(index, meta["kind"], meta.get("settings", {}), meta["store_fingerprint"], store=store, gpu=gpu)

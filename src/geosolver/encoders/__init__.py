@@ -49,8 +49,21 @@ ENCODER_ALIASES: dict[str, str] = {
     "histogram": "histogram",
 }
 
+#: what ``--model`` accepts, for the CLI's help (one line, no ``%``: safe as an argparse help string).
+MODEL_HELP = (
+    f"encoder: an alias ({', '.join(a for a in ENCODER_ALIASES if ENCODER_ALIASES[a] != a)}: CLIP models from the "
+    f"Hugging Face hub; default {DEFAULT_ENCODER} = {ENCODER_ALIASES[DEFAULT_ENCODER]}), an offline encoder that needs no "
+    "download (histogram; efficientnet-lite0; efficientnet-lite0@S = EfficientNet-Lite0 at a native input side of S px, "
+    "e.g. efficientnet-lite0@64), a local model directory (a transformers save_pretrained CLIP, e.g. from "
+    "`hf download ORG/NAME --local-dir DIR`, or one saved by geosolver), or a hub id org/name"
+)
+
+#: how the unknown-encoder error lists the names that need no path (the ``@S`` form included).
+_KNOWN_NAMES = ", ".join([*sorted(ENCODER_ALIASES), "efficientnet-lite0@S (S = input side in px)"])
+
 __all__ = [
     "DEFAULT_ENCODER",
+    "MODEL_HELP",
     "PRECISIONS",
     "EncoderSpec",
     "ENCODER_ALIASES",
@@ -168,20 +181,15 @@ def _load(key: str, dev: torch.device, dtype: torch.dtype) -> Encoder:
             except EncoderError:
                 raise
             except Exception as e:  # noqa: BLE001 — surface any loader failure as one clear line
-                raise EncoderError(f"encoder {key!r}: cannot load CLIP from {path}: {type(e).__name__}: {e}") from None
+                raise EncoderError(f"encoder {key!r}: cannot load CLIP from {path}: {clip.one_line(e)}") from None
         tried.append(f"local path {str(path.absolute())!r} (does not exist)")
         looks_like_hub_id = key.count("/") == 1 and not key.startswith((".", "/", "~")) and "\\" not in key
         if not looks_like_hub_id:
             raise EncoderError(
                 f"unknown encoder {key!r}: tried {'; '.join(tried)}; not an alias "
-                f"({', '.join(sorted(ENCODER_ALIASES))}) and not a hub id of the form org/name"
+                f"({_KNOWN_NAMES}) and not a hub id of the form org/name"
             )
         target = key
 
     tried.append(f"hub id {target!r}")
-    try:
-        return clip.ClipEncoder(target, name=target, device=dev, dtype=dtype)
-    except Exception as e:  # noqa: BLE001
-        raise EncoderError(
-            f"cannot load encoder {key!r}: tried {'; '.join(tried)}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        ) from None
+    return clip.load_from_hub(key, target, tried, dev, dtype)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +30,118 @@ def _pooled(out: Any) -> torch.Tensor:
     return pooled
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (loader errors from transformers / huggingface_hub span
+    many lines; the CLI prints one)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+#: seconds the one reachability request to the hub may take.
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def probe_hub(repo: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """One short request to the Hugging Face hub (``HEAD {ENDPOINT}/api/models/{repo}``, no retries).
+
+    Returns:
+        ``None`` if the hub answered (any HTTP status: a 404 or 401 is the hub's answer, which
+        ``from_pretrained`` then reports), else why it could not be reached.
+    """
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo}"
+    result: list[str | None] = []
+
+    def ask() -> None:
+        req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "geosolver"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout):
+                result.append(None)
+        except urllib.error.HTTPError:
+            result.append(None)
+        except urllib.error.URLError as e:
+            reason = e.reason
+            result.append(f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason))
+        except Exception as e:  # noqa: BLE001 — timeouts, resets, a malformed HF_ENDPOINT
+            result.append(f"{type(e).__name__}: {e}")
+
+    # a thread bounds the name lookup too, which the socket timeout does not cover
+    t = threading.Thread(target=ask, daemon=True, name="geosolver-hub-probe")
+    t.start()
+    t.join(timeout + 1.0)
+    if not result:
+        return f"no answer within {timeout:g} s"
+    return result[0]
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """Silence huggingface_hub's per-retry warnings while loading (an error is reported once, by us)."""
+    hub_log = logging.getLogger("huggingface_hub")
+    before = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_log.setLevel(before)
+
+
+def load_from_hub(key: str, repo: str, tried: list[str], device: torch.device, dtype: torch.dtype) -> "ClipEncoder":
+    """Load the CLIP hub model ``repo`` (what ``key`` resolved to), failing fast and in one line.
+
+    * in the local hub cache and the hub unreachable (or ``HF_HUB_OFFLINE``): loaded from the
+      cache alone;
+    * not cached and ``HF_HUB_OFFLINE`` set: an error saying so;
+    * not cached and the hub unreachable (one short probe, no retries): an error naming the model,
+      the endpoint, and the ways to work offline;
+    * the hub answers: ``from_pretrained`` downloads (its errors, e.g. an unknown repo, shortened
+      to one line).
+
+    Raises:
+        EncoderError: as above; the message starts with ``cannot load encoder KEY: tried ...``.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    head = f"cannot load encoder {key!r}: tried {'; '.join(tried)}"
+    try:
+        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # noqa: BLE001 — an unusable cache is a missing one
+        cached = False
+    cache_dir = constants.HF_HUB_CACHE
+    offline_fix = (
+        f"download it where the hub is reachable (`hf download {repo} --local-dir DIR`), copy DIR here and run with "
+        f"HF_HUB_OFFLINE=1 --model DIR; or use an offline encoder: histogram, efficientnet-lite0@S "
+        f"(EfficientNet-Lite0 at S px, e.g. efficientnet-lite0@224)"
+    )
+    local_only = constants.is_offline_mode()
+    if local_only and not cached:
+        raise EncoderError(f"{head}: not in the local cache {cache_dir} and HF_HUB_OFFLINE is set; {offline_fix}")
+    if not local_only:
+        unreachable = probe_hub(repo)
+        if unreachable is not None:
+            if not cached:
+                raise EncoderError(
+                    f"{head}: the Hugging Face hub {constants.ENDPOINT} is unreachable ({unreachable}) and the model is "
+                    f"not in the local cache {cache_dir}; {offline_fix}"
+                )
+            log.info("%s: the hub %s is unreachable (%s); loading the cached copy", repo, constants.ENDPOINT, unreachable)
+            local_only = True
+    try:
+        with _quiet_hub():
+            return ClipEncoder(repo, name=repo, device=device, dtype=dtype, local_files_only=local_only)
+    except EncoderError:
+        raise
+    except Exception as e:  # noqa: BLE001 — surface any loader failure as one clear line
+        raise EncoderError(f"{head}: {one_line(e)}") from None
+
+
 def check_clip_dir(path: Path) -> None:
     """Raise :class:`EncoderError` if ``path/config.json`` is not a CLIP config."""
     try:
@@ -47,14 +161,16 @@ class ClipEncoder(Encoder):
         name: canonical name recorded in :meth:`identity`.
         device: resolved device.
         dtype: autocast dtype for inference.
+        local_files_only: read ``source`` from the local hub cache only (no network).
     """
 
     backend = "clip"
 
-    def __init__(self, source: str, name: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, source: str, name: str, device: torch.device, dtype: torch.dtype, local_files_only: bool = False):
         from transformers import CLIPModel
 
-        model = CLIPModel.from_pretrained(source, dtype=torch.float32)
+        self._local_files_only = bool(local_files_only)
+        model = CLIPModel.from_pretrained(source, dtype=torch.float32, local_files_only=self._local_files_only)
         self.model = model.to(device).eval()
         self.name = name
         self.device = device
@@ -62,7 +178,7 @@ class ClipEncoder(Encoder):
         self.dim = int(model.config.projection_dim)
         commit = getattr(model.config, "_commit_hash", None)
         self.revision = str(commit) if commit else "local"
-        self.image_processor = self._load_image_processor(source, int(model.config.vision_config.image_size))
+        self.image_processor = self._load_image_processor(source, int(model.config.vision_config.image_size), self._local_files_only)
         self.preprocessor = ResizeCropNormalize.from_processor_config(self.image_processor.to_dict())
         if (self.preprocessor.crop_h, self.preprocessor.crop_w) != (model.config.vision_config.image_size,) * 2:
             log.warning(
@@ -75,11 +191,11 @@ class ClipEncoder(Encoder):
         self._tokenizer: Any = None
 
     @staticmethod
-    def _load_image_processor(source: str, image_size: int) -> Any:
+    def _load_image_processor(source: str, image_size: int, local_files_only: bool = False) -> Any:
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
         try:
-            return CLIPImageProcessorPil.from_pretrained(source)
+            return CLIPImageProcessorPil.from_pretrained(source, local_files_only=local_files_only)
         except (OSError, ValueError) as e:
             log.warning("%s: no usable preprocessor_config.json (%s); using CLIP defaults at %d px", source, e, image_size)
             return CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
@@ -94,7 +210,8 @@ class ClipEncoder(Encoder):
             from transformers import AutoTokenizer
 
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self._source)
+                with _quiet_hub():
+                    self._tokenizer = AutoTokenizer.from_pretrained(self._source, local_files_only=getattr(self, "_local_files_only", False))
             except Exception as e:  # noqa: BLE001 — any failure means: no tokenizer
                 raise EncoderError(f"{self.name}: no tokenizer could be loaded ({type(e).__name__}: {e})") from None
         return self._tokenizer
