@@ -148,3 +148,15 @@ def test_out_pointing_at_a_file_is_one_line(tmp_path):
     with pytest.raises(StoreError, match="is a file"):
         with write_lock(f):
             pass
+
+
+def test_a_job_that_fails_before_writing_leaves_no_directory_behind(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(RuntimeError):
+        with write_lock(out):
+            raise RuntimeError("bad --model")
+    assert not out.exists()
+    (tmp_path / "kept").mkdir()
+    with write_lock(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir()  # a directory the user made is never removed

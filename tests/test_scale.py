@@ -47,11 +47,13 @@ def test_ivfpq_plan_follows_the_budget_rule():
 
     p = plan_ivfpq(5_000_000, 768, 4.0)
     assert p["nlist"] == 8192 and p["pq_m"] == 64  # 4*sqrt(5e6)=8944 -> 8192; 5e6*(64+8) B = 0.36 GB fits 4 GB
-    # 1.2 GB: the training sample (39*8192 rows x 768 x 4 B = 0.98 GB) and the centroids (8192*768*4 B)
-    # leave ~0.19 GB for codes + ids: 1.25 * 5e6 * (m + 8) <= ~0.19e9 -> m <= 22.9 -> 16, the largest
-    # divisor of 768 not above it
-    small = plan_ivfpq(5_000_000, 768, 1.2)
-    assert small["pq_m"] == 16 and small["bytes"] <= 1.2e9
+    # 1.2 GB: the float32 training sample alone (39*8192 rows x 768 x 4 B = 0.98 GB) plus faiss's own
+    # float32 copy of up to 65 536 rows for the PQ codebooks and their residuals (2 x 65 536 x 768 x 4 B
+    # = 0.40 GB) is already over the budget, whatever pq_m: refused with the minimum it needs
+    with pytest.raises(IndexBuildError, match="needs at least"):
+        plan_ivfpq(5_000_000, 768, 1.2)
+    roomy = plan_ivfpq(5_000_000, 768, 2.0)
+    assert 768 % roomy["pq_m"] == 0 and roomy["bytes"] <= 2.0e9 and roomy["nlist"] == 8192
     assert plan_ivfpq(2000, 48, 1.0)["nlist"] <= 2000 // 39
     with pytest.raises(IndexBuildError, match="budget"):
         plan_ivfpq(5_000_000, 768, 0.5)

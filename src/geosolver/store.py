@@ -161,6 +161,7 @@ def write_lock(path: str | os.PathLike):
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path} is a file; a store is a directory (pick another --out)")
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     f = open(path / LOCK, "a+")
     try:
@@ -172,6 +173,9 @@ def write_lock(path: str | os.PathLike):
         yield
     finally:
         f.close()
+        if created and [p.name for p in path.iterdir()] == [LOCK]:  # the job failed before writing anything
+            (path / LOCK).unlink(missing_ok=True)
+            path.rmdir()
 
 
 def _empty_failures(with_shard: bool = True) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from geosolver.encoders import DEFAULT_ENCODER
 from geosolver.files import atomic_write_text
 from geosolver.htmlreport import img_tag, markdown_table_html, page
 from geosolver.rundir import RunDir
@@ -56,7 +57,7 @@ MODEL_BYTES = 1.71e9  # a ViT-L/14-336 CLIP checkpoint (safetensors, fp32)
 class StudyConfig:
     root: str
     out: str
-    model: str = "streetclip"
+    model: str = DEFAULT_ENCODER
     baseline: str = "clip-vit-l-14-336"
     test_limit: int | None = None
     train_limit: int = 100_000

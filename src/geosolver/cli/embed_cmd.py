@@ -8,7 +8,7 @@ import sys
 
 from geosolver.cli.args import non_negative_int, positive_int
 from geosolver.data import add_dataset_arguments
-from geosolver.encoders import DEFAULT_ENCODER, PRECISIONS, TTA_MODES
+from geosolver.encoders import DEFAULT_ENCODER, MODEL_HELP, PRECISIONS, TTA_MODES
 
 
 def register(sub) -> None:
@@ -19,8 +19,7 @@ def register(sub) -> None:
         "Re-running the same command resumes an interrupted run.",
     )
     add_dataset_arguments(p, required=False)
-    p.add_argument("--model", default=DEFAULT_ENCODER,
-                   help=f"encoder name, hub id or local directory (default: {DEFAULT_ENCODER}; offline: histogram, efficientnet-lite0@S)")
+    p.add_argument("--model", default=DEFAULT_ENCODER, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output store directory")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--num-workers", type=non_negative_int, default=None, help="decode/preprocess worker processes (default: by device)")

@@ -10,14 +10,14 @@ from geosolver.cli.args import non_negative_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from geosolver.encoders import TTA_MODES
+    from geosolver.encoders import MODEL_HELP, TTA_MODES
     from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, STRATEGIES
 
     p = sub.add_parser("locate", help="geolocate photos against a gallery store")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or zip://ARCHIVE::MEMBER sources")
     p.add_argument("--gallery", required=True, help="gallery embedding store")
-    p.add_argument("--model", default=None, help="encoder name/path (default: the gallery's encoder)")
+    p.add_argument("--model", default=None, help="default: the encoder named in the gallery's manifest; otherwise " + MODEL_HELP)
     p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"neighbours that vote (default {DEFAULT_K})")
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"aggregation (default {DEFAULT_STRATEGY})")
     p.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE, help="softmax temperature on similarities")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 def register(sub) -> None:
     from geosolver.cli.args import port, positive_float, positive_int
+    from geosolver.encoders import MODEL_HELP
     from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES
 
     p = sub.add_parser("serve", help="web app: drop a photo, see the guess on a map (+ JSON API)")
     p.add_argument("--gallery", required=True, help="gallery embedding store")
-    p.add_argument("--model", default=None, help="encoder name/path (default: the gallery's encoder)")
+    p.add_argument("--model", default=None, help="default: the encoder named in the gallery's manifest; otherwise " + MODEL_HELP)
     p.add_argument("--device", default="auto", help="encoder device: auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -18,7 +18,7 @@ def _sizes(s: str) -> list[int]:
 
 
 def register(sub) -> None:
-    from geosolver.encoders import PRECISIONS
+    from geosolver.encoders import DEFAULT_ENCODER, PRECISIONS
 
     p = sub.add_parser(
         "study", help="the founding study on OSV5M: encoders, analysis, curation, fine-tuning, one report",
@@ -29,7 +29,7 @@ def register(sub) -> None:
     )
     p.add_argument("--root", required=True, help="OSV5M root (see `geosolver download osv5m`)")
     p.add_argument("--out", required=True, help="study directory")
-    p.add_argument("--model", default="streetclip", help="the encoder studied and fine-tuned (default streetclip)")
+    p.add_argument("--model", default=DEFAULT_ENCODER, help=f"the encoder studied and fine-tuned (default {DEFAULT_ENCODER})")
     p.add_argument("--baseline", default="clip-vit-l-14-336", help="the encoder it is compared with (default clip-vit-l-14-336)")
     p.add_argument("--test-limit", type=positive_int, default=None, help="first N test images (default: all)")
     p.add_argument("--train-limit", type=positive_int, default=100_000, help="train slice: first N images (default 100000)")

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from geosolver.data import DATASET_KINDS
+from geosolver.encoders import DEFAULT_ENCODER
 from geosolver.errors import TrainError
 from geosolver.locate import STRATEGIES
 
@@ -93,7 +94,7 @@ class TrainConfig:
     split: str | None = field(default=None, metadata=_opt("OSV5M split (train/test); sub-folder or CSV name for the others"))
     csv: str | None = field(default=None, metadata=_opt("CSV file (folder: default ROOT/metadata.csv)"))
     limit: int | None = field(default=None, metadata=_opt("keep only the first N usable rows"))
-    model: str = field(default="streetclip", metadata=_opt("encoder name, hub id or local directory"))
+    model: str = field(default=DEFAULT_ENCODER, metadata=_opt("encoder name, hub id or local directory"))
     # ---- objectives
     objective: str = field(default="distance-consistency", metadata=_opt(
         "preset for --w-contrastive / --w-consistency", choices=tuple(OBJECTIVE_PRESETS)))
