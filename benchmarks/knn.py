@@ -120,6 +120,26 @@ def timed_search(idx, q, k, reps: int = 1):
     return rows, reps * q.shape[0] / (time.perf_counter() - t)
 
 
+def interleave_speed(flat, store, q: np.ndarray, k: int, rounds: int) -> list[tuple[str, float, float, float]]:
+    """Exact search speed of three methods over the same gallery, taken in turns (A, B, C, A, B, C...)
+    so a change in the machine's load hits all of them alike; returns ``(method, median, min, max)``
+    queries/s. The gallery is held in RAM as float32 for numpy, as faiss' flat index holds it."""
+    g32 = store.embeddings()
+    methods = {
+        "faiss exact IndexFlatIP (geosolver's `flat` index)": lambda: flat.search(q, k),
+        "numpy, queries in chunks of 256 (fp32 matmul + argpartition)": lambda: numpy_topk([(0, g32)], q, k),
+        "numpy, all queries in one call": lambda: numpy_topk([(0, g32)], q, k, q_chunk=q.shape[0]),
+    }
+    runs: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            t = time.perf_counter()
+            fn()
+            runs[name].append(q.shape[0] / (time.perf_counter() - t))
+    del g32
+    return [(m, float(np.median(v)), min(v), max(v)) for m, v in runs.items()]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-small", type=int, default=100_000)
@@ -133,6 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-size", type=int, default=50_000)
     ap.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads")
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds at the small size (default 5)")
     ap.add_argument("--workdir", default=None, help="where the temporary stores go (default: a temp dir)")
     ap.add_argument("--out", default=None, help="write the markdown table here too")
     args = ap.parse_args(argv)
@@ -179,6 +200,7 @@ def main(argv=None) -> int:
                 b = time.perf_counter() - t
                 found, qps = timed_search(g, q, args.k, reps=5)
             row("faiss exact IndexFlatIP (GPU)", f"{args.n_small:,}", b, qps, f"{recall(found, truth):.3f}", m.mb)
+        interleaved = interleave_speed(flat, small, q, args.k, args.rounds)
         del flat
 
         if not args.skip_large:
@@ -219,6 +241,16 @@ def main(argv=None) -> int:
 
     for name, gal, b, qps, rec, mem, sz in rows_out:
         lines.append(f"| {name} | {gal} | {b:.1f} | {qps:,.0f} | {rec} | {mb(mem)} | {mb(sz)} |")
+    lines.append("")
+    lines.append(f"Exact search at {args.n_small:,} rows, methods interleaved over {args.rounds} rounds (queries/s, median [min, max]):")
+    lines.append("")
+    lines.append("| method | queries/s median | min | max |")
+    lines.append("|---|---:|---:|---:|")
+    for name, med, lo, hi in interleaved:
+        lines.append(f"| {name} | {med:,.0f} | {lo:,.0f} | {hi:,.0f} |")
+    lines.append("")
+    load = os.getloadavg()
+    lines.append(f"Machine load average at the end (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores.")
     lines.append("")
     lines.append(
         f"{args.queries} queries, k={args.k}, dim {args.dim}, float16 store, clustered synthetic vectors (256 centres in a 64-d latent space projected to the store dim + 2 % isotropic noise); "

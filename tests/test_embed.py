@@ -76,6 +76,16 @@ def test_resume_refuses_a_different_dataset(tmp_path, tiny_clip_dir):
     assert len(EmbeddingStore(out)) == 3
 
 
+def test_resume_with_another_tta_suggests_a_new_out(tmp_path, tiny_clip_dir, capsys):
+    csv = _make_folder_dataset(tmp_path / "ds", 3)
+    out = tmp_path / "store"
+    assert cli_main(_embed_cmd(tmp_path / "ds", csv, tiny_clip_dir, out)) == 0
+    capsys.readouterr()
+    assert cli_main(_embed_cmd(tmp_path / "ds", csv, tiny_clip_dir, out, ["--tta", "d4"])) == 2
+    err = capsys.readouterr().err
+    assert "tta=None, not 'd4'" in err and "new --out" in err
+
+
 def _run_to_completion(cmd, env):
     return subprocess.run([sys.executable, "-m", "geosolver", *cmd], env=env, capture_output=True, text=True, timeout=300)
 

@@ -229,3 +229,13 @@ def test_coordinate_error_is_a_value_error():
     with pytest.raises(CoordinateError, match="invalid value"):
         validate_coords([1.0, float("nan")], [2.0, 3.0], "points")
     assert issubclass(CoordinateError, ValueError)
+
+
+def test_folder_without_a_known_csv_names_the_option_to_use(tmp_path, capsys):
+    from geosolver.cli import main as cli_main
+
+    (tmp_path / "labels_2024.csv").write_text("path,lat,lon\n")
+    rc = cli_main(["embed", "--dataset", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "histogram"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "labels_2024.csv" in err and "--csv FILE" in err and "csv=/--csv" not in err
+    assert not (tmp_path / "o").exists()

@@ -56,7 +56,8 @@ def _find_csv(root: Path, split: str | None, csv: str | os.PathLike | None) -> P
     present = sorted(p.name for p in root.glob("*.csv"))
     raise DatasetError(
         f"{root}: no CSV given and none of {', '.join(names)} exists there"
-        + (f" (CSV files present: {', '.join(present)}; pass csv=/--csv)" if present else "; pass csv=/--csv")
+        + (f" (CSV files present: {', '.join(present)})" if present else "")
+        + "; name the labels file with --csv FILE (csv=FILE in the Python API)"
     )
 
 
