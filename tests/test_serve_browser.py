@@ -110,7 +110,7 @@ def server(tmp_path_factory, request):
 
     import geosolver.serve.app as app_mod
     from geosolver.cli import main as cli_main
-    from test_serve import PARIS, build_world
+    from helpers_serve import PARIS, build_world
 
     _requirements()  # before building anything
     tiny_clip_dir = request.getfixturevalue("tiny_clip_dir")
@@ -156,7 +156,7 @@ def test_page_shows_the_guess_truth_and_score(server, tmp_path):
     from haversine import haversine as hv_km
 
     from geosolver.places import country_of
-    from test_serve import GPS_ROW, PARIS, gallery_coords
+    from helpers_serve import GPS_ROW, PARIS, gallery_coords
 
     node = _requirements()
     base, world = server

@@ -21,29 +21,10 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-import test_serve as ts  # noqa: E402  (the gallery world and upload helpers; `ts.` keeps its tests uncollected here)
+import helpers_serve as hs  # noqa: E402  (the gallery world and upload helpers)
+from helpers_serve import client, geoloc, world  # noqa: E402, F401  (the module-scoped fixtures)
 
 from geosolver.cli import main as cli_main  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_clip_dir) -> dict:
-    return ts.build_world(tmp_path_factory.mktemp("serve_hostile"), tiny_clip_dir)
-
-
-@pytest.fixture(scope="module")
-def geoloc(world):
-    from geosolver.locate import Geolocator
-
-    return Geolocator.from_store(world["store"], encoder=world["encoder"])
-
-
-@pytest.fixture(scope="module")
-def client(geoloc):
-    from geosolver.serve import create_app
-
-    with TestClient(create_app(geoloc)) as c:
-        yield c
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,7 +42,7 @@ def test_pixel_bomb_under_the_global_guard_is_refused_from_the_header(client, mo
         raise AssertionError("the bomb was decoded")
 
     monkeypatch.setattr(app_mod, "open_image", no_decoding)
-    r = ts.post(client, ts.png_declaring(13000, 13000), "bomb.png")
+    r = hs.post(client, hs.png_declaring(13000, 13000), "bomb.png")
     assert r.status_code in (413, 422), r.text
     detail = r.json()["detail"]
     assert isinstance(detail, str) and len(detail.splitlines()) == 1
@@ -76,23 +57,23 @@ def test_pixel_budget_is_configurable_and_reported(geoloc, world):
     small = world["uploads"]["plain.png"]  # 64x48 = 3072 px
     with TestClient(create_app(geoloc, max_pixels=3000, warmup=False)) as c:
         assert c.get("/api/health").json()["max_pixels"] == 3000
-        r = ts.post(c, small, "plain.png")
+        r = hs.post(c, small, "plain.png")
         assert r.status_code == 422 and "3,072" in r.json()["detail"] and "3,000" in r.json()["detail"]
     with TestClient(create_app(geoloc, max_pixels=3072, warmup=False)) as c:
-        assert ts.post(c, small, "plain.png").status_code == 200
+        assert hs.post(c, small, "plain.png").status_code == 200
 
 
 def test_pixel_budget_counts_the_reduced_jpeg_decode(geoloc):
     """A 4000x3000 JPEG is decoded at 1/8 scale (draft) for a 32 px model: 500x375 pixels decoded."""
     from geosolver.serve import create_app
 
-    big = ts.encode(ts.pattern(2, (4000, 3000)), "JPEG", quality=80)
-    png = ts.encode(ts.pattern(2, (4000, 3000)), "PNG")
+    big = hs.encode(hs.pattern(2, (4000, 3000)), "JPEG", quality=80)
+    png = hs.encode(hs.pattern(2, (4000, 3000)), "PNG")
     with TestClient(create_app(geoloc, max_pixels=1_000_000, warmup=False)) as c:
-        r = ts.post(c, big, "big.jpg")
+        r = hs.post(c, big, "big.jpg")
         assert r.status_code == 200, r.text
         assert (r.json()["image"]["width"], r.json()["image"]["height"]) == (4000, 3000)
-        r = ts.post(c, png, "big.png")  # a PNG cannot be decoded reduced: 12 Mpx over the budget
+        r = hs.post(c, png, "big.png")  # a PNG cannot be decoded reduced: 12 Mpx over the budget
         assert r.status_code == 422 and "12,000,000" in r.json()["detail"]
 
 
@@ -128,7 +109,7 @@ def test_concurrent_decodes_are_limited(geoloc, world, monkeypatch):
     with TestClient(create_app(geoloc, max_decodes=2, warmup=False)) as c:
         assert c.get("/api/health").json()["max_decodes"] == 2
         with ThreadPoolExecutor(6) as ex:
-            codes = list(ex.map(lambda _: ts.post(c, world["uploads"]["plain.png"], "p.png").status_code, range(6)))
+            codes = list(ex.map(lambda _: hs.post(c, world["uploads"]["plain.png"], "p.png").status_code, range(6)))
     assert codes == [200] * 6
     assert state["peak"] == 2
 
@@ -199,9 +180,9 @@ def test_slow_upload_times_out_with_408(geoloc):
 
 
 def test_photo_in_the_wrong_field_says_to_use_file(client, world):
-    big = ts.encode(ts.pattern(4, (400, 300)), "PNG")
+    big = hs.encode(hs.pattern(4, (400, 300)), "PNG")
     assert len(big) > 1024
-    r = ts.post(client, big, "photo.png", field="photo")
+    r = hs.post(client, big, "photo.png", field="photo")
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert "'file'" in detail and "'photo'" in detail and "longer than" not in detail

@@ -62,11 +62,13 @@ from geosolver.geo import geoscore, haversine
 from geosolver.images import MAX_PIXELS, ImageReadError, exif_gps, open_image
 from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES, Geolocator
 from geosolver.rundir import RunDir
-from geosolver.serve.upload import UploadError, read_upload
+from geosolver.serve.upload import Upload, UploadError, read_upload
 from geosolver.serve.worker import ModelWorker
 
 if TYPE_CHECKING:
-    from geosolver.encoders import EncoderSpec
+    from geosolver.encoders import Encoder, EncoderSpec
+    from geosolver.locate import Prediction
+    from geosolver.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -132,40 +134,12 @@ def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None,
     """
     if not data:
         raise PhotoError(400, f"{name}: the upload is empty (0 bytes)")
-    limit = MAX_PIXELS  # not PIL's global, which other libraries may switch off
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            probe = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise PhotoError(415, f"{name}: not an image format Geosolver can read (send JPEG, PNG or WebP)") from None
-    except Image.DecompressionBombError as e:
-        raise PhotoError(422, f"{name}: refused as a possible decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise PhotoError(422, f"{name}: cannot read the image header: {type(e).__name__}: {e}") from None
+    probe = _open_header(data, name)
     fmt = str(probe.format or "")
     if fmt not in ALLOWED_FORMATS:
         raise PhotoError(415, f"{name}: image format {fmt or 'unknown'} is not accepted (send JPEG, PNG or WebP)")
     w, h = probe.size
-    if limit and w * h > limit:
-        raise PhotoError(422, f"{name}: refused as a possible decompression bomb: it declares {w}x{h} = {w * h} pixels, more than the limit of {limit}")
-    if max_pixels:
-        dw, dh = w, h
-        if min_side and fmt == "JPEG":  # the same reduction open_image will apply (header only)
-            scale = max(1, min(w, h) // int(min_side))
-            if scale >= 2:
-                try:
-                    probe.draft("RGB", (max(1, w // scale), max(1, h // scale)))
-                    dw, dh = probe.size
-                except Exception:  # count the full size
-                    dw, dh = w, h
-        if dw * dh > max_pixels:
-            decoded = "" if (dw, dh) == (w, h) else f" (decoded reduced: {dw}x{dh} = {dw * dh:,})"
-            raise PhotoError(
-                422,
-                f"{name}: {w}x{h} = {w * h:,} pixels{decoded} is more than this server's limit of {max_pixels:,} pixels "
-                f"(geosolver serve --max-pixels); refused before decoding as a possible decompression bomb: send a smaller photo",
-            )
+    _check_pixels(probe, fmt, name, min_side, max_pixels)
     try:
         gps = exif_gps(probe)
         orientation = int(probe.getexif().get(0x0112, 1))
@@ -178,6 +152,53 @@ def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None,
     if orientation in (5, 6, 7, 8):
         w, h = h, w  # turned by 90 degrees (open_image applied the EXIF orientation)
     return Photo(img, fmt, gps, w, h)
+
+
+def _open_header(data: bytes, name: str) -> Image.Image:
+    """The photo opened lazily (header only): 415 not an image, 422 bomb or unreadable header."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise PhotoError(415, f"{name}: not an image format Geosolver can read (send JPEG, PNG or WebP)") from None
+    except Image.DecompressionBombError as e:
+        raise PhotoError(422, f"{name}: refused as a possible decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise PhotoError(422, f"{name}: cannot read the image header: {type(e).__name__}: {e}") from None
+
+
+def _check_pixels(probe: Image.Image, fmt: str, name: str, min_side: int | None, max_pixels: int | None) -> None:
+    """422 when the header declares more pixels than the global guard, or than ``max_pixels`` at
+    the size that would be decoded (a JPEG's draft-reduced size; ``probe.draft`` is applied)."""
+    limit = MAX_PIXELS  # not PIL's global, which other libraries may switch off
+    w, h = probe.size
+    if limit and w * h > limit:
+        raise PhotoError(422, f"{name}: refused as a possible decompression bomb: it declares {w}x{h} = {w * h} pixels, more than the limit of {limit}")
+    if not max_pixels:
+        return
+    dw, dh = _decoded_size(probe, fmt, min_side)
+    if dw * dh > max_pixels:
+        decoded = "" if (dw, dh) == (w, h) else f" (decoded reduced: {dw}x{dh} = {dw * dh:,})"
+        raise PhotoError(
+            422,
+            f"{name}: {w}x{h} = {w * h:,} pixels{decoded} is more than this server's limit of {max_pixels:,} pixels "
+            f"(geosolver serve --max-pixels); refused before decoding as a possible decompression bomb: send a smaller photo",
+        )
+
+
+def _decoded_size(probe: Image.Image, fmt: str, min_side: int | None) -> tuple[int, int]:
+    """The size ``open_image`` will decode: a JPEG reduced by draft mode (header only), else the full size."""
+    w, h = probe.size
+    if min_side and fmt == "JPEG":  # the same reduction open_image will apply
+        scale = max(1, min(w, h) // int(min_side))
+        if scale >= 2:
+            try:
+                probe.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+                return probe.size
+            except Exception:  # count the full size
+                return w, h
+    return w, h
 
 
 def _place(lat: float, lon: float) -> dict:
@@ -194,6 +215,75 @@ def _truth(pred_lat: float, pred_lon: float, gps: tuple[float, float] | None) ->
     lat, lon = gps
     km = float(haversine(lat, lon, pred_lat, pred_lon))
     return {"lat": lat, "lon": lon, "km": km, "geoscore": float(geoscore(km)), "place": _place(lat, lon)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the app: checked options, shared state, create_app
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ServeOptions:
+    """The app's options (see :func:`create_app`), checked when built.
+
+    Raises:
+        ServeError: a bad value.
+    """
+
+    max_upload_mb: float = 20.0
+    default_k: int = DEFAULT_K
+    default_strategy: str = DEFAULT_STRATEGY
+    max_k: int = 100
+    max_batch: int = 8
+    gallery_points: int = 3000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decodes: int = DEFAULT_MAX_DECODES
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not self.max_upload_mb > 0:
+            raise ServeError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
+        if not 1 <= self.default_k <= self.max_k:
+            raise ServeError(f"default k must be in [1, {self.max_k}], got {self.default_k}")
+        if self.default_strategy not in STRATEGIES:
+            raise ServeError(f"unknown strategy {self.default_strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if not self.max_batch >= 1:
+            raise ServeError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not self.max_pixels >= 1:
+            raise ServeError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if not self.max_decodes >= 1:
+            raise ServeError(f"max_decodes must be >= 1, got {self.max_decodes}")
+        if not self.read_timeout > 0:
+            raise ServeError(f"read_timeout must be > 0 seconds, got {self.read_timeout}")
+        self.max_pixels, self.max_decodes, self.read_timeout = int(self.max_pixels), int(self.max_decodes), float(self.read_timeout)
+
+    @property
+    def max_bytes(self) -> int:
+        """Largest photo accepted, in bytes."""
+        return int(self.max_upload_mb * 1e6)
+
+
+@dataclass
+class AppState:
+    """What the routes share (``app.state.serve``).
+
+    Attributes:
+        geolocator: the geolocator served; ``encoder`` and ``gallery`` are its encoder (loaded at
+            start-up) and gallery, ``min_side`` the encoder's (JPEGs are decoded reduced to it).
+        options: the checked options.
+        settings: the options as recorded (``app.state.settings``; ``config.json`` of ``save_dir``).
+        worker: the model worker thread (micro-batches concurrent photos).
+        decode_slots: at most ``options.max_decodes`` photos decoded at once.
+        save_dir: where uploads and answers are kept, or ``None``.
+    """
+
+    geolocator: Geolocator
+    encoder: Encoder
+    gallery: EmbeddingStore
+    min_side: int | None
+    options: ServeOptions
+    settings: dict
+    worker: ModelWorker
+    decode_slots: threading.BoundedSemaphore
+    save_dir: Path | None
 
 
 def create_app(
@@ -235,22 +325,29 @@ def create_app(
     Raises:
         ServeError: bad settings.
     """
-    if not max_upload_mb > 0:
-        raise ServeError(f"max_upload_mb must be > 0, got {max_upload_mb}")
-    if not 1 <= default_k <= max_k:
-        raise ServeError(f"default k must be in [1, {max_k}], got {default_k}")
-    if default_strategy not in STRATEGIES:
-        raise ServeError(f"unknown strategy {default_strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if not max_batch >= 1:
-        raise ServeError(f"max_batch must be >= 1, got {max_batch}")
-    if not max_pixels >= 1:
-        raise ServeError(f"max_pixels must be >= 1, got {max_pixels}")
-    if not max_decodes >= 1:
-        raise ServeError(f"max_decodes must be >= 1, got {max_decodes}")
-    if not read_timeout > 0:
-        raise ServeError(f"read_timeout must be > 0 seconds, got {read_timeout}")
-    max_pixels, max_decodes, read_timeout = int(max_pixels), int(max_decodes), float(read_timeout)
-    max_bytes = int(max_upload_mb * 1e6)
+    options = ServeOptions(
+        max_upload_mb=max_upload_mb, default_k=default_k, default_strategy=default_strategy, max_k=max_k, max_batch=max_batch,
+        gallery_points=gallery_points, max_pixels=max_pixels, max_decodes=max_decodes, read_timeout=read_timeout,
+    )
+    state = _start(geolocator, options, save_uploads)
+    if warmup:
+        _warm_up(state)
+    app = FastAPI(
+        title="Geosolver",
+        description="Where was this photo taken? Retrieval over a geotagged gallery of image embeddings.",
+        version=version(),
+        lifespan=_lifespan,
+    )
+    app.state.serve = state
+    app.state.worker, app.state.geolocator, app.state.settings = state.worker, geolocator, state.settings
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_exception_handler(GeosolverError, _geosolver_error)
+    _add_routes(app, options)
+    return app
+
+
+def _start(geolocator: Geolocator, options: ServeOptions, save_uploads: str | os.PathLike | None) -> AppState:
+    """Load the encoder, record the settings (in ``save_uploads`` too) and start the model worker."""
     encoder = geolocator.encoder  # loaded now: a bad model fails at start-up, not on the first photo
     gallery = geolocator.gallery
     save_dir = Path(save_uploads) if save_uploads else None
@@ -258,100 +355,57 @@ def create_app(
         "gallery": str(gallery.path),
         "gallery_size": len(gallery),
         "model": encoder.name,
-        "max_upload_mb": max_upload_mb,
-        "default_k": default_k,
-        "default_strategy": default_strategy,
-        "max_k": max_k,
-        "max_batch": max_batch,
-        "max_pixels": max_pixels,
-        "max_decodes": max_decodes,
-        "read_timeout_s": read_timeout,
+        "max_upload_mb": options.max_upload_mb,
+        "default_k": options.default_k,
+        "default_strategy": options.default_strategy,
+        "max_k": options.max_k,
+        "max_batch": options.max_batch,
+        "max_pixels": options.max_pixels,
+        "max_decodes": options.max_decodes,
+        "read_timeout_s": options.read_timeout,
         "save_uploads": str(save_dir) if save_dir else None,
     }
     if save_dir is not None:
         RunDir(save_dir, "serve").write_config(settings)
-
-    worker = ModelWorker(geolocator, max_batch=max_batch)
-    min_side = encoder.min_side
-    if warmup:  # one blank photo through model, index and reverse geocoder (first calls are slow)
-        blank = encoder.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))
-        p = worker.submit(blank, 1, default_strategy).result()
-        _place(p.lat, p.lon)
-
-    decode_slots = threading.BoundedSemaphore(max_decodes)
-
-    def prepare(data: bytes, name: str) -> tuple[Photo, np.ndarray]:
-        """Decode + preprocess (in the threadpool, outside the model worker), at most
-        ``max_decodes`` at a time; the decoded image is dropped before returning."""
-        with decode_slots:
-            photo = decode_photo(data, name, min_side=min_side, max_pixels=max_pixels)
-            img = photo.image
-            photo.image = None
-            try:
-                pixels = encoder.preprocess(img)
-            finally:
-                big = img.width * img.height >= _GC_PIXELS
-                img.close()
-                del img
-                if big:
-                    _release_memory()
-        return photo, pixels
-
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        worker.close()
-
-    app = FastAPI(
-        title="Geosolver",
-        description="Where was this photo taken? Retrieval over a geotagged gallery of image embeddings.",
-        version=version(),
-        lifespan=lifespan,
+    worker = ModelWorker(geolocator, max_batch=options.max_batch)
+    return AppState(
+        geolocator=geolocator, encoder=encoder, gallery=gallery, min_side=encoder.min_side, options=options, settings=settings,
+        worker=worker, decode_slots=threading.BoundedSemaphore(options.max_decodes), save_dir=save_dir,
     )
-    app.state.worker = worker
-    app.state.geolocator = geolocator
-    app.state.settings = settings
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.exception_handler(GeosolverError)
-    async def _geosolver_error(request: Request, exc: GeosolverError):  # model/gallery failures
-        log.error("request failed: %s", exc)
-        return JSONResponse(status_code=500, content={"detail": f"the geolocator failed: {exc}"})
 
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+def _warm_up(state: AppState) -> None:
+    """One blank photo through model, index and reverse geocoder (their first calls are slow)."""
+    blank = state.encoder.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))
+    p = state.worker.submit(blank, 1, state.options.default_strategy).result()
+    _place(p.lat, p.lon)
 
-    @app.get("/api/health", summary="Which model and gallery are loaded")
-    async def health() -> dict:
-        return {
-            "status": "ok",
-            "model": {
-                "name": encoder.name,
-                "backend": encoder.backend,
-                "dim": int(gallery.dim),
-                "image_size": encoder.image_size,
-            },
-            "gallery": {"path": str(gallery.path), "size": len(gallery), "encoder": gallery.encoder.get("name")},
-            "defaults": {"k": default_k, "strategy": default_strategy},
-            "strategies": list(STRATEGIES),
-            "max_k": max_k,
-            "max_upload_bytes": max_bytes,
-            "max_pixels": max_pixels,
-            "max_decodes": max_decodes,
-            "read_timeout_s": read_timeout,
-            "saves_uploads": save_dir is not None,
-        }
 
-    @app.get("/api/gallery/points", summary="A subsample of the gallery's coordinates")
-    async def gallery_points_route(limit: int = Query(gallery_points, ge=1, le=100_000)) -> dict:
-        lat, lon = gallery.coords()
-        n = len(lat)
-        rows = np.arange(n) if n <= limit else np.random.default_rng(0).choice(n, limit, replace=False)
-        pts = np.round(np.stack([lat[rows], lon[rows]], axis=1), 4)
-        return {"total": n, "points": pts.tolist()}
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    yield
+    app.state.serve.worker.close()
 
-    upload_schema = {
+
+def _state(request: Request) -> AppState:
+    return request.app.state.serve
+
+
+# ------------------------------------------------------------------------------------------------
+# routes
+# ------------------------------------------------------------------------------------------------
+_LOCATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "empty or malformed upload"},
+    408: {"description": "the upload did not arrive within the read timeout"},
+    413: {"description": "upload above the size limit"},
+    415: {"description": "not an image, or an unsupported format"},
+    422: {"description": "truncated/corrupt image, decompression bomb, missing field, bad k or strategy"},
+}
+
+
+def _upload_schema(max_k: int) -> dict:
+    """OpenAPI request body of ``POST /api/locate`` (the endpoint reads the raw stream itself)."""
+    return {
         "requestBody": {
             "required": True,
             "content": {
@@ -371,56 +425,144 @@ def create_app(
         }
     }
 
-    @app.post(
-        "/api/locate",
-        summary="Where was this photo taken?",
-        openapi_extra=upload_schema,
-        responses={
-            400: {"description": "empty or malformed upload"},
-            408: {"description": "the upload did not arrive within the read timeout"},
-            413: {"description": "upload above the size limit"},
-            415: {"description": "not an image, or an unsupported format"},
-            422: {"description": "truncated/corrupt image, decompression bomb, missing field, bad k or strategy"},
-        },
-    )
+
+def _add_routes(app: FastAPI, options: ServeOptions) -> None:
+    """Mount the page and the API.
+
+    The bound on ``k`` and the default point limit are this app's options, and FastAPI validates
+    and documents query parameters from an endpoint's signature: so the two endpoints that take
+    them are thin signatures made here, over the module-level :func:`_locate` and
+    :func:`_gallery_points`.
+    """
+
+    async def gallery_points_route(request: Request, limit: int = Query(options.gallery_points, ge=1, le=100_000)) -> dict:
+        return _gallery_points(_state(request), limit)
+
     async def locate(
         request: Request,
-        k: int | None = Query(None, ge=1, le=max_k, description="neighbours that vote"),
+        k: int | None = Query(None, ge=1, le=options.max_k, description="neighbours that vote"),
         strategy: Literal[STRATEGIES] | None = Query(None, description="how the neighbours vote"),  # type: ignore[valid-type]
     ) -> dict:
-        t0 = time.perf_counter()
-        try:
-            up = await asyncio.wait_for(read_upload(request.headers, request.stream(), max_bytes), read_timeout)
-        except UploadError as e:
-            raise HTTPException(e.status, e.message) from None
-        except asyncio.TimeoutError:
-            log.warning("upload from %s timed out: the body did not arrive within %g s", _client(request), read_timeout)
-            raise HTTPException(
-                408, f"the upload did not arrive within {read_timeout:g} s (geosolver serve --read-timeout)", headers={"Connection": "close"}
-            ) from None
-        except ClientDisconnect:
-            log.warning("upload from %s aborted: the client disconnected before sending the whole body", _client(request))
-            raise HTTPException(400, "the client disconnected during the upload") from None
-        k_eff, strategy_eff = _resolve_params(k, strategy, up.fields, default_k, default_strategy, max_k)
-        name = up.filename or "upload"
-        try:
-            photo, pixels = await run_in_threadpool(prepare, up.data, name)
-        except PhotoError as e:
-            raise HTTPException(e.status, e.message) from None
-        t1 = time.perf_counter()
-        pred = await asyncio.wrap_future(worker.submit(pixels, k_eff, strategy_eff))
-        t2 = time.perf_counter()
-        out = pred.to_dict()
-        out["place"] = _place(pred.lat, pred.lon)
-        out["truth"] = _truth(pred.lat, pred.lon, photo.gps)
-        out["image"] = {"filename": up.filename, "format": photo.format, "width": photo.width, "height": photo.height, "bytes": len(up.data)}
-        out["timing_ms"] = {"read_decode": round((t1 - t0) * 1e3, 1), "model": round((t2 - t1) * 1e3, 1)}
-        out = jsonable(out)
-        if save_dir is not None:
-            await run_in_threadpool(_save_upload, save_dir, up.data, photo.format, out)
-        return out
+        return await _locate(request, k, strategy)
 
-    return app
+    app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/api/health", health, methods=["GET"], summary="Which model and gallery are loaded")
+    app.add_api_route("/api/gallery/points", gallery_points_route, methods=["GET"], summary="A subsample of the gallery's coordinates")
+    app.add_api_route(
+        "/api/locate", locate, methods=["POST"], summary="Where was this photo taken?",
+        openapi_extra=_upload_schema(options.max_k), responses=_LOCATE_RESPONSES,
+    )
+
+
+async def _geosolver_error(request: Request, exc: GeosolverError):  # model/gallery failures
+    log.error("request failed: %s", exc)
+    return JSONResponse(status_code=500, content={"detail": f"the geolocator failed: {exc}"})
+
+
+# The endpoints carry no docstring: FastAPI would publish it as the operation's description.
+async def index():  # GET /: the page
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+async def health(request: Request) -> dict:  # GET /api/health: the model, the gallery and the limits
+    state = _state(request)
+    encoder, gallery, o = state.encoder, state.gallery, state.options
+    return {
+        "status": "ok",
+        "model": {
+            "name": encoder.name,
+            "backend": encoder.backend,
+            "dim": int(gallery.dim),
+            "image_size": encoder.image_size,
+        },
+        "gallery": {"path": str(gallery.path), "size": len(gallery), "encoder": gallery.encoder.get("name")},
+        "defaults": {"k": o.default_k, "strategy": o.default_strategy},
+        "strategies": list(STRATEGIES),
+        "max_k": o.max_k,
+        "max_upload_bytes": o.max_bytes,
+        "max_pixels": o.max_pixels,
+        "max_decodes": o.max_decodes,
+        "read_timeout_s": o.read_timeout,
+        "saves_uploads": state.save_dir is not None,
+    }
+
+
+def _gallery_points(state: AppState, limit: int) -> dict:
+    """``GET /api/gallery/points``: at most ``limit`` gallery coordinates (a fixed subsample)."""
+    lat, lon = state.gallery.coords()
+    n = len(lat)
+    rows = np.arange(n) if n <= limit else np.random.default_rng(0).choice(n, limit, replace=False)
+    pts = np.round(np.stack([lat[rows], lon[rows]], axis=1), 4)
+    return {"total": n, "points": pts.tolist()}
+
+
+async def _locate(request: Request, k: int | None, strategy: str | None) -> dict:
+    """``POST /api/locate``: read the upload, decode it, vote, answer (and keep both when asked)."""
+    state = _state(request)
+    o = state.options
+    t0 = time.perf_counter()
+    up = await _read_body(request, o.max_bytes, o.read_timeout)
+    k_eff, strategy_eff = _resolve_params(k, strategy, up.fields, o.default_k, o.default_strategy, o.max_k)
+    photo, pixels = await _decode(state, up)
+    t1 = time.perf_counter()
+    pred = await asyncio.wrap_future(state.worker.submit(pixels, k_eff, strategy_eff))
+    t2 = time.perf_counter()
+    out = _answer(pred, photo, up, read_decode_s=t1 - t0, model_s=t2 - t1)
+    if state.save_dir is not None:
+        await run_in_threadpool(_save_upload, state.save_dir, up.data, photo.format, out)
+    return out
+
+
+async def _read_body(request: Request, max_bytes: int, read_timeout: float) -> Upload:
+    """The upload, within ``read_timeout`` seconds: 4xx :class:`HTTPException` when it cannot be read."""
+    try:
+        return await asyncio.wait_for(read_upload(request.headers, request.stream(), max_bytes), read_timeout)
+    except UploadError as e:
+        raise HTTPException(e.status, e.message) from None
+    except asyncio.TimeoutError:
+        log.warning("upload from %s timed out: the body did not arrive within %g s", _client(request), read_timeout)
+        raise HTTPException(
+            408, f"the upload did not arrive within {read_timeout:g} s (geosolver serve --read-timeout)", headers={"Connection": "close"}
+        ) from None
+    except ClientDisconnect:
+        log.warning("upload from %s aborted: the client disconnected before sending the whole body", _client(request))
+        raise HTTPException(400, "the client disconnected during the upload") from None
+
+
+async def _decode(state: AppState, up: Upload) -> tuple[Photo, np.ndarray]:
+    """Decode + preprocess in the threadpool: 4xx :class:`HTTPException` for a bad photo."""
+    try:
+        return await run_in_threadpool(_prepare, state, up.data, up.filename or "upload")
+    except PhotoError as e:
+        raise HTTPException(e.status, e.message) from None
+
+
+def _prepare(state: AppState, data: bytes, name: str) -> tuple[Photo, np.ndarray]:
+    """Decode + preprocess (in the threadpool, outside the model worker), at most
+    ``max_decodes`` at a time; the decoded image is dropped before returning."""
+    with state.decode_slots:
+        photo = decode_photo(data, name, min_side=state.min_side, max_pixels=state.options.max_pixels)
+        img = photo.image
+        photo.image = None
+        try:
+            pixels = state.encoder.preprocess(img)
+        finally:
+            big = img.width * img.height >= _GC_PIXELS
+            img.close()
+            del img
+            if big:
+                _release_memory()
+    return photo, pixels
+
+
+def _answer(pred: Prediction, photo: Photo, up: Upload, read_decode_s: float, model_s: float) -> dict:
+    """The JSON answer: the prediction plus ``place``, ``truth``, ``image`` and ``timing_ms``."""
+    out = pred.to_dict()
+    out["place"] = _place(pred.lat, pred.lon)
+    out["truth"] = _truth(pred.lat, pred.lon, photo.gps)
+    out["image"] = {"filename": up.filename, "format": photo.format, "width": photo.width, "height": photo.height, "bytes": len(up.data)}
+    out["timing_ms"] = {"read_decode": round(read_decode_s * 1e3, 1), "model": round(model_s * 1e3, 1)}
+    return jsonable(out)
 
 
 def _malloc_trim():

@@ -115,74 +115,95 @@ async def read_upload(
     return await _parse_multipart(chunks, boundary, max_bytes, file_field)
 
 
-async def _parse_multipart(chunks: AsyncIterator[bytes], boundary: bytes, max_bytes: int, file_field: str) -> Upload:
-    parts: list[dict] = []
-    state = {"header_field": b"", "header_value": b"", "ended": False}
+class _FormParts:
+    """The parts of a multipart body, collected from ``MultipartParser``'s callbacks (:meth:`callbacks`).
 
-    def on_part_begin() -> None:
-        if len(parts) >= MAX_PARTS:
+    Each part is ``{"headers": {...}, "data": bytearray, "name": str, "filename": str}``; the
+    ``file_field`` part may hold up to ``max_bytes``, any other part :data:`MAX_FIELD_BYTES`.
+    """
+
+    def __init__(self, file_field: str, max_bytes: int) -> None:
+        self.file_field, self.max_bytes = file_field, max_bytes
+        self.parts: list[dict] = []
+        self.ended = False
+        self._header_field = self._header_value = b""
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        if len(self.parts) >= MAX_PARTS:
             raise UploadError(400, f"too many form parts (more than {MAX_PARTS})")
-        parts.append({"headers": {}, "data": bytearray()})
+        self.parts.append({"headers": {}, "data": bytearray()})
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["header_field"] += data[start:end]
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["header_value"] += data[start:end]
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
 
-    def on_header_end() -> None:
-        name = state["header_field"].decode("latin-1").strip().lower()
-        parts[-1]["headers"][name] = state["header_value"].decode("latin-1").strip()
-        state["header_field"] = state["header_value"] = b""
+    def on_header_end(self) -> None:
+        name = self._header_field.decode("latin-1").strip().lower()
+        self.parts[-1]["headers"][name] = self._header_value.decode("latin-1").strip()
+        self._header_field = self._header_value = b""
 
-    def on_headers_finished() -> None:
-        _, disp = parse_options_header(parts[-1]["headers"].get("content-disposition", ""))
-        parts[-1]["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
-        parts[-1]["filename"] = disp.get(b"filename", b"").decode("utf-8", "replace")
+    def on_headers_finished(self) -> None:
+        _, disp = parse_options_header(self.parts[-1]["headers"].get("content-disposition", ""))
+        self.parts[-1]["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
+        self.parts[-1]["filename"] = disp.get(b"filename", b"").decode("utf-8", "replace")
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        part = parts[-1]
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self.parts[-1]
         part["data"] += data[start:end]
-        if part.get("name") == file_field:
-            if len(part["data"]) > max_bytes:
-                raise _too_large(max_bytes)
+        if part.get("name") == self.file_field:
+            if len(part["data"]) > self.max_bytes:
+                raise _too_large(self.max_bytes)
         elif len(part["data"]) > MAX_FIELD_BYTES:
-            name = part.get("name")
-            if part.get("filename") or not part["headers"].get("content-type", "text/plain").lower().startswith("text/"):
-                # a file in another field (e.g. 'photo', 'image'): say where the photo goes
-                raise UploadError(
-                    422, f"no {file_field!r} field in the form: a file was sent in the field {name!r}; send the photo in the field {file_field!r}"
-                )
-            raise UploadError(
-                400, f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes (text fields only; send the photo in the field {file_field!r})"
+            raise self._field_too_long(part)
+
+    def _field_too_long(self, part: dict) -> UploadError:
+        name, file_field = part.get("name"), self.file_field
+        if part.get("filename") or not part["headers"].get("content-type", "text/plain").lower().startswith("text/"):
+            # a file in another field (e.g. 'photo', 'image'): say where the photo goes
+            return UploadError(
+                422, f"no {file_field!r} field in the form: a file was sent in the field {name!r}; send the photo in the field {file_field!r}"
             )
+        return UploadError(
+            400, f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes (text fields only; send the photo in the field {file_field!r})"
+        )
 
-    def on_end() -> None:
-        state["ended"] = True
+    def on_end(self) -> None:
+        self.ended = True
 
-    callbacks = {
-        "on_part_begin": on_part_begin,
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data,
-        "on_end": on_end,
-    }
+    def upload(self) -> Upload:
+        """The photo part and the text fields (422 when there is no ``file_field`` part)."""
+        file_field = self.file_field
+        files = [p for p in self.parts if p.get("name") == file_field]
+        if not files:
+            names = ", ".join(repr(p.get("name")) for p in self.parts) or "none"
+            raise UploadError(422, f"no {file_field!r} field in the form (fields sent: {names}); put the photo in {file_field!r}")
+        f = files[0]
+        fields = {p["name"]: bytes(p["data"]).decode("utf-8", "replace") for p in self.parts if p.get("name") and p.get("name") != file_field}
+        return Upload(bytes(f["data"]), f.get("filename", ""), f["headers"].get("content-type", ""), fields)
+
+
+async def _parse_multipart(chunks: AsyncIterator[bytes], boundary: bytes, max_bytes: int, file_field: str) -> Upload:
+    form = _FormParts(file_field, max_bytes)
     try:
-        parser = MultipartParser(boundary, callbacks)
+        parser = MultipartParser(boundary, form.callbacks())
         async for c in chunks:
             parser.write(c)
         parser.finalize()
     except MultipartParseError as e:
         raise UploadError(400, f"malformed multipart body: {e}") from None
-    if not state["ended"]:
+    if not form.ended:
         raise UploadError(400, "malformed multipart body: it ends before the closing boundary")
-
-    files = [p for p in parts if p.get("name") == file_field]
-    if not files:
-        names = ", ".join(repr(p.get("name")) for p in parts) or "none"
-        raise UploadError(422, f"no {file_field!r} field in the form (fields sent: {names}); put the photo in {file_field!r}")
-    f = files[0]
-    fields = {p["name"]: bytes(p["data"]).decode("utf-8", "replace") for p in parts if p.get("name") and p.get("name") != file_field}
-    return Upload(bytes(f["data"]), f.get("filename", ""), f["headers"].get("content-type", ""), fields)
+    return form.upload()
