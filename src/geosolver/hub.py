@@ -257,6 +257,15 @@ def _fetch(listing: Listing, files: Sequence[RemoteFile], *, local_dir: Path | N
     return out
 
 
+def _plan(dest: Path, listing: Listing, selected: list[RemoteFile], present: list[str],
+          dry_run: bool) -> tuple[DownloadResult, list[RemoteFile]]:
+    """What a download of ``selected`` into ``dest`` has to do: the result so far and the files still to fetch."""
+    todo = [f for f in selected if f.path not in present]
+    res = DownloadResult(dest, listing.sha, selected, present=present, bytes_total=sum(f.size for f in selected),
+                         bytes_to_fetch=sum(f.size for f in todo), dry_run=dry_run)
+    return res, todo
+
+
 # ----------------------------------------------------------------------------------------------
 # OSV5M
 # ----------------------------------------------------------------------------------------------
@@ -392,10 +401,7 @@ def download_osv5m(
             f"here; nothing was written to {root}.")
     listing = list_repo(repo_id, "dataset", revision, timeout=timeout, hint=hint)
     selected = osv5m_selection(listing, split, shards)
-    present = [f.path for f in selected if _is_present(root, f)]
-    todo = [f for f in selected if f.path not in present]
-    res = DownloadResult(root, listing.sha, selected, present=present, bytes_total=sum(f.size for f in selected),
-                         bytes_to_fetch=sum(f.size for f in todo), dry_run=dry_run)
+    res, todo = _plan(root, listing, selected, [f.path for f in selected if _is_present(root, f)], dry_run)
     if dry_run:
         return res
     t0 = time.time()
@@ -506,9 +512,7 @@ def download_model(
         storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
         dest = storage / "snapshots" / listing.sha
         present = [f.path for f in selected if (dest / f.path).is_file()]
-    todo = [f for f in selected if f.path not in present]
-    res = DownloadResult(dest, listing.sha, selected, present=present, bytes_total=sum(f.size for f in selected),
-                         bytes_to_fetch=sum(f.size for f in todo), dry_run=dry_run)
+    res, todo = _plan(dest, listing, selected, present, dry_run)
     if dry_run:
         return res
     t0 = time.time()

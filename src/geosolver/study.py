@@ -152,13 +152,71 @@ def _store_done(path: Path, limit: int | None) -> bool:
     return st.complete and st.manifest.get("config", {}).get("limit", "unset") == limit
 
 
+
+# ----------------------------------------------------------------------------------------------
+# the study: a list of stages sharing one state
+# ----------------------------------------------------------------------------------------------
+_ROLES = ("model", "baseline")
+_SPLITS = ("test", "train")
+
+
 def run_study(cfg: StudyConfig) -> dict:
     """Run (or resume) the study; writes ``OUT/report.html`` and returns ``summary.json``'s content."""
-    from geosolver.hub import ensure_model
+    st = _start(cfg)
+    _models(st)
+    _embed(st)
+    _analyse(st)
+    _groups(st)
+    _evaluate(st)
+    _curate(st)
+    _finetune(st)
+    return _report(st)
 
+
+@dataclass
+class _Study:
+    """What the stages share: the settings, where things go, and what earlier stages produced."""
+
+    cfg: StudyConfig
+    run: RunDir
+    root: Path  # the dataset root, absolute
+    names: dict[str, str]  # role (model, baseline) → the encoder as given
+    labels: dict[str, str]  # role → its folder under stores/, also its runs' prefix
+    hw: dict
+    est: dict
+    t_start: float
+    steps: _Steps = field(default_factory=_Steps)
+    paths: dict[str, str] = field(default_factory=dict)  # role → what load_encoder gets (stage 0)
+    tables: dict[str, object] = field(default_factory=dict)  # split → its dataset table, read once
+    runs: dict[str, Path] = field(default_factory=dict)  # evaluation → its run directory
+    curated: dict[str, Path] = field(default_factory=dict)  # "strategy-size" → the curated gallery store
+
+    @property
+    def out(self) -> Path:
+        return self.run.path
+
+    @property
+    def limits(self) -> dict[str, int | None]:
+        return {"test": self.cfg.test_limit, "train": self.cfg.train_limit}
+
+    def store(self, label: str, split: str) -> Path:
+        return self.out / "stores" / label / split
+
+    def stores_done(self, label: str) -> bool:
+        return all(_store_done(self.store(label, s), self.limits[s]) for s in _SPLITS)
+
+    def table(self, split: str):
+        if split not in self.tables:
+            from geosolver.data import read_dataset
+
+            self.tables[split] = read_dataset("osv5m", self.root, split=split, limit=self.limits[split])
+        return self.tables[split]
+
+
+def _start(cfg: StudyConfig) -> _Study:
+    """Print the estimate and the hardware, write ``config.json``, name the two encoders' stores."""
     t_start = time.time()
     run = RunDir(cfg.out, "study")
-    out = run.path
     root = Path(os.path.abspath(cfg.root))
     hw = hardware()
     est = estimate(cfg)
@@ -169,186 +227,220 @@ def run_study(cfg: StudyConfig) -> dict:
          f"included). These are estimates; the report records the real timings.")
     _say(f"hardware: {hw['device_name']}, {hw['cpu_count']} CPUs")
     run.write_config({**asdict(cfg), "root": str(root), "estimate": est, "hardware": hw})
-    steps = _Steps()
-    common = ["--device", cfg.device, "--precision", cfg.precision]
-
-    # 0. models -------------------------------------------------------------------------------
     names = {"model": cfg.model, "baseline": cfg.baseline}
-    paths: dict[str, str] = {}
-    models_file = out / "models.json"
-    prev = json.loads(models_file.read_text()) if models_file.is_file() else {}
-
-    def models_done() -> bool:
-        ok = prev.get("names") == names and all(Path(p).exists() or "/" not in p for p in prev.get("paths", {}).values())
-        if ok:
-            paths.update(prev["paths"])
-        return ok
-
-    def fetch_models():
-        for k, n in names.items():
-            paths[k] = ensure_model(n, progress=cfg.progress)
-        run.write_json("models.json", {"names": names, "paths": paths})
-
-    steps.run("0 models", models_done, fetch_models, [f"geosolver download model {shlex.quote(n)}" for n in names.values()])
-
-    # 1. embed --------------------------------------------------------------------------------
-    tables: dict[str, object] = {}
-    limits = {"test": cfg.test_limit, "train": cfg.train_limit}
-
-    def table(split: str):
-        if split not in tables:
-            from geosolver.data import read_dataset
-
-            tables[split] = read_dataset("osv5m", root, split=split, limit=limits[split])
-        return tables[split]
-
-    def store_path(label: str, split: str) -> Path:
-        return out / "stores" / label / split
-
-    def embed_all(label: str, model_path: str, title: str) -> None:
-        from geosolver.embed import embed
-        from geosolver.encoders import EncoderSpec, load_encoder
-
-        todo = [s for s in ("test", "train") if not _store_done(store_path(label, s), limits[s])]
-        if not todo:
-            return
-        enc = load_encoder(EncoderSpec(model_path, cfg.device, cfg.precision))
-        for s in todo:
-            t = table(s)
-            res = embed(t, enc, store_path(label, s), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                        progress=cfg.progress, skipped=t.attrs.get("skipped"),
-                        config={"command": "study", "dataset": str(root), "split": s, "limit": limits[s], "model": title})
-            _say(f"embed {title} {s}: {len(res.store):,} rows ({res.rows_embedded:,} new, {res.images_per_s:.1f} img/s)")
-
-    def embed_cmds(model: str, label: str) -> list[str]:
-        return [shlex.join(["geosolver", "embed", "--dataset", "osv5m", "--root", str(root), "--split", s,
-                            *(["--limit", str(limits[s])] if limits[s] else []), "--model", model,
-                            "--out", str(store_path(label, s)), *common]) for s in ("test", "train")]
-
     labels = {k: _slug(n) for k, n in names.items()}
     if labels["model"] == labels["baseline"]:
         labels["baseline"] += "-baseline"
-    for k in ("model", "baseline"):
-        steps.run(f"1 embed {names[k]}",
-                  lambda k=k: all(_store_done(store_path(labels[k], s), limits[s]) for s in ("test", "train")),
-                  lambda k=k: embed_all(labels[k], paths[k], names[k]), embed_cmds(paths[k], labels[k]))
+    return _Study(cfg, run, root, names, labels, hw, est, t_start)
 
-    # 2. analysis -----------------------------------------------------------------------------
+
+# 0. models ------------------------------------------------------------------------------------
+def _models(st: _Study) -> None:
+    """The encoders' snapshots (cached → no request); ``models.json`` remembers them for a resume."""
+    models_file = st.out / "models.json"
+    prev = json.loads(models_file.read_text()) if models_file.is_file() else {}
+    st.steps.run("0 models", lambda: _models_known(st, prev), lambda: _fetch_models(st),
+                 [f"geosolver download model {shlex.quote(n)}" for n in st.names.values()])
+
+
+def _models_known(st: _Study, prev: dict) -> bool:
+    ok = prev.get("names") == st.names and all(Path(p).exists() or "/" not in p for p in prev.get("paths", {}).values())
+    if ok:
+        st.paths.update(prev["paths"])
+    return ok
+
+
+def _fetch_models(st: _Study) -> None:
+    from geosolver.hub import ensure_model
+
+    for k, n in st.names.items():
+        st.paths[k] = ensure_model(n, progress=st.cfg.progress)
+    st.run.write_json("models.json", {"names": st.names, "paths": st.paths})
+
+
+# 1. embed -------------------------------------------------------------------------------------
+def _embed(st: _Study) -> None:
+    """The test split and the train slice, embedded with both encoders."""
+    for k in _ROLES:
+        _embed_step(st, f"1 embed {st.names[k]}", st.labels[k], st.paths[k], st.names[k])
+
+
+def _embed_step(st: _Study, step: str, label: str, model: str, title: str) -> None:
+    """``model``'s test and train stores under ``stores/<label>/`` (also stage 6's, for each fine-tuned model)."""
+    cfg, limits = st.cfg, st.limits
+    cmds = [shlex.join(["geosolver", "embed", "--dataset", "osv5m", "--root", str(st.root), "--split", s,
+                        *(["--limit", str(limits[s])] if limits[s] else []), "--model", model,
+                        "--out", str(st.store(label, s)), "--device", cfg.device, "--precision", cfg.precision])
+            for s in _SPLITS]
+    st.steps.run(step, lambda: st.stores_done(label), lambda: _embed_splits(st, label, model, title), cmds)
+
+
+def _embed_splits(st: _Study, label: str, model: str, title: str) -> None:
+    from geosolver.embed import embed
+    from geosolver.encoders import EncoderSpec, load_encoder
+
+    cfg, limits = st.cfg, st.limits
+    todo = [s for s in _SPLITS if not _store_done(st.store(label, s), limits[s])]
+    if not todo:
+        return
+    enc = load_encoder(EncoderSpec(model, cfg.device, cfg.precision))
+    for s in todo:
+        t = st.table(s)
+        res = embed(t, enc, st.store(label, s), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                    progress=cfg.progress, skipped=t.attrs.get("skipped"),
+                    config={"command": "study", "dataset": str(st.root), "split": s, "limit": limits[s], "model": title})
+        _say(f"embed {title} {s}: {len(res.store):,} rows ({res.rows_embedded:,} new, {res.images_per_s:.1f} img/s)")
+
+
+# 2. analysis ----------------------------------------------------------------------------------
+def _analyse(st: _Study) -> None:
+    """The two encoders' embedding spaces side by side (similarity vs distance)."""
+    _analysis_step(st, "2 analysis", "analysis", [st.store(st.labels[k], "test") for k in _ROLES],
+                   [st.names[k] for k in _ROLES])
+
+
+def _analysis_step(st: _Study, step: str, folder: str, stores: list[Path], names: list[str]) -> None:
+    """``analyze_stores`` into ``OUT/<folder>`` (also stage 6's, the fine-tuned models vs the base model)."""
     from geosolver.analysis import analyze_stores
 
-    n_test_rows = _rows(store_path(labels["model"], "test"))
-    sample = max(2, min(cfg.analysis_sample, n_test_rows))
-    an_stores = [store_path(labels[k], "test") for k in ("model", "baseline")]
-    steps.run("2 analysis", lambda: (out / "analysis" / "stats.json").is_file(),
-              lambda: analyze_stores(an_stores, out / "analysis", sample=sample, seed=cfg.seed,
-                                     names=[names["model"], names["baseline"]], progress=cfg.progress),
-              [shlex.join(["geosolver", "analyze", *map(str, an_stores), "--out", str(out / "analysis"), "--sample",
-                           str(sample), "--names", f"{names['model']},{names['baseline']}"])])
+    dest = st.out / folder
+    sample = max(2, min(st.cfg.analysis_sample, _rows(st.store(st.labels["model"], "test"))))
+    st.steps.run(step, lambda: (dest / "stats.json").is_file(),
+                 lambda: analyze_stores(stores, dest, sample=sample, seed=st.cfg.seed, names=names, progress=st.cfg.progress),
+                 [shlex.join(["geosolver", "analyze", *map(str, stores), "--out", str(dest), "--sample", str(sample),
+                              "--names", ",".join(names)])])
 
-    # 3. groups -------------------------------------------------------------------------------
-    def groups():
-        from geosolver.curate import format_histogram, group_size_histogram, group_table
-        from geosolver.enrich import enrich_store
-        from geosolver.store import EmbeddingStore
 
-        for s in ("test", "train"):
-            enrich_store(store_path(labels["model"], s), progress=cfg.progress)
-        st = EmbeddingStore(store_path(labels["model"], "test"))
-        gt = group_table(st.metadata, list(GROUP_BY))
-        hist = group_size_histogram(gt["n_images"].to_numpy())
-        feats = [c for c in gt.columns if c != "n_images"]
-        run.write_json("groups.json", {"by": feats, "n_images": len(st), "n_groups": len(gt),
-                                       "histogram": hist.to_dict(orient="records"),
-                                       "largest": gt.head(10).astype(str).to_dict(orient="records")})
-        run.write_text("groups.txt", f"{len(st):,} images in {len(gt):,} groups by {','.join(feats)}\n{format_histogram(hist)}\n")
+# 3. groups ------------------------------------------------------------------------------------
+def _groups(st: _Study) -> None:
+    """The group-size table of the test split over :data:`GROUP_BY` (the stores enriched first)."""
+    model = st.labels["model"]
+    st.steps.run("3 groups", lambda: (st.out / "groups.json").is_file(), lambda: _group_table(st),
+                 [f"geosolver enrich {shlex.quote(str(st.store(model, s)))}" for s in _SPLITS]
+                 + [f"geosolver curate stats {shlex.quote(str(st.store(model, 'test')))} --by {','.join(GROUP_BY)}"])
 
-    test_store = store_path(labels["model"], "test")
-    steps.run("3 groups", lambda: (out / "groups.json").is_file(), groups,
-              [f"geosolver enrich {shlex.quote(str(store_path(labels['model'], s)))}" for s in ("test", "train")]
-              + [f"geosolver curate stats {shlex.quote(str(test_store))} --by {','.join(GROUP_BY)}"])
 
-    # 4. evaluation ---------------------------------------------------------------------------
+def _group_table(st: _Study) -> None:
+    from geosolver.curate import format_histogram, group_size_histogram, group_table
+    from geosolver.enrich import enrich_store
+    from geosolver.store import EmbeddingStore
+
+    for s in _SPLITS:
+        enrich_store(st.store(st.labels["model"], s), progress=st.cfg.progress)
+    store = EmbeddingStore(st.store(st.labels["model"], "test"))
+    gt = group_table(store.metadata, list(GROUP_BY))
+    hist = group_size_histogram(gt["n_images"].to_numpy())
+    feats = [c for c in gt.columns if c != "n_images"]
+    st.run.write_json("groups.json", {"by": feats, "n_images": len(store), "n_groups": len(gt),
+                                      "histogram": hist.to_dict(orient="records"),
+                                      "largest": gt.head(10).astype(str).to_dict(orient="records")})
+    st.run.write_text("groups.txt", f"{len(store):,} images in {len(gt):,} groups by {','.join(feats)}\n"
+                                    f"{format_histogram(hist)}\n")
+
+
+# 4. evaluation --------------------------------------------------------------------------------
+def _evaluate(st: _Study) -> None:
+    """kNN geolocation of the test split against each encoder's own train-slice gallery."""
+    for k in _ROLES:
+        label = st.labels[k]
+        _evaluate_step(st, f"4 evaluate {st.names[k]}", f"{label}-full", st.store(label, "test"), st.store(label, "train"))
+
+
+def _evaluate_step(st: _Study, step: str, name: str, queries: Path, gallery: Path) -> None:
+    """One evaluation into ``OUT/runs/<name>`` (stages 4, 5 and 6), recorded in ``st.runs`` for the report."""
     from geosolver.evaluate import evaluate
 
-    runs: dict[str, Path] = {}
+    rd = st.out / "runs" / name
+    st.runs[name] = rd
+    st.steps.run(step, lambda: (rd / "metrics.json").is_file(),
+                 lambda: evaluate(queries, gallery, out=rd, progress=False, seed=st.cfg.seed),
+                 [shlex.join(["geosolver", "evaluate", "--queries", str(queries), "--gallery", str(gallery), "--out", str(rd)])])
 
-    def evaluate_step(name: str, queries: Path, gallery: Path, title: str) -> None:
-        rd = out / "runs" / name
-        runs[name] = rd
-        steps.run(title, lambda: (rd / "metrics.json").is_file(),
-                  lambda: evaluate(queries, gallery, out=rd, progress=False, seed=cfg.seed),
-                  [shlex.join(["geosolver", "evaluate", "--queries", str(queries), "--gallery", str(gallery), "--out", str(rd)])])
 
-    for k in ("model", "baseline"):
-        evaluate_step(f"{labels[k]}-full", store_path(labels[k], "test"), store_path(labels[k], "train"),
-                      f"4 evaluate {names[k]}")
-
-    # 5. curation -----------------------------------------------------------------------------
-    from geosolver.curate import curate_store
-
-    n_gallery = _rows(store_path(labels["model"], "train"))
-    sizes = [s for s in cfg.gallery_sizes if s < n_gallery]
-    for s in cfg.gallery_sizes:
+# 5. curation ----------------------------------------------------------------------------------
+def _curate(st: _Study) -> None:
+    """Curated vs random galleries of each size below the train slice, evaluated on the same queries."""
+    n_gallery = _rows(st.store(st.labels["model"], "train"))
+    sizes = [s for s in st.cfg.gallery_sizes if s < n_gallery]
+    for s in st.cfg.gallery_sizes:
         if s >= n_gallery:
             _say(f"gallery size {s:,} >= the {n_gallery:,}-image train slice: skipped (no selection to make)")
-    curated: dict[str, Path] = {}
     for size in sizes:
         for strategy in STRATEGIES:
-            cdir = out / "stores" / labels["model"] / f"gallery-{strategy}-{size}"
-            curated[f"{strategy}-{size}"] = cdir
-            gal = store_path(labels["model"], "train")
-            steps.run(f"5 curate {strategy} {size}", lambda cdir=cdir: (cdir / "manifest.json").is_file(),
-                      lambda cdir=cdir, strategy=strategy, size=size: curate_store(gal, cdir, size, by=list(GROUP_BY),
-                                                                                    strategy=strategy, seed=cfg.seed),
-                      [shlex.join(["geosolver", "curate", "select", str(gal), "--size", str(size), "--strategy", strategy,
-                                   "--by", ",".join(GROUP_BY), "--seed", str(cfg.seed), "--out", str(cdir)])])
-            evaluate_step(f"{labels['model']}-{strategy}-{size}", test_store, cdir, f"5 evaluate {strategy} {size}")
+            _curate_step(st, strategy, size)
 
-    # 6. fine-tuning --------------------------------------------------------------------------
-    from geosolver.train import TrainConfig, train
 
-    n_train_rows = n_gallery
+def _curate_step(st: _Study, strategy: str, size: int) -> None:
+    from geosolver.curate import curate_store
+
+    model, seed = st.labels["model"], st.cfg.seed
+    gal = st.store(model, "train")
+    cdir = st.out / "stores" / model / f"gallery-{strategy}-{size}"
+    st.curated[f"{strategy}-{size}"] = cdir
+    st.steps.run(f"5 curate {strategy} {size}", lambda: (cdir / "manifest.json").is_file(),
+                 lambda: curate_store(gal, cdir, size, by=list(GROUP_BY), strategy=strategy, seed=seed),
+                 [shlex.join(["geosolver", "curate", "select", str(gal), "--size", str(size), "--strategy", strategy,
+                              "--by", ",".join(GROUP_BY), "--seed", str(seed), "--out", str(cdir)])])
+    _evaluate_step(st, f"5 evaluate {strategy} {size}", f"{model}-{strategy}-{size}", st.store(model, "test"), cdir)
+
+
+# 6. fine-tuning -------------------------------------------------------------------------------
+def _finetune(st: _Study) -> None:
+    """Fine-tune the model with each objective, re-embed, evaluate; analyse them beside the base model."""
+    for obj in OBJECTIVES:
+        _finetune_one(st, obj)
+    ft_labels = [f"ft-{obj}" for obj in OBJECTIVES]
+    _analysis_step(st, "6 analysis fine-tuned", "analysis-finetune",
+                   [st.store(st.labels["model"], "test")] + [st.store(lb, "test") for lb in ft_labels],
+                   [f"{st.names['model']} (base)"] + ft_labels)
+
+
+def _finetune_one(st: _Study, obj: str) -> None:
+    tcfg = _train_config(st, obj)
+    tdir, label = Path(tcfg.out), f"ft-{obj}"
+    st.steps.run(f"6 train {obj}", lambda: (tdir / "train_result.json").is_file() and (tdir / "model").is_dir(),
+                 lambda: _train(tcfg),
+                 [shlex.join(["geosolver", "train", "--data", tcfg.root, "--dataset", "osv5m", "--split", "train",
+                              "--limit", str(tcfg.limit), "--model", tcfg.model, "--objective", obj,
+                              "--steps", str(tcfg.steps), "--batch-size", str(tcfg.batch_size),
+                              "--eval-every", str(tcfg.eval_every), "--device", tcfg.device,
+                              "--precision", tcfg.precision, "--out", tcfg.out])])
+    mdir = str(tdir / "model")
+    _embed_step(st, f"6 embed {label}", label, mdir, label)
+    _evaluate_step(st, f"6 evaluate {label}", f"{label}-full", st.store(label, "test"), st.store(label, "train"))
+
+
+def _train_config(st: _Study, obj: str):
+    """The fine-tuning run of ``obj``: batch a multiple of 4 that fits the slice, bf16/fp32 or auto."""
+    from geosolver.train import TrainConfig
+
+    cfg = st.cfg
+    n_train_rows = _rows(st.store(st.labels["model"], "train"))
     tb = max(4, min(cfg.train_batch_size, n_train_rows // 2) // 4 * 4)
     tprec = cfg.precision if cfg.precision in ("fp32", "bf16") else "auto"
-    ft_labels: list[str] = []
-    for obj in OBJECTIVES:
-        tdir = out / "train" / obj
-        label = f"ft-{obj}"
-        ft_labels.append(label)
-        tcfg = TrainConfig(out=str(tdir), root=str(root), dataset="osv5m", split="train", limit=cfg.train_limit,
-                           model=paths["model"], objective=obj, steps=cfg.steps, batch_size=tb,
-                           eval_every=max(cfg.steps // 5, 1), device=cfg.device, precision=tprec, seed=cfg.seed,
-                           num_workers=cfg.num_workers, cache_images=n_train_rows <= 2000, progress=cfg.progress)
+    return TrainConfig(out=str(st.out / "train" / obj), root=str(st.root), dataset="osv5m", split="train",
+                       limit=cfg.train_limit, model=st.paths["model"], objective=obj, steps=cfg.steps, batch_size=tb,
+                       eval_every=max(cfg.steps // 5, 1), device=cfg.device, precision=tprec, seed=cfg.seed,
+                       num_workers=cfg.num_workers, cache_images=n_train_rows <= 2000, progress=cfg.progress)
 
-        def do_train(tcfg=tcfg, tdir=tdir):
-            res = train(tcfg)
-            RunDir(tdir, "train").write_json("train_result.json", {
-                "steps": res.steps, "best_step": res.best_step, "seconds": res.seconds,
-                "initial_metrics": res.initial_metrics, "best_metrics": res.best_metrics, "final_metrics": res.final_metrics})
 
-        steps.run(f"6 train {obj}", lambda tdir=tdir: (tdir / "train_result.json").is_file() and (tdir / "model").is_dir(),
-                  do_train,
-                  [shlex.join(["geosolver", "train", "--data", str(root), "--dataset", "osv5m", "--split", "train",
-                               "--limit", str(cfg.train_limit), "--model", paths["model"], "--objective", obj,
-                               "--steps", str(cfg.steps), "--batch-size", str(tb), "--eval-every", str(tcfg.eval_every),
-                               "--device", cfg.device, "--precision", tprec, "--out", str(tdir)])])
-        mdir = str(tdir / "model")
-        steps.run(f"6 embed {label}",
-                  lambda label=label: all(_store_done(store_path(label, s), limits[s]) for s in ("test", "train")),
-                  lambda label=label, mdir=mdir: embed_all(label, mdir, label), embed_cmds(mdir, label))
-        evaluate_step(f"{label}-full", store_path(label, "test"), store_path(label, "train"), f"6 evaluate {label}")
+def _train(tcfg) -> None:
+    from geosolver.train import train
 
-    ft_stores = [store_path(labels["model"], "test")] + [store_path(lb, "test") for lb in ft_labels]
-    ft_names = [f"{names['model']} (base)"] + ft_labels
-    steps.run("6 analysis fine-tuned", lambda: (out / "analysis-finetune" / "stats.json").is_file(),
-              lambda: analyze_stores(ft_stores, out / "analysis-finetune", sample=sample, seed=cfg.seed,
-                                     names=ft_names, progress=cfg.progress),
-              [shlex.join(["geosolver", "analyze", *map(str, ft_stores), "--out", str(out / "analysis-finetune"),
-                           "--sample", str(sample), "--names", ",".join(ft_names)])])
+    res = train(tcfg)
+    RunDir(tcfg.out, "train").write_json("train_result.json", {
+        "steps": res.steps, "best_step": res.best_step, "seconds": res.seconds,
+        "initial_metrics": res.initial_metrics, "best_metrics": res.best_metrics, "final_metrics": res.final_metrics})
 
-    # 7. report -------------------------------------------------------------------------------
-    summary = _write_report(out, cfg, names, labels, runs, curated, steps, hw, est, time.time() - t_start)
-    _say(f"done in {time.time() - t_start:.0f}s: open {out / 'report.html'}")
+
+# 7. report ------------------------------------------------------------------------------------
+def _report(st: _Study) -> dict:
+    """``summary.json``, ``report.md`` and ``report.html`` from what the stages wrote; returns the summary."""
+    parts = _report_parts(st, time.time() - st.t_start)
+    summary = _write_summary(st, parts)
+    atomic_write_text(st.out / "report.md", _report_md(st, parts))
+    atomic_write_text(st.out / "report.html", page("Geosolver founding study", _report_html(st, parts)))
+    _say(f"done in {time.time() - st.t_start:.0f}s: open {st.out / 'report.html'}")
     return summary
 
 
@@ -377,86 +469,121 @@ def _groups_md(out: Path) -> str:
     return "\n".join(lines)
 
 
-def _write_report(out: Path, cfg: StudyConfig, names, labels, runs: dict[str, Path], curated, steps: _Steps,
-                  hw: dict, est: dict, total_s: float) -> dict:
+
+@dataclass
+class _ReportParts:
+    """The report's tables (markdown) and lines, shared by ``summary.json``, ``report.md`` and ``report.html``."""
+
+    total_s: float
+    metrics: dict  # run → its metrics.json
+    trains: dict  # objective → its train_result.json
+    first: Path  # the model's full-gallery run: its error plots lead the report
+    has_curation: bool
+    encoders: str
+    encoders_all: str
+    curation: str
+    finetune: str
+    analysis: str
+    analysis_ft: str
+    groups: str
+    training: str
+    timings: str
+    commands: str
+    hardware: str
+    estimate: str
+
+
+def _report_parts(st: _Study, total_s: float) -> _ReportParts:
     from geosolver.evaluate import compare_runs
 
-    full = [runs[f"{labels[k]}-full"] for k in ("model", "baseline")]
-    cur = [runs[n] for n in runs if any(n.endswith(f"-{c}") for c in curated)]
-    ft = [runs[f"{labels['model']}-full"]] + [runs[n] for n in runs if n.startswith("ft-")]
-    _, md_encoders = compare_runs(full)
-    _, md_encoders_all = compare_runs(full, all_rows=True)
-    _, md_curation = compare_runs([runs[f"{labels['model']}-full"], *cur]) if cur else (None, "(no gallery size below the train slice)")
-    _, md_ft = compare_runs(ft)
-    md_an = _analysis_md(out / "analysis")
-    md_an_ft = _analysis_md(out / "analysis-finetune")
-    md_groups = _groups_md(out)
-    metrics = {n: json.loads((rd / "metrics.json").read_text()) for n, rd in runs.items()}
+    out, runs, steps, hw, est = st.out, st.runs, st.steps, st.hw, st.est
+    base = runs[f"{st.labels['model']}-full"]
+    full = [runs[f"{st.labels[k]}-full"] for k in _ROLES]
+    cur = [runs[n] for n in runs if any(n.endswith(f"-{c}") for c in st.curated)]
+    ft = [base] + [runs[n] for n in runs if n.startswith("ft-")]
+    _, md_curation = compare_runs([base, *cur]) if cur else (None, "(no gallery size below the train slice)")
     trains = {p.parent.name: json.loads(p.read_text()) for p in sorted((out / "train").glob("*/train_result.json"))}
-    summary = {
-        "config": asdict(cfg), "models": names,
-        "runs": {n: {"best": m.get("best"), "references": m.get("references")} for n, m in metrics.items()},
-        "training": trains,
-        "groups": json.loads((out / "groups.json").read_text()),
-        "steps": steps.status, "timings_s": {k: round(v, 2) for k, v in steps.timings.items()},
-        "total_s": round(total_s, 2), "hardware": hw, "estimate": est, "commands": steps.commands,
-    }
-    RunDir(out, "study").write_json("summary.json", summary)
+    return _ReportParts(
+        total_s=total_s, metrics={n: json.loads((rd / "metrics.json").read_text()) for n, rd in runs.items()},
+        trains=trains, first=full[0], has_curation=bool(cur),
+        encoders=compare_runs(full)[1], encoders_all=compare_runs(full, all_rows=True)[1], curation=md_curation,
+        finetune=compare_runs(ft)[1], analysis=_analysis_md(out / "analysis"),
+        analysis_ft=_analysis_md(out / "analysis-finetune"), groups=_groups_md(out),
+        training="\n".join(["| objective | steps | kept step | seconds | base Geoscore (val) | kept Geoscore (val) |",
+                            "|---|---|---|---|---|---|"] + [
+            f"| {k} | {v['steps']} | {v['best_step']} | {v['seconds']:.0f} | "
+            f"{v['initial_metrics'].get('geoscore', float('nan')):.0f} | "
+            f"{v['best_metrics'].get('geoscore', float('nan')):.0f} |" for k, v in trains.items()]),
+        timings="\n".join(["| step | status | seconds |", "|---|---|---|"] + [
+            f"| {k} | {v} | {steps.timings.get(k, 0):.1f} |" for k, v in steps.status.items()]),
+        commands="\n".join(f"# {step}\n" + "\n".join(c) for step, c in steps.commands.items() if c),
+        hardware=(f"{hw['device_name']} ({'CUDA' if hw['cuda'] else 'CPU only'}), {hw['cpu_count']} CPUs, "
+                  f"torch {hw['torch']}, {hw['platform']}"),
+        estimate=(f"Estimate printed before starting (assumed {est['assumed_rates']['embed_img_s']:g} img/s embedding, "
+                  f"{est['assumed_rates']['train_img_s']:g} img/s training on {est['device']}): "
+                  f"{_fmt_s(est['seconds'])}, {est['disk_bytes'] / 1e9:.1f} GB. Actual: {_fmt_s(total_s)} this run."),
+    )
 
-    timing_md = "\n".join(["| step | status | seconds |", "|---|---|---|"] + [
-        f"| {k} | {v} | {steps.timings.get(k, 0):.1f} |" for k, v in steps.status.items()])
-    cmds_md = "\n".join(f"# {step}\n" + "\n".join(c) for step, c in steps.commands.items() if c)
-    hw_line = (f"{hw['device_name']} ({'CUDA' if hw['cuda'] else 'CPU only'}), {hw['cpu_count']} CPUs, torch {hw['torch']}, "
-               f"{hw['platform']}")
-    est_line = (f"Estimate printed before starting (assumed {est['assumed_rates']['embed_img_s']:g} img/s embedding, "
-                f"{est['assumed_rates']['train_img_s']:g} img/s training on {est['device']}): {_fmt_s(est['seconds'])}, "
-                f"{est['disk_bytes'] / 1e9:.1f} GB. Actual: {_fmt_s(total_s)} this run.")
-    train_md = "\n".join(["| objective | steps | kept step | seconds | base Geoscore (val) | kept Geoscore (val) |", "|---|---|---|---|---|---|"] + [
-        f"| {k} | {v['steps']} | {v['best_step']} | {v['seconds']:.0f} | {v['initial_metrics'].get('geoscore', float('nan')):.0f} | "
-        f"{v['best_metrics'].get('geoscore', float('nan')):.0f} |" for k, v in trains.items()])
-    first = full[0]
-    parts_md = [
+
+def _write_summary(st: _Study, p: _ReportParts) -> dict:
+    summary = {
+        "config": asdict(st.cfg), "models": st.names,
+        "runs": {n: {"best": m.get("best"), "references": m.get("references")} for n, m in p.metrics.items()},
+        "training": p.trains,
+        "groups": json.loads((st.out / "groups.json").read_text()),
+        "steps": st.steps.status, "timings_s": {k: round(v, 2) for k, v in st.steps.timings.items()},
+        "total_s": round(p.total_s, 2), "hardware": st.hw, "estimate": st.est, "commands": st.steps.commands,
+    }
+    RunDir(st.out, "study").write_json("summary.json", summary)
+    return summary
+
+
+def _report_md(st: _Study, p: _ReportParts) -> str:
+    cfg, out, names = st.cfg, st.out, st.names
+    return "\n".join([
         "# Geosolver founding study (OSV5M)", "",
         f"Encoders: {names['model']} vs {names['baseline']}; test queries {cfg.test_limit or 'all'}, train slice "
         f"{cfg.train_limit:,} (the gallery). Dataset root `{cfg.root}`.", "",
-        "## 1. Encoders: best row of each (with random and oracle references)", "", md_encoders, "",
-        "## All strategies", "", md_encoders_all, "",
-        "## 2. Embedding space (similarity vs distance)", "", md_an, "",
-        "## 3. Group sizes of the test split", "", md_groups, "",
-        "## 5. Curated vs random galleries", "", md_curation, "",
-        "## 6. Fine-tuning", "", train_md, "", md_ft, "", md_an_ft, "",
-        "## Plots", "", f"![error map]({first.relative_to(out)}/errors_map.png)", "",
-        *[f"![curation {k}]({p.relative_to(out)}/map.png)" for k, p in curated.items() if (p / "map.png").exists()], "",
-        "## Timings", "", timing_md, "", est_line, "",
-        "## Hardware", "", hw_line, "",
-        "## Commands reproducing each step", "", "```", cmds_md, "```", "",
-    ]
-    atomic_write_text(out / "report.md", "\n".join(parts_md))
+        "## 1. Encoders: best row of each (with random and oracle references)", "", p.encoders, "",
+        "## All strategies", "", p.encoders_all, "",
+        "## 2. Embedding space (similarity vs distance)", "", p.analysis, "",
+        "## 3. Group sizes of the test split", "", p.groups, "",
+        "## 5. Curated vs random galleries", "", p.curation, "",
+        "## 6. Fine-tuning", "", p.training, "", p.finetune, "", p.analysis_ft, "",
+        "## Plots", "", f"![error map]({p.first.relative_to(out)}/errors_map.png)", "",
+        *[f"![curation {k}]({c.relative_to(out)}/map.png)" for k, c in st.curated.items() if (c / "map.png").exists()], "",
+        "## Timings", "", p.timings, "", p.estimate, "",
+        "## Hardware", "", p.hardware, "",
+        "## Commands reproducing each step", "", "```", p.commands, "```", "",
+    ])
 
-    imgs = lambda d: [img_tag(p, p.stem) for p in sorted(d.glob("*.png"))]  # noqa: E731
-    body = [
+
+def _report_html(st: _Study, p: _ReportParts) -> str:
+    cfg, out, names, first = st.cfg, st.out, st.names, p.first
+    imgs = lambda d: [img_tag(f, f.stem) for f in sorted(d.glob("*.png"))]  # noqa: E731
+    return "\n".join([
         "<h1>Geosolver founding study (OSV5M)</h1>",
         f"<p>Encoders: <b>{names['model']}</b> vs <b>{names['baseline']}</b>; test queries {cfg.test_limit or 'all'}, "
         f"train slice (gallery) {cfg.train_limit:,}. Geoscore = 5000·exp(−km/1492.7), 95 % bootstrap interval; "
         "<b>random</b> guesses a random gallery location, <b>oracle</b> is the gallery coordinate nearest the truth.</p>",
-        "<h2>1. Encoders against the full gallery</h2>", markdown_table_html(md_encoders),
-        "<h3>All strategies</h3>", markdown_table_html(md_encoders_all),
-        "<div class='grid'>", img_tag(first / "errors_map.png", "error map"), img_tag(first / "errors_hist.png", "error distribution"), "</div>",
-        "<h2>2. Embedding space: similarity vs distance</h2>", markdown_table_html(md_an), *imgs(out / "analysis"),
-        "<h2>3. Group sizes of the test split</h2>", markdown_table_html(md_groups),
-        f"<p>{md_groups.splitlines()[0]}</p>",
+        "<h2>1. Encoders against the full gallery</h2>", markdown_table_html(p.encoders),
+        "<h3>All strategies</h3>", markdown_table_html(p.encoders_all),
+        "<div class='grid'>", img_tag(first / "errors_map.png", "error map"),
+        img_tag(first / "errors_hist.png", "error distribution"), "</div>",
+        "<h2>2. Embedding space: similarity vs distance</h2>", markdown_table_html(p.analysis), *imgs(out / "analysis"),
+        "<h2>3. Group sizes of the test split</h2>", markdown_table_html(p.groups),
+        f"<p>{p.groups.splitlines()[0]}</p>",
         "<h2>5. Curated (grouped-clustered) vs random galleries</h2>",
         "<p>Same size, chosen two ways from the model's train-slice gallery; the same test queries.</p>",
-        markdown_table_html(md_curation) if cur else f"<p>{md_curation}</p>",
-        "<div class='grid'>", *[img_tag(p / "map.png", k) for k, p in curated.items() if (p / "map.png").exists()], "</div>",
+        markdown_table_html(p.curation) if p.has_curation else f"<p>{p.curation}</p>",
+        "<div class='grid'>", *[img_tag(c / "map.png", k) for k, c in st.curated.items() if (c / "map.png").exists()],
+        "</div>",
         "<h2>6. Fine-tuning: distance-consistency and geo-contrastive vs the base model</h2>",
-        markdown_table_html(train_md), markdown_table_html(md_ft), markdown_table_html(md_an_ft),
+        markdown_table_html(p.training), markdown_table_html(p.finetune), markdown_table_html(p.analysis_ft),
         *imgs(out / "analysis-finetune"),
-        *[img_tag(p, f"training {p.parent.name}") for p in sorted((out / "train").glob("*/training.png"))],
-        "<h2>Timings</h2>", markdown_table_html(timing_md), f"<p>{est_line}</p>",
-        "<h2>Hardware</h2>", f"<p>{hw_line}</p>",
+        *[img_tag(f, f"training {f.parent.name}") for f in sorted((out / "train").glob("*/training.png"))],
+        "<h2>Timings</h2>", markdown_table_html(p.timings), f"<p>{p.estimate}</p>",
+        "<h2>Hardware</h2>", f"<p>{p.hardware}</p>",
         "<h2>Commands reproducing each step</h2>",
-        "<pre>" + cmds_md.replace("&", "&amp;").replace("<", "&lt;") + "</pre>",
-    ]
-    atomic_write_text(out / "report.html", page("Geosolver founding study", "\n".join(body)))
-    return summary
+        "<pre>" + p.commands.replace("&", "&amp;").replace("<", "&lt;") + "</pre>",
+    ])
