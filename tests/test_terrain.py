@@ -193,3 +193,76 @@ def test_gallery_only_world(tmp_path):
     assert info["counts"]["gallery"] == 7 and info["counts"]["queries"] == 0
     assert len(pd.read_csv(tmp_path / "g" / "queries.csv")) == 0
     assert len(list((tmp_path / "g" / "images" / "gallery").glob("*.png"))) == 7
+
+
+# ----------------------------------------------------------------------------- query / gallery distributions
+def test_query_distribution_constants_and_bad_values(tmp_path, capsys):
+    assert terrain.QUERY_DISTRIBUTIONS == ("population", "land", "settlements")
+    assert terrain.GALLERY_SOURCES == ("geonames", "mp16")
+    with pytest.raises(terrain.TerrainError, match="queries_from"):
+        terrain.build_world(tmp_path / "x", 10, 5, queries_from="ocean", progress=False)
+    with pytest.raises(terrain.TerrainError, match="gallery_from"):
+        terrain.build_world(tmp_path / "y", 10, 5, gallery_from="flickr", progress=False)
+    with pytest.raises(SystemExit) as e:
+        main(["terrain", "build", "--out", str(tmp_path / "z"), "--gallery", "3", "--queries", "1", "--queries-from", "sea"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_area_uniform_queries_are_spread_by_area_not_by_people():
+    rng = np.random.default_rng(0)
+    la, lo = terrain.sample_area(3000, rng)
+    assert geodata.is_land(la, lo).all() and terrain.has_raster_data(la, lo).all()
+    km = reverse_geocode(la, lo)["place_km"].to_numpy()
+    # population-weighted points sit within ~60 km of a place; area-uniform ones often do not
+    # (Sahara, Siberia, Antarctica, Canadian Arctic, Amazon)
+    assert np.mean(km > 100) > 0.2
+    assert 0.03 < np.mean(la < -60) < 0.15  # Antarctica is ~9 % of the land area
+    # uniform on the sphere: lat density ∝ cos(lat) → |lat| > 60 has much more area than people
+    sl, _ = terrain.sample_area(2000, np.random.default_rng(1), near_places_km=terrain.SETTLEMENT_KM)
+    skm = reverse_geocode(sl, _)["place_km"].to_numpy()
+    assert (skm <= terrain.SETTLEMENT_KM + 1e-6).all() and (sl > -60).all()
+    assert np.mean(skm > 10) > 0.3  # uniform within the 25 km discs, not piled on the places
+    np.testing.assert_array_equal(terrain.sample_area(50, np.random.default_rng(5))[0],
+                                  terrain.sample_area(50, np.random.default_rng(5))[0])
+
+
+def test_world_with_land_and_settlement_queries(tmp_path, worlds):
+    for qf in ("land", "settlements"):
+        info = terrain.build_world(tmp_path / qf, 200, 50, seed=0, queries_from=qf, progress=False)
+        assert info["settings"]["queries_from"] == qf
+        q = pd.read_csv(tmp_path / qf / "queries.csv", keep_default_na=False)
+        la, lo = q["lat"].to_numpy(), q["lon"].to_numpy()
+        assert len(q) == 50 and geodata.is_land(la, lo).all() and terrain.has_raster_data(la, lo).all()
+        km = reverse_geocode(la, lo)["place_km"].to_numpy()
+        if qf == "settlements":
+            assert (km <= 25.0 + 0.01).all()  # the CSV rounds to 1e-6 degrees
+        else:
+            assert (km > 60).any()  # impossible for the population-weighted default
+    # the gallery does not depend on where the queries come from (same seed, same stream)
+    assert (tmp_path / "land" / "gallery.csv").read_text() == (tmp_path / "settlements" / "gallery.csv").read_text()
+    assert (tmp_path / "land" / "queries.csv").read_text() != (tmp_path / "settlements" / "queries.csv").read_text()
+    held = terrain.build_world(tmp_path / "h", 30, 20, split="held-out-cells", queries_from="land", progress=False)
+    g = pd.read_csv(tmp_path / "h" / "gallery.csv", keep_default_na=False)
+    q = pd.read_csv(tmp_path / "h" / "queries.csv", keep_default_na=False)
+    assert set(g["cell"]).isdisjoint(set(q["cell"])) and held["counts"]["queries"] == 20
+    # the default world's settings have no new keys (its files stay byte-identical)
+    assert "queries_from" not in worlds["a"][1]["settings"] and "gallery_from" not in worlds["a"][1]["settings"]
+
+
+def test_mp16_gallery_drops_sea_points_and_reports_them(tmp_path, monkeypatch):
+    from geosolver import mp16
+
+    pool = np.array([[48.85, 2.35], [40.71, -74.0], [35.68, 139.69], [0.0, -140.0], [-33.87, 151.21],
+                     [51.5, -0.12], [30.0, -40.0], [55.75, 37.62], [-22.9, -43.2], [19.43, -99.13]])
+    monkeypatch.setattr(mp16, "load_coordinates", lambda *a, **k: pool)
+    info = terrain.build_world(tmp_path / "m", 5, 4, seed=0, gallery_from="mp16", progress=False)
+    m = info["counts"]["mp16"]
+    assert m["pool"] == 10 and m["dropped_sea_or_no_raster"] == 2 and m["usable"] == 8 and m["drawn"] == 5
+    g = pd.read_csv(tmp_path / "m" / "gallery.csv")
+    rows = {tuple(r) for r in np.round(pool, 6)}
+    assert all((round(a, 6), round(b, 6)) in rows for a, b in zip(g["lat"], g["lon"]))  # real coordinates, no jitter
+    assert not ({(0.0, -140.0), (30.0, -40.0)} & {(a, b) for a, b in zip(g["lat"], g["lon"])})
+    assert len(list((tmp_path / "m" / "images" / "gallery").glob("*.png"))) == 5
+    assert "mp16" in info["attribution"] and info["settings"]["gallery_from"] == "mp16"
+    with pytest.raises(terrain.TerrainError, match="only 8 of 10"):
+        terrain.build_world(tmp_path / "m2", 9, 1, gallery_from="mp16", progress=False)

@@ -24,6 +24,19 @@ A tile for a point ``(lat, lon)``:
   random brightness (U[0.75, 1.25]) and per-channel colour gain (U[0.9, 1.1]), plus Gaussian
   pixel noise (σ = 6 grey levels).
 
+Where the points come from (``build_world``):
+
+* gallery (``gallery_from``): ``"geonames"`` (default) — a GeoNames place drawn uniformly, moved
+  by a 7 km Gaussian, kept on land (:func:`sample_points`); ``"mp16"`` — real photo coordinates of
+  MP-16 as shipped with GeoCLIP (:mod:`geosolver.mp16`), drawn without replacement from those on
+  land where both rasters have data.
+* queries (``queries_from``): ``"population"`` (default) — like the GeoNames gallery;
+  ``"land"`` — uniform over land *area* (uniform on the sphere, kept where the land mask says land
+  and both rasters have data; Antarctica included); ``"settlements"`` — uniform over land within
+  :data:`SETTLEMENT_KM` (25 km) of any GeoNames populated place: a crude proxy for
+  "near roads and settlements", i.e. where GeoGuessr-style street imagery exists. It is a proxy,
+  not a road network.
+
 Everything is deterministic given the seed.
 """
 
@@ -44,6 +57,9 @@ from geosolver.geo import EARTH_RADIUS_KM, grid_cell, grid_cell_label, wrap_lon
 from geosolver.rundir import RunDir
 
 SPLITS = ("random", "held-out-cells")
+QUERY_DISTRIBUTIONS = ("population", "land", "settlements")
+GALLERY_SOURCES = ("geonames", "mp16")
+SETTLEMENT_KM = 25.0
 CSV_COLUMNS = ("id", "path", "lat", "lon", "country", "land_cover", "climate", "cell")
 LAND_COVER_WEIGHT = 0.7
 NOT_COMPARABLE_NOTE = (
@@ -116,6 +132,109 @@ def sample_points(
     if have < n:
         raise TerrainError(f"could only draw {have} of {n} points on land after {max_rounds} rounds")
     return np.concatenate(got_lat)[:n], np.concatenate(got_lon)[:n]
+
+
+def has_raster_data(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Whether both rasters have data at each point: land cover not fill and climate not ocean."""
+    return (geodata.land_cover(lat, lon) != geodata.LAND_COVER_FILL) & (geodata.climate(lat, lon) != 0)
+
+
+def _uniform_sphere(m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``m`` points uniform on the sphere (uniform in lon and in sin(lat)), degrees."""
+    lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, m)))
+    lon = wrap_lon(rng.uniform(-180.0, 180.0, m))
+    return lat, lon
+
+
+def near_settlement(lat: np.ndarray, lon: np.ndarray, max_km: float = SETTLEMENT_KM) -> np.ndarray:
+    """Whether each point lies within ``max_km`` km (great circle) of a GeoNames populated place."""
+    from geosolver.places import reverse_geocode
+
+    if len(lat) == 0:
+        return np.zeros(0, bool)
+    return reverse_geocode(lat, lon)["place_km"].to_numpy() <= max_km
+
+
+def sample_area(
+    n: int,
+    rng: np.random.Generator,
+    near_places_km: float | None = None,
+    accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    max_rounds: int = 400,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` points uniformly over land *area* (not over people).
+
+    Candidates are uniform on the sphere; a candidate is kept when the land mask says land
+    (:func:`geodata.is_land`), both rasters have data there (:func:`has_raster_data`), it is
+    within ``near_places_km`` of a GeoNames place (when given) and ``accept`` holds. Rejection
+    keeps the result uniform over the accepted area.
+
+    Returns:
+        ``(lat, lon)`` float64 arrays of length ``n``, degrees.
+    """
+    if n <= 0:
+        return np.zeros(0), np.zeros(0)
+    got_lat: list[np.ndarray] = []
+    got_lon: list[np.ndarray] = []
+    have = 0
+    for _ in range(max_rounds):
+        if have >= n:
+            break
+        m = max(8 * (n - have), 4096)
+        la, lo = _uniform_sphere(m, rng)
+        ok = geodata.is_land(la, lo)
+        ok[ok] = has_raster_data(la[ok], lo[ok])
+        if near_places_km is not None:
+            ok[ok] = near_settlement(la[ok], lo[ok], near_places_km)
+        if accept is not None:
+            ok[ok] = accept(la[ok], lo[ok])
+        got_lat.append(la[ok])
+        got_lon.append(lo[ok])
+        have += int(ok.sum())
+    if have < n:
+        raise TerrainError(f"could only draw {have} of {n} area-uniform points after {max_rounds} rounds")
+    return np.concatenate(got_lat)[:n], np.concatenate(got_lon)[:n]
+
+
+def sample_mp16(
+    n: int,
+    rng: np.random.Generator,
+    accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    coords: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Draw ``n`` MP-16 photo locations (without replacement) from those a tile can be rendered at.
+
+    The MP-16 pool (:func:`geosolver.mp16.load_coordinates`, or ``coords`` ``(N, 2)`` lat/lon)
+    is filtered first: points in the sea by the land mask, or where a raster has no data, are
+    dropped (and counted), as are points ``accept`` rejects. Then ``n`` are drawn.
+
+    Returns:
+        ``(lat, lon, stats)``; stats: ``pool``, ``dropped_sea_or_no_raster``, ``dropped_by_split``,
+        ``usable``, ``drawn``.
+    """
+    if coords is None:
+        from geosolver.mp16 import load_coordinates
+
+        coords = load_coordinates()
+    la, lo = coords[:, 0].astype(np.float64), coords[:, 1].astype(np.float64)
+    ok = geodata.is_land(la, lo)
+    ok[ok] = has_raster_data(la[ok], lo[ok])
+    n_sea = int((~ok).sum())
+    by_split = 0
+    if accept is not None:
+        acc = np.zeros_like(ok)
+        acc[ok] = accept(la[ok], lo[ok])
+        by_split = int(ok.sum() - acc.sum())
+        ok = acc
+    usable = np.nonzero(ok)[0]
+    stats = {"pool": int(len(la)), "dropped_sea_or_no_raster": n_sea, "dropped_by_split": by_split,
+             "usable": int(usable.size), "drawn": int(n)}
+    if n > usable.size:
+        raise TerrainError(f"asked for {n} MP-16 gallery points but only {usable.size} of {len(la)} are usable")
+    if n <= 0:
+        return np.zeros(0), np.zeros(0), stats
+    pick = np.sort(rng.choice(usable, n, replace=False))
+    return la[pick], lo[pick], stats
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -256,6 +375,8 @@ def build_world(
     max_shift_deg: float = 0.8,
     noise_sigma: float = 6.0,
     overwrite: bool = False,
+    queries_from: str = "population",
+    gallery_from: str = "geonames",
 ) -> dict:
     """Build a terrain world as a folder + CSV dataset.
 
@@ -283,6 +404,14 @@ def build_world(
         max_shift_deg: largest tile-centre shift, degrees.
         noise_sigma: pixel noise, grey levels.
         overwrite: allow writing into a folder that already holds a world.
+        queries_from: where query points come from (:data:`QUERY_DISTRIBUTIONS`):
+            ``"population"`` (GeoNames places, like the default gallery: today's behaviour),
+            ``"land"`` (uniform over land area where the rasters have data) or ``"settlements"``
+            (uniform over land within 25 km of a GeoNames place; see the module docstring).
+            With ``held-out-cells`` the area-uniform draws are restricted to the held-out cells.
+        gallery_from: ``"geonames"`` (default) or ``"mp16"`` (real MP-16 photo coordinates,
+            :mod:`geosolver.mp16`; downloaded once with pip, then cached). Points in the sea or
+            outside raster coverage are dropped; ``world.json`` ``counts.mp16`` says how many.
 
     Returns:
         The ``world.json`` content as a dict.
@@ -293,6 +422,10 @@ def build_world(
         raise TerrainError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     if n_gallery < 0 or n_queries < 0 or n_gallery + n_queries == 0:
         raise TerrainError(f"need n_gallery >= 0, n_queries >= 0 and not both 0; got {n_gallery}, {n_queries}")
+    if queries_from not in QUERY_DISTRIBUTIONS:
+        raise TerrainError(f"unknown queries_from {queries_from!r}; choose one of {list(QUERY_DISTRIBUTIONS)}")
+    if gallery_from not in GALLERY_SOURCES:
+        raise TerrainError(f"unknown gallery_from {gallery_from!r}; choose one of {list(GALLERY_SOURCES)}")
     if not (0.0 < holdout_fraction < 1.0):
         raise TerrainError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     out = Path(out)
@@ -307,31 +440,51 @@ def build_world(
         "jitter_km": float(jitter_km), "max_shift_deg": float(max_shift_deg), "noise_sigma": float(noise_sigma),
         "land_cover_weight": LAND_COVER_WEIGHT,
     }
+    # the defaults add no keys, so a default world's files stay byte-identical to earlier versions
+    if queries_from != "population":
+        settings["queries_from"] = queries_from
+        if queries_from == "settlements":
+            settings["settlement_km"] = SETTLEMENT_KM
+    if gallery_from != "geonames":
+        settings["gallery_from"] = gallery_from
     ss = np.random.SeedSequence(int(seed))
     rng_points, rng_holdout, rng_gal, rng_q = (np.random.default_rng(s) for s in ss.spawn(4))
 
+    # extra streams for the non-default sources: spawned after the first four, so they leave those unchanged
+    rng_qarea, rng_mp16 = (np.random.default_rng(s) for s in ss.spawn(2))
     plat, plon = _places()
     split_info: dict = {}
-    if split == "random":
-        lat, lon = sample_points(n_gallery + n_queries, rng_points, plat, plon, jitter_km)
-        g_lat, g_lon, q_lat, q_lon = lat[:n_gallery], lon[:n_gallery], lat[n_gallery:], lon[n_gallery:]
-    else:
+    accept_gallery = accept_query = None
+    p_gal = p_q = (plat, plon)
+    if split == "held-out-cells":
         pcell = grid_cell(plat, plon, cell_size)
         occupied = np.unique(pcell)
         n_hold = max(1, int(round(holdout_fraction * occupied.size)))
         held = np.sort(rng_holdout.choice(occupied, n_hold, replace=False))
         in_held = np.isin(pcell, held)
 
-        def accept_held(la: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        def accept_query(la: np.ndarray, lo: np.ndarray) -> np.ndarray:
             return np.isin(grid_cell(la, lo, cell_size), held)
 
         def accept_gallery(la: np.ndarray, lo: np.ndarray) -> np.ndarray:
-            return ~accept_held(la, lo)
+            return ~accept_query(la, lo)
 
-        g_lat, g_lon = sample_points(n_gallery, rng_points, plat[~in_held], plon[~in_held], jitter_km, accept_gallery)
-        q_lat, q_lon = sample_points(n_queries, rng_points, plat[in_held], plon[in_held], jitter_km, accept_held)
+        p_gal, p_q = (plat[~in_held], plon[~in_held]), (plat[in_held], plon[in_held])
         split_info = {"populated_cells": int(occupied.size), "held_out_cells": int(n_hold),
                       "places_in_held_out_cells": int(in_held.sum())}
+    if split == "random" and gallery_from == "geonames" and queries_from == "population":
+        lat, lon = sample_points(n_gallery + n_queries, rng_points, plat, plon, jitter_km)
+        g_lat, g_lon, q_lat, q_lon = lat[:n_gallery], lon[:n_gallery], lat[n_gallery:], lon[n_gallery:]
+    else:
+        if gallery_from == "geonames":
+            g_lat, g_lon = sample_points(n_gallery, rng_points, *p_gal, jitter_km, accept_gallery)
+        else:
+            g_lat, g_lon, split_info["mp16"] = sample_mp16(n_gallery, rng_mp16, accept_gallery)
+        if queries_from == "population":
+            q_lat, q_lon = sample_points(n_queries, rng_points, *p_q, jitter_km, accept_query)
+        else:
+            near = SETTLEMENT_KM if queries_from == "settlements" else None
+            q_lat, q_lon = sample_area(n_queries, rng_qarea, near, accept_query)
     t_sample = time.perf_counter() - t0
 
     gallery = _metadata("g", "gallery", g_lat, g_lon, cell_size)
@@ -362,6 +515,10 @@ def build_world(
         "note": NOT_COMPARABLE_NOTE,
         "attribution": dict(geodata.ATTRIBUTION),
     }
+    if gallery_from == "mp16":
+        from geosolver.mp16 import ATTRIBUTION as MP16_ATTRIBUTION
+
+        world["attribution"]["mp16"] = MP16_ATTRIBUTION
     run.write_json("world.json", world)
     run.write_config({**settings, "out": str(out)})
     return world
