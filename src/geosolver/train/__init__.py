@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 from geosolver.errors import CollapseError, TrainError, TrainSetupError
 
 if TYPE_CHECKING:
-    from geosolver.train.config import OBJECTIVE_PRESETS, TRAIN_MODES, ObjectiveWeights, TrainConfig
+    from geosolver.train.config import OBJECTIVE_NAMES, OBJECTIVE_PRESETS, TRAIN_MODES, ObjectiveWeights, TrainConfig
     from geosolver.train.loop import TrainResult, fit_target_curve, train
     from geosolver.train.objectives import TargetCurve
     from geosolver.train.sampler import CellGroupBatchSampler
 
 _LAZY = {
+    "OBJECTIVE_NAMES": "config",
     "OBJECTIVE_PRESETS": "config",
     "TRAIN_MODES": "config",
     "ObjectiveWeights": "config",

@@ -21,14 +21,21 @@ from geosolver.locate import STRATEGIES
 
 #: What ``--train`` can train (see :mod:`geosolver.train.params`).
 TRAIN_MODES = ("projection", "last-blocks", "lora", "all")
-#: ``--objective`` presets: (w_contrastive, w_consistency).
-OBJECTIVE_PRESETS: dict[str, tuple[float, float]] = {
-    "geo-contrastive": (1.0, 0.0),
-    "distance-consistency": (0.0, 1.0),
-    "both": (1.0, 1.0),
+#: The loss terms, in the order :class:`ObjectiveWeights` lists them; term ``t`` has the weight
+#: field ``w_t`` in :class:`TrainConfig` and the key ``t`` in ``train_log.jsonl``'s ``parts``.
+OBJECTIVE_NAMES = ("contrastive", "consistency", "uniformity", "distill", "rnc", "soft")
+#: ``--objective`` presets: name → the weights it sets (term → weight; a term it does not name
+#: gets 0). A preset fills only the weights left as None (``w_contrastive``, ``w_consistency``,
+#: ``w_rnc``, ``w_soft`` by default); an explicit ``--w-TERM`` always wins.
+OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
+    "geo-contrastive": {"contrastive": 1.0},
+    "distance-consistency": {"consistency": 1.0},
+    "both": {"contrastive": 1.0, "consistency": 1.0},
+    "rank-n-contrast": {"rnc": 1.0},
+    "soft-contrastive": {"soft": 1.0},
 }
-#: The loss terms, in the order :class:`ObjectiveWeights` lists them.
-OBJECTIVE_NAMES = ("contrastive", "consistency", "uniformity", "distill")
+#: Default ``soft_scale_km``: the soft-contrastive target weight falls by e every 500 km.
+DEFAULT_SOFT_SCALE_KM = 500.0
 #: Learning rate by training mode when none is given.
 DEFAULT_LR: dict[str, float] = {"projection": 1e-3, "last-blocks": 2e-5, "lora": 1e-4, "all": 1e-5}
 #: Distance-bin edges (km) used to balance pairs inside a batch: fine near 0 where retrieval
@@ -46,6 +53,8 @@ class ObjectiveWeights:
     consistency: float = 0.0
     uniformity: float = 0.0
     distill: float = 0.0
+    rnc: float = 0.0
+    soft: float = 0.0
 
     def active(self) -> list[str]:
         return [n for n in OBJECTIVE_NAMES if getattr(self, n) != 0]
@@ -97,17 +106,30 @@ class TrainConfig:
     model: str = field(default=DEFAULT_ENCODER, metadata=_opt("encoder name, hub id or local directory"))
     # ---- objectives
     objective: str = field(default="distance-consistency", metadata=_opt(
-        "preset for --w-contrastive / --w-consistency", choices=tuple(OBJECTIVE_PRESETS)))
+        "preset for the weights left unset (--w-contrastive, --w-consistency, --w-rnc, --w-soft): it sets its own "
+        "term's weight to 1 (both: contrastive and consistency) and the others to 0", choices=tuple(OBJECTIVE_PRESETS)))
     w_contrastive: float | None = field(default=None, metadata=_opt("weight of the geo-contrastive InfoNCE term; None: the --objective preset's"))
     w_consistency: float | None = field(default=None, metadata=_opt("weight of the distance-consistency term; None: the --objective preset's"))
+    w_rnc: float | None = field(default=None, metadata=_opt(
+        "weight of the Rank-N-Contrast term (Zha et al., NeurIPS 2023; label distance = haversine km, "
+        "cosine similarity / --temperature); None: the --objective preset's"))
+    w_soft: float | None = field(default=None, metadata=_opt(
+        "weight of the soft-contrastive term (InfoNCE with targets proportional to exp(-d / --soft-scale-km)); "
+        "None: the --objective preset's"))
     w_uniformity: float = field(default=0.0, metadata=_opt("weight of the uniformity (anti-collapse) term"))
     w_distill: float = field(default=0.1, metadata=_opt("weight of the distillation-to-base term"))
     radius_km: float = field(default=25.0, metadata=_opt("contrastive positives: pairs closer than this (km)"))
     positive_cell_deg: float | None = field(default=None, metadata=_opt("also count pairs in the same cell of this size (degrees) as positives"))
-    temperature: float = field(default=0.07, metadata=_opt("InfoNCE temperature"))
+    temperature: float = field(default=0.07, metadata=_opt(
+        "softmax temperature of the similarity logits (cosine / T) of geo-contrastive, rank-n-contrast and soft-contrastive"))
+    soft_scale_km: float = field(default=DEFAULT_SOFT_SCALE_KM, metadata=_opt(
+        "soft-contrastive: distance scale (km) of the targets q_ij ~ exp(-d_ij / scale)"))
     sharpen: float = field(default=1.0, metadata=_opt("stretch the target curve: mu' = mu_far + (mu - mu_far) * s, <= 1"))
     target_curve: str | None = field(default=None, metadata=_opt(
         "JSON curve (knots_km, sim) to use instead of fitting one, e.g. another run's target_curve.json"))
+    consistency_max_km: float | None = field(default=None, metadata=_opt(
+        "distance-consistency: only pairs closer than this (km) are constrained, e.g. where the base "
+        "model's curve stops falling (geosolver analyze); None: every pair"))
     curve_sample: int = field(default=2000, metadata=_opt("training images embedded by the base model to fit the target curve"))
     balance_edges_km: list[float] = field(default_factory=lambda: list(DEFAULT_BALANCE_EDGES_KM), metadata=_opt(
         "distance bins (km) that get equal weight in the consistency loss"))
@@ -159,13 +181,9 @@ class TrainConfig:
         """The effective loss weights (preset, then explicit overrides)."""
         if self.objective not in OBJECTIVE_PRESETS:
             raise TrainError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVE_PRESETS)}")
-        wc, wd = OBJECTIVE_PRESETS[self.objective]
-        return ObjectiveWeights(
-            contrastive=float(wc if self.w_contrastive is None else self.w_contrastive),
-            consistency=float(wd if self.w_consistency is None else self.w_consistency),
-            uniformity=float(self.w_uniformity),
-            distill=float(self.w_distill),
-        )
+        preset = OBJECTIVE_PRESETS[self.objective]
+        explicit = {n: getattr(self, "w_" + n) for n in OBJECTIVE_NAMES}
+        return ObjectiveWeights(**{n: float(preset.get(n, 0.0) if v is None else v) for n, v in explicit.items()})
 
     def learning_rate(self) -> float:
         """The peak learning rate: ``lr``, else :data:`DEFAULT_LR` of the mode."""
@@ -205,9 +223,13 @@ NUMERIC_RULES: tuple[tuple[str, type, float, float, bool, bool, bool], ...] = (
     ("w_consistency", float, 0, _INF, True, False, True),
     ("w_uniformity", float, 0, _INF, True, False, False),
     ("w_distill", float, 0, _INF, True, False, False),
+    ("w_rnc", float, 0, _INF, True, False, True),
+    ("w_soft", float, 0, _INF, True, False, True),
     ("radius_km", float, 0, _INF, False, False, False),
     ("positive_cell_deg", float, 0, 180, False, True, True),
     ("temperature", float, 0, _INF, False, False, False),
+    ("soft_scale_km", float, 0, _INF, False, False, False),
+    ("consistency_max_km", float, 0, _INF, False, False, True),
     ("sharpen", float, 0, _INF, False, False, False),
     ("curve_sample", int, 2, _INF, True, False, False),
     ("blocks", int, 1, _INF, True, False, False),

@@ -613,6 +613,7 @@ class Trainer:
             cell=t.cells[idx].to(dev) if t.cells is not None else None,
             target=t.curve, balance_edges_km=cfg.balance_edges_km,
             base=t.base[idx].to(dev) if t.base is not None else None,
+            soft_scale_km=cfg.soft_scale_km, consistency_max_km=cfg.consistency_max_km,
         )
         if not torch.isfinite(loss):
             raise TrainError(f"loss became {float(loss)} at step {self.step + 1}; lower the learning rate (now {cfg.learning_rate():g})")
