@@ -20,7 +20,7 @@ def register(sub) -> None:
         "train",
         parents=[HfArgumentParser(TrainConfig, add_help=False)],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="fine-tune an encoder so similarity falls with distance (geo-contrastive / distance-consistency)",
+        help="fine-tune an encoder so similarity falls with distance (distance-consistency, geo-contrastive, rank-n-contrast, soft-contrastive)",
         description="Fine-tune an image encoder for retrieval geolocation. Writes OUT/model (plain "
         "transformers.CLIPModel.from_pretrained loads it), train_log.jsonl, config.json, "
         "target_curve.json and training.png.",
