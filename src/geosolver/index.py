@@ -332,6 +332,18 @@ class KnnIndex:
             self.settings["gpu"] = True
         self.set_nprobe(self.settings.get("nprobe"))
 
+    @classmethod
+    def from_embeddings(cls, emb: np.ndarray, gpu: bool | None = False) -> "KnnIndex":
+        """An exact in-memory ``flat`` index (inner product) over ``(m, d)`` L2-normalised
+        embeddings that are not in a store (e.g. training-time validation); ids = row numbers."""
+        g = np.ascontiguousarray(emb, dtype=np.float32)
+        if g.ndim != 2:
+            raise IndexBuildError(f"embeddings must be (m, d), got shape {g.shape}")
+        fi = _faiss().IndexFlatIP(g.shape[1])
+        fi.add(g)
+        fingerprint = {"rows": int(g.shape[0]), "dim": int(g.shape[1]), "in_memory": True}
+        return cls(fi, "flat", {"kind": "flat", "metric": "inner_product"}, fingerprint, store=None, gpu=gpu)
+
     def __len__(self) -> int:
         return int(self.cpu_index.ntotal)
 

@@ -114,23 +114,40 @@ def sample_points(
         return np.zeros(0), np.zeros(0)
     if len(place_lat) == 0:
         raise TerrainError("no places to sample from")
+
+    def propose(missing: int):
+        idx = rng.integers(0, len(place_lat), max(2 * missing, 256))
+        return _jitter(place_lat[idx], place_lon[idx], jitter_km, rng)
+
+    return _rejection_sample(n, propose, [geodata.is_land, accept], max_rounds, "points on land")
+
+
+def _rejection_sample(
+    n: int,
+    propose: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    keep: list[Callable[[np.ndarray, np.ndarray], np.ndarray] | None],
+    max_rounds: int,
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw candidates with ``propose(missing)`` and keep those every ``keep`` filter accepts
+    (each filter sees only the candidates the previous ones kept; ``None`` filters are skipped)
+    until ``n`` points are kept; :class:`TerrainError` after ``max_rounds`` rounds."""
     got_lat: list[np.ndarray] = []
     got_lon: list[np.ndarray] = []
     have = 0
     for _ in range(max_rounds):
         if have >= n:
             break
-        m = max(2 * (n - have), 256)
-        idx = rng.integers(0, len(place_lat), m)
-        la, lo = _jitter(place_lat[idx], place_lon[idx], jitter_km, rng)
-        ok = geodata.is_land(la, lo)
-        if accept is not None:
-            ok &= accept(la, lo)
+        la, lo = propose(n - have)
+        ok = np.ones(len(la), bool)
+        for f in keep:
+            if f is not None and ok.any():
+                ok[ok] = f(la[ok], lo[ok])
         got_lat.append(la[ok])
         got_lon.append(lo[ok])
         have += int(ok.sum())
     if have < n:
-        raise TerrainError(f"could only draw {have} of {n} points on land after {max_rounds} rounds")
+        raise TerrainError(f"could only draw {have} of {n} {what} after {max_rounds} rounds")
     return np.concatenate(got_lat)[:n], np.concatenate(got_lon)[:n]
 
 
@@ -174,26 +191,9 @@ def sample_area(
     """
     if n <= 0:
         return np.zeros(0), np.zeros(0)
-    got_lat: list[np.ndarray] = []
-    got_lon: list[np.ndarray] = []
-    have = 0
-    for _ in range(max_rounds):
-        if have >= n:
-            break
-        m = max(8 * (n - have), 4096)
-        la, lo = _uniform_sphere(m, rng)
-        ok = geodata.is_land(la, lo)
-        ok[ok] = has_raster_data(la[ok], lo[ok])
-        if near_places_km is not None:
-            ok[ok] = near_settlement(la[ok], lo[ok], near_places_km)
-        if accept is not None:
-            ok[ok] = accept(la[ok], lo[ok])
-        got_lat.append(la[ok])
-        got_lon.append(lo[ok])
-        have += int(ok.sum())
-    if have < n:
-        raise TerrainError(f"could only draw {have} of {n} area-uniform points after {max_rounds} rounds")
-    return np.concatenate(got_lat)[:n], np.concatenate(got_lon)[:n]
+    near = (lambda la, lo: near_settlement(la, lo, near_places_km)) if near_places_km is not None else None
+    return _rejection_sample(n, lambda missing: _uniform_sphere(max(8 * missing, 4096), rng),
+                             [geodata.is_land, has_raster_data, near, accept], max_rounds, "area-uniform points")
 
 
 def sample_mp16(

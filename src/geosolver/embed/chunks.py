@@ -100,9 +100,7 @@ def iter_chunks(
             n_fail += len(batch.errors)
             bar.update(len(batch.rows))
             bar.set_postfix(failed=n_fail, refresh=False)
-    yield _output(plan, cur, rows, embs, fails, encoder.dim)
-    for c in pending:  # chunks with no rows (cannot happen for a valid plan, kept for safety)
-        yield _output(plan, c, [], [], [], encoder.dim)
+    yield _output(plan, cur, rows, embs, fails, encoder.dim)  # every planned chunk has >= 1 row
 
 
 def _output(plan: ChunkPlan, c: int, rows, embs, fails, dim: int) -> ChunkOutput:

@@ -20,28 +20,12 @@ from geosolver.geo import distance_metrics, haversine
 from geosolver.locate import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
-    from geosolver.index import KnnIndex
     from geosolver.locate import Neighbours
 
 
-def flat_index(g_emb: np.ndarray) -> "KnnIndex":
-    """An exact in-memory :class:`~geosolver.index.KnnIndex` (``flat``, inner product, on CPU)
-    over ``(m, d)`` L2-normalised gallery embeddings; rows are the gallery's row numbers."""
-    import faiss
-
-    from geosolver.index import KnnIndex
-
-    g = np.ascontiguousarray(g_emb, dtype=np.float32)
-    if g.ndim != 2:
-        raise ValueError(f"gallery embeddings must be (m, d), got shape {g.shape}")
-    fi = faiss.IndexFlatIP(g.shape[1])
-    fi.add(g)
-    fingerprint = {"rows": int(g.shape[0]), "dim": int(g.shape[1]), "in_memory": True}
-    return KnnIndex(fi, "flat", {"kind": "flat", "metric": "inner_product"}, fingerprint, store=None, gpu=False)
-
-
 def knn_neighbours(q_emb: np.ndarray, g_emb: np.ndarray, g_lat: np.ndarray, g_lon: np.ndarray, k: int = 10) -> "Neighbours":
-    """The top-k gallery neighbours of each query (exact cosine search through :func:`flat_index`).
+    """The top-k gallery neighbours of each query (exact cosine search through
+    :meth:`geosolver.index.KnnIndex.from_embeddings`).
 
     Args:
         q_emb: ``(n, d)`` L2-normalised query embeddings.
@@ -55,7 +39,9 @@ def knn_neighbours(q_emb: np.ndarray, g_emb: np.ndarray, g_lat: np.ndarray, g_lo
     from geosolver.locate import Neighbours
 
     k = max(1, min(int(k), np.shape(g_emb)[0]))
-    return Neighbours.search(flat_index(g_emb), q_emb, k, g_lat, g_lon)
+    from geosolver.index import KnnIndex
+
+    return Neighbours.search(KnnIndex.from_embeddings(g_emb), q_emb, k, g_lat, g_lon)
 
 
 def knn_predict(
