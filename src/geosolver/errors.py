@@ -26,6 +26,7 @@ what is wrong (exit code 2) instead of a traceback; the modules that raise them 
     ├── TrainError           bad training configuration or data
     │   ├── TrainSetupError  the training setup does not fit the model
     │   └── CollapseError    training stopped: the embedding space collapsed
+    ├── ZeroShotError        no text tower, bad prompt template, labels or embeddings for zero-shot
     ├── ServeError           bad settings for the web app
     └── HTTPInputError       a request the web app must refuse (``status``: the HTTP code)
         ├── UploadError      a request body that cannot be accepted
@@ -114,6 +115,11 @@ class TrainSetupError(TrainError):
 
 class CollapseError(TrainError):
     """Training stopped because the embedding space collapsed (see the message for the numbers)."""
+
+
+class ZeroShotError(GeosolverError):
+    """Zero-shot geolocation cannot run: an encoder without a text tower, a bad prompt template,
+    level, label set or embeddings (the message names which)."""
 
 
 class ServeError(GeosolverError):
