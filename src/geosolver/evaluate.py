@@ -27,6 +27,13 @@ guess is voted from the same neighbours (``weighted-mean`` per temperature, ``de
 temperature × radius, ``nn`` once) and reported as its own row, the best one marked
 (``is_best``). A setting that does not change a row's guess is ``NaN`` in that row.
 
+**Text prior and zero-shot.** With a CLIP gallery (a text tower), ``priors=("none", "text")``
+votes every setting twice: plainly and with each neighbour's vote multiplied by the zero-shot
+probability of its country (:mod:`geosolver.prior`; ``prior_weight`` λ may be a list, swept like
+the temperature), and ``zero_shot="countries"`` (or ``regions`` / ``cities``) adds the row of the
+text model alone (strategy ``zero-shot-LEVEL``, the representative point of its best place). So kNN
+vs zero-shot vs fused come out of one run, from the stored query embeddings.
+
 **Queries inside the gallery.** A query whose ``id`` is also in the gallery can retrieve itself,
 which inflates every score (``nn`` is a perfect 5000). :func:`evaluate` counts such queries and
 records them in ``self_overlap``; when leave-one-out is off it warns (an :class:`EvaluateWarning`,
@@ -229,11 +236,78 @@ def settings_grid(
     return out
 
 
-def vote_setting(nb: Neighbours, strategy: str, k: int, temperature: float, radius_km: float, default_t: float, default_r: float):
+def vote_setting(
+    nb: Neighbours, strategy: str, k: int, temperature: float, radius_km: float, default_t: float, default_r: float,
+    prior: np.ndarray | None = None,
+):
     """``nb.vote`` for one grid setting (a ``NaN`` setting, unused by the strategy, takes the default)."""
     t = default_t if temperature != temperature else temperature
     r = default_r if radius_km != radius_km else radius_km
-    return nb.vote(strategy, k, t, r)
+    return nb.vote(strategy, k, t, r, prior=prior)
+
+
+def _check_priors(priors: Sequence[str] | str) -> list[str]:
+    from geosolver.prior import PRIORS
+
+    out = [priors] if isinstance(priors, str) else list(priors)
+    if not out:
+        raise EvaluateError("priors: expected at least one of " + ", ".join(PRIORS))
+    for p in out:
+        if p not in PRIORS:
+            raise EvaluateError(f"unknown prior {p!r}; use one of {', '.join(PRIORS)}")
+    return list(dict.fromkeys(out))
+
+
+def _non_negative_values(name: str, values: float | Sequence[float]) -> list[float]:
+    vals = [values] if isinstance(values, (int, float, np.number)) else list(values)
+    out: list[float] = []
+    for v in vals:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise EvaluateError(f"{name} must be a finite number >= 0, got {v!r}") from None
+        if not math.isfinite(f) or f < 0:
+            raise EvaluateError(f"{name} must be a finite number >= 0, got {v!r}")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise EvaluateError(f"{name}: expected at least one value")
+    return out
+
+
+def _text_model(
+    geo: Geolocator, qs: EmbeddingStore, nb: Neighbours, with_prior: bool, prior_by: str, zero_shot: str | None,
+    temperature: float | None, prompt: str | None, batch_size: int, progress: bool,
+) -> dict:
+    """What the text tower says about every query: the neighbours' prior probabilities
+    (``nb_probs``, ``(n, k)``) and the zero-shot guesses; ``{}``-like when neither is asked for."""
+    out: dict[str, Any] = {"describe": None}
+    if not with_prior and zero_shot is None:
+        return out
+    from tqdm.auto import tqdm
+
+    from geosolver.prior import neighbour_groups, neighbour_probs
+    from geosolver.zeroshot import ZeroShot
+
+    prior = geo.text_prior(by=prior_by, temperature=temperature, template=prompt) if with_prior else None
+    zs = ZeroShot(geo.encoder, level=zero_shot, template=prompt, temperature=temperature) if zero_shot is not None else None
+    groups = neighbour_groups(nb.lat, nb.lon, prior_by) if prior is not None else None
+    nb_probs, zlat, zlon, zconf = [], [], [], []
+    with tqdm(total=len(qs), desc="text", unit="q", disable=not progress, leave=False) as bar:
+        for off, emb in qs.iter_batches(batch_size):
+            if prior is not None:
+                probs, keys = prior.group_probs(emb)
+                nb_probs.append(neighbour_probs(probs, keys, groups[off : off + len(emb)]))
+            if zs is not None:
+                for p in zs.predict(emb, top=1):
+                    zlat.append(p.lat), zlon.append(p.lon), zconf.append(p.probability)
+            bar.update(len(emb))
+    out["describe"] = {"prior": prior.describe() if prior else None, "zero_shot": zero_shot, "prompt": prompt}
+    if prior is not None:
+        out["prior"], out["nb_probs"] = prior, np.concatenate(nb_probs)
+    if zs is not None:
+        out["zero_shot"] = (np.asarray(zlat), np.asarray(zlon), np.asarray(zconf))
+    return out
 
 
 def self_overlap(qs: EmbeddingStore, gs: EmbeddingStore) -> dict:
@@ -267,6 +341,12 @@ def evaluate(
     batch_size: int = 8192,
     plots: bool = True,
     progress: bool = True,
+    priors: Sequence[str] = ("none",),
+    prior_by: str = "country",
+    prior_weight: float | Sequence[float] = 1.0,
+    zero_shot: str | None = None,
+    text_temperature: float | None = None,
+    prompt: str | None = None,
     **index_params: Any,
 ) -> dict:
     """Locate every query of ``queries`` in ``gallery`` and measure the errors.
@@ -292,10 +372,18 @@ def evaluate(
         batch_size: queries per search batch.
         plots: draw the map and the error distribution.
         progress: progress bar.
+        priors: ``"none"`` and/or ``"text"`` — vote plainly and/or with the text prior
+            (:mod:`geosolver.prior`; needs the gallery's encoder to be a CLIP with a text tower).
+        prior_by: ``"country"`` or ``"region"``: what the text prior matches.
+        prior_weight: λ of the text prior; a list is swept.
+        zero_shot: ``None``, or a zero-shot level (``countries`` / ``regions`` / ``cities``) whose
+            text-only guesses are scored as their own row.
+        text_temperature, prompt: zero-shot softmax temperature (``None``: the CLIP's logit
+            scale) and prompt template (``None``: the StreetCLIP forms).
         **index_params: passed to :meth:`KnnIndex.for_store` (nlist, nprobe, ...).
 
     Returns:
-        ``{"rows": [per (strategy, k, temperature, radius_km) metrics, the best with
+        ``{"rows": [per (strategy, k, temperature, radius_km, prior) metrics, the best with
         is_best=True], "best": row with the highest mean Geoscore, "references": {"random": ...,
         "oracle": ...}, "self_overlap": {...}, "warnings": [...], "config": ...}``.
 
@@ -307,6 +395,8 @@ def evaluate(
     temps = positive_values("temperature", temperature)
     radii = positive_values("radius_km", radius_km)
     todo = settings_grid(strategies, ks, temps, radii)
+    priors = _check_priors(priors)
+    weights = _non_negative_values("prior_weight", prior_weight) if "text" in priors else []
     qs, gs = _open(queries), _open(gallery)
     overlap = self_overlap(qs, gs)
     if isinstance(exclude_self, str):
@@ -334,12 +424,25 @@ def evaluate(
     g_lat, g_lon = gs.coords()
 
     true_cc = true_countries(qs)
+    text = _text_model(geo, qs, nb, "text" in priors, prior_by, zero_shot, text_temperature, prompt, batch_size, progress)
     result_rows, pred_frames = [], []
+    nan = float("nan")
     for strategy, k, t, r in todo:
-        v = vote_setting(nb, strategy, k, t, r, temps[0], radii[0])
-        m, km, pcc = score(q_lat, q_lon, v.lat, v.lon, true_cc, bootstrap, seed)
-        result_rows.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, **m})
-        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, v.lat, v.lon, km, true_cc, pcc, strategy, k, v.confidence, t, r))
+        for lam in ([nan] if "none" in priors else []) + weights:
+            factors = None if lam != lam else text["prior"].factors_of(text["nb_probs"], lam)
+            v = vote_setting(nb, strategy, k, t, r, temps[0], radii[0], factors)
+            m, km, pcc = score(q_lat, q_lon, v.lat, v.lon, true_cc, bootstrap, seed)
+            tag = "none" if lam != lam else "text"
+            result_rows.append(
+                {"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "prior": tag, "prior_weight": None if lam != lam else lam, **m}
+            )
+            pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, v.lat, v.lon, km, true_cc, pcc, strategy, k, v.confidence, t, r, lam))
+    if zero_shot is not None:
+        name = f"zero-shot-{zero_shot}"
+        zlat, zlon, zconf = text["zero_shot"]
+        m, km, pcc = score(q_lat, q_lon, zlat, zlon, true_cc, bootstrap, seed)
+        result_rows.append({"strategy": name, "k": 0, "temperature": nan, "radius_km": nan, "prior": "none", "prior_weight": None, **m})
+        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, zlat, zlon, km, true_cc, pcc, name, 0, zconf))
 
     excl_rows = [geo.rows_of_ids([i]) for i in q_ids] if exclude_self else None
     refs = {}
@@ -354,7 +457,7 @@ def evaluate(
     best = max(result_rows, key=lambda r: r["geoscore"])
     for r in result_rows:
         r["is_best"] = r is best
-    warnings = _warnings(overlap, best)
+    warnings = _warnings(overlap, max((r for r in result_rows if r["k"]), key=lambda r: r["geoscore"], default=best))
     for w in warnings:
         _warnings_module.warn(w, EvaluateWarning, stacklevel=2)
     config = {
@@ -369,6 +472,8 @@ def evaluate(
         "exclude_self_source": overlap["exclude_self_source"],
         "temperature": temps[0] if len(temps) == 1 else temps,
         "radius_km": radii[0] if len(radii) == 1 else radii,
+        "priors": list(priors),
+        "text": text["describe"],
         "index": {"kind": geo.index.kind, **geo.index.settings},
         "bootstrap": int(bootstrap),
         "seed": int(seed),
@@ -387,7 +492,8 @@ def evaluate(
 
 
 def _warnings(overlap: dict, best: dict) -> list[str]:
-    """The loud messages of an evaluation: queries that can retrieve themselves, a perfect score."""
+    """The loud messages of an evaluation: queries that can retrieve themselves, a perfect score
+    (of ``best``, the best kNN row: a zero-shot row answers with label points, not gallery rows)."""
     out = []
     inside, n = overlap["queries_in_gallery"], overlap["n_queries"]
     if inside and not overlap["exclude_self"]:
@@ -398,7 +504,7 @@ def _warnings(overlap: dict, best: dict) -> list[str]:
         )
     if best["geoscore"] >= PERFECT_GEOSCORE and not (inside and not overlap["exclude_self"]):
         out.append(
-            f"perfect score: {best['strategy']} k={best['k']} has mean Geoscore {best['geoscore']:.0f} (mean error {best['mean_km']:.2g} km); "
+            f"perfect score: {row_label(best)} has mean Geoscore {best['geoscore']:.0f} (mean error {best['mean_km']:.2g} km); "
             f"the gallery almost certainly holds the query photos themselves"
             + (" under other ids" if not inside else "")
             + ", so this measures lookup, not geolocation."
@@ -483,7 +589,9 @@ def tune(
     return pd.DataFrame(out).sort_values("geoscore", ascending=False, ignore_index=True)
 
 
-def _pred_frame(ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf, temperature=float("nan"), radius_km=float("nan")) -> pd.DataFrame:
+def _pred_frame(
+    ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf, temperature=float("nan"), radius_km=float("nan"), prior_weight=float("nan")
+) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "id": ids,
@@ -500,6 +608,7 @@ def _pred_frame(ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf, te
             "k": np.int32(k),
             "temperature": np.float64(temperature),
             "radius_km": np.float64(radius_km),
+            "prior_weight": np.float64(prior_weight),
         }
     )
 
@@ -522,7 +631,8 @@ def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = Tr
     if plots:
         b = result["best"]
         sel = preds[(preds["strategy"] == b["strategy"]).to_numpy() & (preds["k"] == b["k"]).to_numpy()
-                    & _same_setting(preds["temperature"], b.get("temperature")) & _same_setting(preds["radius_km"], b.get("radius_km"))]
+                    & _same_setting(preds["temperature"], b.get("temperature")) & _same_setting(preds["radius_km"], b.get("radius_km"))
+                    & _same_setting(preds["prior_weight"], b.get("prior_weight"))]
         label = row_label(b)
         plot_error_map(
             sel["true_lat"].to_numpy(), sel["true_lon"].to_numpy(), sel["km"].to_numpy(), out / "errors_map.png",
@@ -539,12 +649,15 @@ def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = Tr
 # ----------------------------------------------------------------------------------------------
 def row_label(r: dict) -> str:
     """``densest k=10`` (plus ``T=0.05 r=500km`` where the row's temperature / radius are set)."""
-    out = f"{r['strategy']} k={r['k']}"
+    out = f"{r['strategy']} k={r['k']}" if r.get("k") else str(r["strategy"])
     t, rad = r.get("temperature"), r.get("radius_km")
     if t is not None and t == t:
         out += f" T={t:g}"
     if rad is not None and rad == rad:
         out += f" r={rad:g}km"
+    lam = r.get("prior_weight")
+    if r.get("prior") == "text" and lam is not None and lam == lam:
+        out += f" +text prior λ={lam:g}"
     return out
 
 
@@ -570,7 +683,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     left = {"run", "encoder", "strategy"}
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if c in left else "---:" for c in columns) + "|"]
     for r in rows:
-        ref = r.get("strategy") in REFERENCES
+        ref = r.get("strategy") in REFERENCES or r.get("k") == 0
         lines.append("| " + " | ".join("–" if ref and c == "k" else _fmt(r.get(c, ""), c) for c in columns) + " |")
     return "\n".join(lines)
 
@@ -588,7 +701,8 @@ def metrics_markdown(result: dict) -> str:
     a note with the settings, leave-one-out and any warning."""
     c = result["config"]
     swept = _swept(c)
-    cols = ["strategy", "k", *(["temperature", "radius_km"] if swept else []), *METRIC_COLUMNS, "best"]
+    text = "text" in (c.get("priors") or [])
+    cols = ["strategy", "k", *(["temperature", "radius_km"] if swept else []), *(["prior", "prior_weight"] if text else []), *METRIC_COLUMNS, "best"]
     rows = [{**r, "best": "◀ best" if r.get("is_best", r is result["best"]) else ""} for r in result["rows"]]
     rows += [{**result["references"]["random"], "best": ""}, {**result["references"]["oracle"], "best": ""}]
     ov = result.get("self_overlap") or {}

@@ -18,6 +18,11 @@ Aggregation strategies (all vectorised over a batch of queries, shapes ``(n, k)`
   the neighbours within ``radius_km`` of it. Robust to far-away look-alikes: they only win
   if they carry more similarity mass than the true neighbourhood.
 
+**Text prior** (optional, every strategy): with a CLIP that has a text tower, each neighbour's
+softmax weight can be multiplied by the zero-shot probability of the neighbour's country before
+the vote (``prior=`` on :meth:`Neighbours.vote` / :meth:`Geolocator.locate_embeddings`; the rule,
+its weight and temperature are in :mod:`geosolver.prior`).
+
 **Confidence** (every strategy): the share of the top-k softmax mass lying within ``radius_km``
 of the guess, in [0, 1]. 1 means every neighbour (weighted by similarity) agrees with the guess
 to within ``radius_km``; with ``k = 1`` it is trivially 1.
@@ -41,6 +46,7 @@ from geosolver.store import EmbeddingStore, encoder_compatible
 
 if TYPE_CHECKING:  # torch-free at import time: the encoders are loaded on first use
     from geosolver.encoders import Encoder, EncoderSpec
+    from geosolver.prior import TextPrior
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ def aggregate(
     strategy: str = DEFAULT_STRATEGY,
     temperature: float = DEFAULT_TEMPERATURE,
     radius_km: float = DEFAULT_RADIUS_KM,
+    prior: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Turn each query's top-k neighbours into one location.
 
@@ -91,6 +98,9 @@ def aggregate(
         strategy: ``nn``, ``weighted-mean`` or ``densest`` (see the module docstring).
         temperature: softmax temperature on similarities.
         radius_km: neighbourhood radius (km) for ``densest`` and for the confidence.
+        prior: ``(n, k)`` factors > 0 multiplied into the softmax weights (renormalised) before
+            the vote — the text prior of :mod:`geosolver.prior`; ``nn`` then takes the neighbour
+            with the largest fused weight. ``None``: the plain vote.
 
     Returns:
         ``(lat, lon, confidence)``: three ``(n,)`` float64 arrays (degrees, degrees, [0, 1]).
@@ -105,8 +115,15 @@ def aggregate(
     if not radius_km > 0:
         raise LocateError(f"radius_km must be > 0, got {radius_km}")
     w = softmax_weights(sims, temperature)
+    if prior is not None:
+        prior = np.asarray(prior, dtype=np.float64)
+        if prior.shape != sims.shape or not np.all(np.isfinite(prior)) or np.any(prior < 0):
+            raise LocateError(f"prior must be finite factors >= 0 shaped like sims {sims.shape}; got {prior.shape}")
+        w = w * prior
+        tot = w.sum(axis=1, keepdims=True)
+        w = np.where(tot > 0, w / np.where(tot > 0, tot, 1.0), softmax_weights(sims, temperature))
     if strategy == "nn":
-        best = np.argmax(sims, axis=1)[:, None]
+        best = np.argmax(sims if prior is None else w, axis=1)[:, None]  # ties: the first = more similar
         plat, plon = np.take_along_axis(lat, best, 1)[:, 0], np.take_along_axis(lon, best, 1)[:, 0]
     elif strategy == "weighted-mean":
         plat, plon = spherical_mean(lat, lon, w, axis=-1)
@@ -295,6 +312,7 @@ class Neighbours:
         k: int | None = None,
         temperature: float = DEFAULT_TEMPERATURE,
         radius_km: float = DEFAULT_RADIUS_KM,
+        prior: np.ndarray | None = None,
     ) -> Vote:
         """Where the (best ``k``) neighbours say each query was taken — the one kNN vote.
 
@@ -303,12 +321,16 @@ class Neighbours:
             k: vote with the best ``k`` neighbours only (``None``: all of them).
             temperature: softmax temperature on similarities.
             radius_km: neighbourhood radius (km) for ``densest`` and for the confidence.
+            prior: ``(n, self.k)`` vote factors (the text prior, :mod:`geosolver.prior`), cut
+                to the best ``k`` with the neighbours; ``None``: the plain vote.
 
         Returns:
             :class:`Vote` of ``(n,)`` arrays: lat, lon (degrees), confidence ([0, 1]).
         """
         nb = self if k is None else self.head(k)
-        return Vote(*aggregate(nb.sims, nb.lat, nb.lon, strategy, temperature, radius_km))
+        if prior is not None:
+            prior = np.asarray(prior)[:, : nb.k]
+        return Vote(*aggregate(nb.sims, nb.lat, nb.lon, strategy, temperature, radius_km, prior))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,6 +348,9 @@ class Prediction:
             ``similarity`` (cosine), ``distance_km`` (to the guess).
         country: ISO 3166-1 alpha-2 code of the guess (nearest populated place), or ``""``.
         strategy, k: how the guess was made.
+        text_prior: with a text prior (:mod:`geosolver.prior`), the zero-shot model's most
+            probable countries (or regions), best first: ``{"group", "name", "probability"}``;
+            empty without one.
     """
 
     lat: float
@@ -335,6 +360,7 @@ class Prediction:
     country: str = ""
     strategy: str = ""
     k: int = 0
+    text_prior: list[dict] = field(default_factory=list)
 
     @property
     def osm_url(self) -> str:
@@ -375,6 +401,7 @@ class Geolocator:
         self._lat, self._lon = lat, lon
         self._ids = gallery.metadata["id"].astype(str).to_numpy(dtype=object)
         self._rows_of_id: dict[str, list[int]] | None = None
+        self._default_prior: "TextPrior | None" = None
 
     @classmethod
     def from_store(
@@ -487,6 +514,7 @@ class Geolocator:
         exclude_ids: Sequence[Any] | None = None,
         batch_size: int = 4096,
         with_country: bool = True,
+        prior: "TextPrior | str | None" = None,
     ) -> list[Prediction]:
         """Locate precomputed embeddings.
 
@@ -498,6 +526,10 @@ class Geolocator:
             exclude_ids: per input, a gallery id (or ids) never to return (leave-one-out).
             batch_size: queries per search batch.
             with_country: reverse-geocode each guess.
+            prior: a :class:`~geosolver.prior.TextPrior` (:meth:`text_prior`), or ``"text"`` for
+                :meth:`text_prior` with its defaults: each neighbour's vote is multiplied by the
+                zero-shot probability of its country (see :mod:`geosolver.prior`). ``None`` or
+                ``"none"``: the plain vote.
 
         Returns:
             One :class:`Prediction` per row of ``emb``.
@@ -512,10 +544,18 @@ class Geolocator:
         excl_all = None if exclude_ids is None else list(exclude_ids)
         if excl_all is not None and len(excl_all) != emb.shape[0]:
             raise LocateError(f"exclude_ids has {len(excl_all)} entries for {emb.shape[0]} inputs")
+        prior = self._prior(prior)
         preds: list[Prediction] = []
         for s in range(0, emb.shape[0], batch_size):
             nb = self.neighbours(emb[s : s + batch_size], k, None if excl_all is None else excl_all[s : s + batch_size])
-            v = nb.vote(strategy, temperature=temperature, radius_km=radius_km)
+            factors, text_top = None, [[] for _ in range(len(nb))]
+            if prior is not None:
+                from geosolver.prior import neighbour_groups, neighbour_prior
+
+                probs, keys = prior.group_probs(emb[s : s + batch_size])
+                factors = neighbour_prior(probs, keys, neighbour_groups(nb.lat, nb.lon, prior.by), prior.weight)
+                text_top = prior.top_groups(probs, keys)
+            v = nb.vote(strategy, temperature=temperature, radius_km=radius_km, prior=factors)
             cc = country_of(v.lat, v.lon) if with_country else np.full(len(v.lat), "", dtype=object)
             dist = nb.distances_km(v.lat, v.lon)
             ids = _neighbour_ids(self._ids, nb.rows)
@@ -526,8 +566,44 @@ class Geolocator:
                     for j in range(nb.k)
                     if valid[i, j]
                 ]
-                preds.append(Prediction(float(v.lat[i]), float(v.lon[i]), float(v.confidence[i]), neighbours, str(cc[i]), strategy, int(k)))
+                preds.append(
+                    Prediction(float(v.lat[i]), float(v.lon[i]), float(v.confidence[i]), neighbours, str(cc[i]), strategy, int(k), text_top[i])
+                )
         return preds
+
+    def text_prior(
+        self, by: str = "country", weight: float | None = None, temperature: float | None = None, template: str | None = None
+    ) -> "TextPrior":
+        """The text prior of this gallery's encoder (a CLIP with a text tower), for ``prior=``.
+
+        Args:
+            by: ``"country"`` (zero-shot over countries) or ``"region"`` (over first-level regions).
+            weight: λ, the prior's exponent (``None``: :data:`~geosolver.prior.DEFAULT_PRIOR_WEIGHT`).
+            temperature: zero-shot softmax temperature (``None``: the CLIP's own logit scale).
+            template: prompt template (``None``: the StreetCLIP form for the level).
+
+        Raises:
+            geosolver.errors.ZeroShotError: the encoder has no text tower.
+        """
+        from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, TextPrior
+        from geosolver.zeroshot import ZeroShot
+
+        if by not in PRIOR_BY:
+            raise LocateError(f"unknown prior grouping {by!r}; use one of {', '.join(PRIOR_BY)}")
+        level = "countries" if by == "country" else "regions"
+        zs = ZeroShot(self.encoder, level=level, template=template, temperature=temperature)
+        return TextPrior(zs, by=by, weight=DEFAULT_PRIOR_WEIGHT if weight is None else weight)
+
+    def _prior(self, prior: "TextPrior | str | None") -> "TextPrior | None":
+        if prior is None or (isinstance(prior, str) and prior == "none"):
+            return None
+        if isinstance(prior, str):
+            if prior != "text":
+                raise LocateError(f"unknown prior {prior!r}; use 'none' or 'text'")
+            if self._default_prior is None:
+                self._default_prior = self.text_prior()
+            return self._default_prior
+        return prior
 
     def embed(self, inputs: Sequence[Any], batch_size: int = 32, tta: str | None = None) -> np.ndarray:
         """Embed image sources (paths, ``zip://`` sources, bytes, PIL images) with the encoder.
@@ -563,7 +639,7 @@ class Geolocator:
             k, strategy, exclude_ids: see :meth:`locate_embeddings`.
             tta: test-time augmentation of the encoder (``None``, ``"flip"``, ``"d4"``).
             batch_size: images per encoder batch.
-            **kw: ``temperature``, ``radius_km``, ``with_country``.
+            **kw: ``temperature``, ``radius_km``, ``with_country``, ``prior``.
 
         Returns:
             One :class:`Prediction` per input, in order.

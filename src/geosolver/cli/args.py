@@ -38,6 +38,14 @@ def positive_float(text: str) -> float:
     return v
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (weights that 0 switches off)."""
+    v = _number(float, text)
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
 def port(text: str) -> int:
     """A TCP port, 1–65535."""
     v = _number(int, text)

@@ -6,7 +6,16 @@ import argparse
 import sys
 import warnings
 
-from geosolver.cli.args import non_negative_int, positive_float, positive_int
+from geosolver.cli.args import non_negative_float, non_negative_int, positive_float, positive_int
+
+
+def _choice(choices):
+    def parse(s: str) -> str:
+        if s not in choices:
+            raise argparse.ArgumentTypeError(f"{s!r} is not one of {', '.join(choices)}")
+        return s
+
+    return parse
 
 
 def _csv(typ):
@@ -62,6 +71,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
+    from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS
+    from geosolver.zeroshot import LEVELS
+
+    z = p.add_argument_group("text prior and zero-shot (a CLIP gallery with a text tower, e.g. streetclip)")
+    z.add_argument("--prior", type=_csv(_choice(PRIORS)), default=["none"],
+                   help="comma-separated, of none,text: 'text' multiplies each neighbour's vote by the zero-shot probability of "
+                        "its country; 'none,text' reports both (default none)")
+    z.add_argument("--prior-by", choices=PRIOR_BY, default=PRIOR_BY[0], help=f"what --prior text matches (default {PRIOR_BY[0]})")
+    z.add_argument("--prior-weight", type=_csv(non_negative_float), default=[DEFAULT_PRIOR_WEIGHT],
+                   help=f"exponent λ on the prior's probabilities; comma-separated values are swept (default {DEFAULT_PRIOR_WEIGHT:g})")
+    z.add_argument("--zero-shot", choices=LEVELS, default=None, metavar="LEVEL",
+                   help=f"also score the text model alone, one of {', '.join(LEVELS)} (its own row, strategy zero-shot-LEVEL)")
+    z.add_argument("--text-temperature", type=positive_float, default=None, help="zero-shot softmax temperature (default: the CLIP's logit scale)")
+    z.add_argument("--prompt", default=None, metavar="TEMPLATE", help="prompt template with {country}, {region}, {city} (default: StreetCLIP's forms)")
     p.set_defaults(func=run)
 
     c = sub.add_parser("compare", help="several evaluation runs in one table")
@@ -81,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
             exclude_self="auto" if args.exclude_self is None else args.exclude_self,
             out=args.out, temperature=args.temperature, radius_km=args.radius_km, index_kind=args.index,
             bootstrap=args.bootstrap, seed=args.seed, plots=not args.no_plots, nprobe=args.nprobe,
+            priors=args.prior, prior_by=args.prior_by, prior_weight=args.prior_weight, zero_shot=args.zero_shot,
+            text_temperature=args.text_temperature, prompt=args.prompt,
         )
     note = res["self_overlap"].get("note")
     if note:

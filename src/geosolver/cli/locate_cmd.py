@@ -1,4 +1,6 @@
-"""``geosolver locate PHOTO ... --gallery STORE``: where were these photos taken?"""
+"""``geosolver locate PHOTO ... --gallery STORE`` (kNN retrieval, optionally fused with a text prior)
+or ``--zero-shot LEVEL`` (no gallery: the photo against prompts naming places): where were these
+photos taken?"""
 
 from __future__ import annotations
 
@@ -6,18 +8,26 @@ import argparse
 import json
 import sys
 
-from geosolver.cli.args import non_negative_int, positive_float, positive_int
+from geosolver.cli.args import non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.encoders import MODEL_HELP, TTA_MODES
     from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, STRATEGIES
+    from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS
+    from geosolver.zeroshot import DEFAULT_TEMPLATES, LEVELS
 
-    p = sub.add_parser("locate", help="geolocate photos against a gallery store")
+    p = sub.add_parser(
+        "locate", help="geolocate photos against a gallery store, or zero-shot against place names",
+        description="Locate photos by kNN retrieval over a gallery (--gallery STORE; --prior text fuses in the zero-shot "
+        "country probabilities of a CLIP with a text tower), or with no gallery at all by comparing each photo with "
+        "prompts naming places (--zero-shot countries|regions|cities, StreetCLIP's zero-shot use).",
+    )
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or zip://ARCHIVE::MEMBER sources")
-    p.add_argument("--gallery", required=True, help="gallery embedding store")
-    p.add_argument("--model", default=None, help="default: the encoder named in the gallery's manifest; otherwise " + MODEL_HELP)
+    p.add_argument("--gallery", default=None, help="gallery embedding store (kNN retrieval); not used with --zero-shot")
+    p.add_argument("--model", default=None, help="default: the encoder named in the gallery's manifest (with --zero-shot: "
+                   "streetclip); otherwise " + MODEL_HELP)
     p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"neighbours that vote (default {DEFAULT_K})")
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"aggregation (default {DEFAULT_STRATEGY})")
     p.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE, help="softmax temperature on similarities")
@@ -26,23 +36,73 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--show", type=non_negative_int, default=5, help="neighbours to print per photo")
     p.add_argument("--json", action="store_true", help="print one JSON object per photo")
+    z = p.add_argument_group("zero-shot and text prior (a CLIP with a text tower, e.g. streetclip)")
+    z.add_argument("--zero-shot", choices=LEVELS, default=None, metavar="LEVEL",
+                   help=f"locate without a gallery: one of {', '.join(LEVELS)}; the guess is the best place's representative "
+                        "point (a populated place inside it), with the top places and their probabilities")
+    z.add_argument("--hierarchical", action="store_true",
+                   help="--zero-shot regions|cities: countries first, then the regions/cities inside the best --top-countries")
+    z.add_argument("--top-countries", type=positive_int, default=3, help="countries kept by --hierarchical (default 3)")
+    z.add_argument("--min-population", type=positive_int, default=None, help="--zero-shot cities: smallest city population named")
+    z.add_argument("--prompt", default=None, metavar="TEMPLATE",
+                   help="prompt template with {country}, {region}, {city} (default, per level: "
+                        + "; ".join(f"{k}: '{v}'" for k, v in DEFAULT_TEMPLATES.items()).replace("%", "%%") + ")")
+    z.add_argument("--text-temperature", type=positive_float, default=None,
+                   help="zero-shot softmax temperature (default: the CLIP's own logit scale)")
+    z.add_argument("--prior", choices=PRIORS, default="none",
+                   help="with --gallery: 'text' multiplies each neighbour's vote by the zero-shot probability of its country "
+                        "(or region, --prior-by), so a look-alike in a country the text rules out loses (default none)")
+    z.add_argument("--prior-by", choices=PRIOR_BY, default=PRIOR_BY[0], help=f"what --prior text matches (default {PRIOR_BY[0]})")
+    z.add_argument("--prior-weight", type=non_negative_float, default=DEFAULT_PRIOR_WEIGHT,
+                   help=f"exponent on the prior's probabilities; 0 = no prior (default {DEFAULT_PRIOR_WEIGHT:g})")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from geosolver.images import ImageReadError, open_image
-    from geosolver.locate import Geolocator
+def _check_modes(args: argparse.Namespace) -> None:
+    """One line for option combinations that mean nothing."""
+    from geosolver.errors import UserError
 
-    geo = Geolocator.from_store(args.gallery, encoder=args.model, index_kind=args.index)
+    if args.zero_shot is None and args.gallery is None:
+        raise UserError("locate needs --gallery STORE (kNN retrieval) or --zero-shot countries|regions|cities (no gallery)")
+    if args.zero_shot is not None and args.gallery is not None:
+        raise UserError("--zero-shot locates without a gallery; drop --gallery, or fuse the text model with the gallery's "
+                        "kNN vote with --prior text")
+    if args.zero_shot is None and (args.hierarchical or args.min_population is not None):
+        raise UserError("--hierarchical and --min-population apply to --zero-shot only")
+    if args.hierarchical and args.zero_shot == "countries":
+        raise UserError("--hierarchical needs --zero-shot regions or cities (countries are its first stage)")
+    if args.gallery is not None and args.prior == "none" and (args.prompt or args.text_temperature is not None):
+        raise UserError("--prompt and --text-temperature need --prior text (or --zero-shot)")
+
+
+def _open_images(srcs: list[str]) -> tuple[list, list[str], int]:
+    from geosolver.images import ImageReadError, open_image
+
     images, names, failed = [], [], 0
-    for src in args.photos:
+    for src in srcs:
         try:
             images.append(open_image(src))
             names.append(src)
         except (ImageReadError, OSError) as e:
             print(f"geosolver locate: error: {src}: {e}", file=sys.stderr)
             failed += 1
-    preds = geo.locate(images, k=args.k, strategy=args.strategy, tta=args.tta, temperature=args.temperature, radius_km=args.radius_km) if images else []
+    return images, names, failed
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_modes(args)
+    if args.zero_shot is not None:
+        return _run_zero_shot(args)
+    from geosolver.locate import Geolocator
+
+    geo = Geolocator.from_store(args.gallery, encoder=args.model, index_kind=args.index)
+    prior = None
+    if args.prior == "text":
+        prior = geo.text_prior(by=args.prior_by, weight=args.prior_weight, temperature=args.text_temperature, template=args.prompt)
+    images, names, failed = _open_images(args.photos)
+    preds = geo.locate(
+        images, k=args.k, strategy=args.strategy, tta=args.tta, temperature=args.temperature, radius_km=args.radius_km, prior=prior
+    ) if images else []
     for name, p in zip(names, preds):
         if args.json:
             print(json.dumps({"photo": name, **p.to_dict()}))
@@ -50,7 +110,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}")
         print(f"  guess       {p.lat:.5f}, {p.lon:.5f}  country {p.country or '?'}  confidence {p.confidence:.2f}  ({p.strategy}, k={p.k})")
         print(f"  map         {p.osm_url}")
+        if p.text_prior:
+            print("  text prior  " + ", ".join(f"{t['name']} {t['probability']:.2f}" for t in p.text_prior))
         print(f"  {'#':>3} {'similarity':>10} {'lat':>10} {'lon':>11} {'km':>8}  id")
         for j, nb in enumerate(p.neighbours[: args.show], 1):
             print(f"  {j:>3} {nb['similarity']:>10.4f} {nb['lat']:>10.4f} {nb['lon']:>11.4f} {nb['distance_km']:>8.0f}  {nb['id']}")
+    return 2 if failed else 0
+
+
+def _run_zero_shot(args: argparse.Namespace) -> int:
+    from geosolver.encoders import DEFAULT_ENCODER, load_encoder
+    from geosolver.zeroshot import ZeroShot
+
+    if args.prior != "none":
+        from geosolver.errors import UserError
+
+        raise UserError("--prior text fuses the text model with a gallery's kNN vote; with --zero-shot the text model alone decides")
+    encoder = load_encoder(args.model or DEFAULT_ENCODER)
+    zs = ZeroShot(
+        encoder, level=args.zero_shot, template=args.prompt, temperature=args.text_temperature,
+        hierarchical=args.hierarchical, top_countries=args.top_countries, min_population=args.min_population,
+    )
+    images, names, failed = _open_images(args.photos)
+    preds = zs.predict(encoder.embed_images(images, tta=args.tta), top=max(args.show, 1)) if images else []
+    for name, p in zip(names, preds):
+        if args.json:
+            print(json.dumps({"photo": name, **p.to_dict()}))
+            continue
+        print(f"{name}")
+        print(f"  guess       {p.lat:.5f}, {p.lon:.5f}  {p.name} ({p.cc})  probability {p.probability:.2f}  (zero-shot {p.level})")
+        print(f"  map         https://www.openstreetmap.org/?mlat={p.lat:.5f}&mlon={p.lon:.5f}#map=6/{p.lat:.5f}/{p.lon:.5f}")
+        print(f"  {'#':>3} {'probability':>11}  place")
+        for j, t in enumerate(p.top[: args.show], 1):
+            print(f"  {j:>3} {t['probability']:>11.4f}  {t['name']}")
     return 2 if failed else 0

@@ -1,0 +1,164 @@
+"""The text prior: a zero-shot CLIP's belief about a photo's country, fused with the kNN vote.
+
+Retrieval alone is fooled by look-alikes: a Brazilian road can be the nearest neighbour of a
+Portuguese one. A CLIP with a text tower can also say, from the photo alone, how likely each
+country is (:class:`geosolver.zeroshot.ZeroShot`, prompts like "A Street View photo in
+Portugal."). The fusion multiplies each neighbour's vote by that probability of the neighbour's
+own country (or region):
+
+    w'_ij  ∝  softmax(s_ij / T)_j · (p_i(g_ij) + ε)^λ        (renormalised over j)
+
+* ``s_ij`` — cosine similarity of query ``i`` and its neighbour ``j``; ``T`` the kNN
+  temperature (``--temperature``);
+* ``g_ij`` — the neighbour's group: its country (ISO code of the nearest GeoNames populated place
+  to its coordinates; ``by="country"``) or, with ``by="region"``, ``"CC/admin1"``; a neighbour with no group among
+  the zero-shot labels (open sea, a place without a label) gets the uniform ``1/G``, i.e. the
+  prior says nothing about it;
+* ``p_i(g)`` — the zero-shot probability of group ``g`` for query ``i``: ``softmax`` of the
+  model's logit scale (or ``1 / --text-temperature``) times the cosine of the photo with each
+  label's prompt, summed per group;
+* ``λ`` — the prior weight (``--prior-weight``, default 1): 0 switches the prior off, larger
+  values trust the text model more; ``ε = 1e-4`` keeps a neighbour the text model rules out from
+  vanishing entirely (so a row never loses all its weight).
+
+Every strategy votes with the fused weights (``nn`` takes the neighbour with the largest fused
+weight; ``weighted-mean`` and ``densest`` use them as the similarity mass), and the confidence is
+the fused mass near the guess. The prior only *reweights* neighbours: it cannot put the guess
+where no neighbour is, so a strong, consistent neighbourhood survives a text model that prefers a
+neighbouring country, while a lone look-alike in a country the text model rules out loses to
+weaker neighbours in the country it believes in.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from geosolver.errors import LocateError
+
+if TYPE_CHECKING:
+    from geosolver.zeroshot import ZeroShot
+
+PRIORS = ("none", "text")
+#: What a neighbour's prior probability is looked up by: its country, or its first-level region.
+PRIOR_BY = ("country", "region")
+DEFAULT_PRIOR_WEIGHT = 1.0
+#: ε: the probability floor added before raising to λ.
+PRIOR_FLOOR = 1e-4
+
+
+def neighbour_groups(lat: np.ndarray, lon: np.ndarray, by: str = "country") -> np.ndarray:
+    """The group of each point: ISO country code (``by="country"``) or ``"CC/admin1"`` (``by="region"``)
+    of its nearest GeoNames populated place; any shape, returned as an object array of that shape."""
+    from geosolver.places import reverse_geocode
+
+    if by not in PRIOR_BY:
+        raise LocateError(f"unknown prior grouping {by!r}; use one of {', '.join(PRIOR_BY)}")
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    if lat.size == 0:
+        return np.empty(lat.shape, dtype=object)
+    places = reverse_geocode(lat.ravel(), lon.ravel())
+    cc = places["cc"].astype(str).to_numpy(dtype=object)
+    if by == "region":
+        cc = (places["cc"].astype(str) + "/" + places["admin1"].astype(str)).to_numpy(dtype=object)
+    return cc.reshape(lat.shape)
+
+
+def neighbour_probs(group_probs: np.ndarray, group_keys: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The zero-shot probability of each neighbour's group, ``p_i(g_ij)``.
+
+    Args:
+        group_probs: ``(n, G)`` zero-shot probabilities per group, rows summing to 1.
+        group_keys: ``(G,)`` the groups (country codes or ``"CC/admin1"``).
+        groups: ``(n, k)`` each neighbour's group (:func:`neighbour_groups`).
+
+    Returns:
+        ``(n, k)`` float64; a neighbour whose group is not in ``group_keys`` gets the uniform ``1/G``.
+    """
+    p = np.asarray(group_probs, np.float64)
+    groups = np.asarray(groups, dtype=object)
+    if p.ndim != 2 or groups.ndim != 2 or p.shape[0] != groups.shape[0] or p.shape[1] != len(group_keys) or p.shape[1] == 0:
+        raise LocateError(
+            f"text prior: group_probs {p.shape}, {len(group_keys)} group keys and neighbour groups {groups.shape} do not fit"
+        )
+    col = {str(g): j for j, g in enumerate(group_keys)}
+    idx = np.array([col.get(str(g), -1) for g in groups.ravel()], dtype=np.int64).reshape(groups.shape)
+    looked_up = np.take_along_axis(p, np.clip(idx, 0, None), axis=1)
+    return np.where(idx >= 0, looked_up, 1.0 / p.shape[1])
+
+
+def prior_factors(probs: np.ndarray, weight: float = DEFAULT_PRIOR_WEIGHT, floor: float = PRIOR_FLOOR) -> np.ndarray:
+    """The vote factors ``(p + ε) ** λ`` of neighbour probabilities ``probs`` (:func:`neighbour_probs`).
+
+    Raises:
+        LocateError: ``weight`` is not a finite number >= 0 or ``floor`` not a finite number > 0.
+    """
+    if not (np.isfinite(weight) and weight >= 0):
+        raise LocateError(f"prior weight must be a finite number >= 0, got {weight}")
+    if not (np.isfinite(floor) and floor > 0):
+        raise LocateError(f"prior floor must be a finite number > 0, got {floor}")
+    return (np.asarray(probs, np.float64) + floor) ** float(weight)
+
+
+def neighbour_prior(
+    group_probs: np.ndarray,
+    group_keys: np.ndarray,
+    groups: np.ndarray,
+    weight: float = DEFAULT_PRIOR_WEIGHT,
+    floor: float = PRIOR_FLOOR,
+) -> np.ndarray:
+    """``(n, k)`` vote factors ``(p_i(g_ij) + ε) ** λ``: :func:`prior_factors` of :func:`neighbour_probs`
+    (weight 0: every factor is 1, the plain kNN vote)."""
+    return prior_factors(neighbour_probs(group_probs, group_keys, groups), weight, floor)
+
+
+class TextPrior:
+    """The text prior of a :class:`~geosolver.zeroshot.ZeroShot` model, ready to weight kNN votes.
+
+    Args:
+        zeroshot: the zero-shot model (same encoder as the gallery).
+        by: ``"country"`` or ``"region"`` — what the neighbours are matched on.
+        weight: λ (see the module docstring).
+    """
+
+    def __init__(self, zeroshot: "ZeroShot", by: str = "country", weight: float = DEFAULT_PRIOR_WEIGHT):
+        if by not in PRIOR_BY:
+            raise LocateError(f"unknown prior grouping {by!r}; use one of {', '.join(PRIOR_BY)}")
+        if not (np.isfinite(weight) and weight >= 0):
+            raise LocateError(f"prior weight must be a finite number >= 0, got {weight}")
+        self.zeroshot = zeroshot
+        self.by = by
+        self.weight = float(weight)
+
+    def group_probs(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, G)`` zero-shot probabilities per group and the ``(G,)`` group keys."""
+        return self.zeroshot.probs_by(emb, by="cc" if self.by == "country" else "region")
+
+    def factors(self, emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, weight: float | None = None) -> np.ndarray:
+        """``(n, k)`` vote factors for queries ``emb`` ``(n, dim)`` whose neighbours lie at ``lat, lon`` ``(n, k)``."""
+        probs, keys = self.group_probs(emb)
+        return self.factors_of(neighbour_probs(probs, keys, neighbour_groups(lat, lon, self.by)), weight)
+
+    def factors_of(self, probs: np.ndarray, weight: float | None = None) -> np.ndarray:
+        """Vote factors of neighbour probabilities :func:`neighbour_probs` at λ = ``weight`` (``None``: this prior's)."""
+        return prior_factors(probs, self.weight if weight is None else weight)
+
+    def top_groups(self, probs: np.ndarray, keys: np.ndarray, top: int = 5) -> list[list[dict]]:
+        """Per query, the ``top`` most probable groups best first: ``{"group", "name", "probability"}``."""
+        labels = self.zeroshot.labels
+        name_of = {}
+        for key, cc, country, region in zip(labels.keys, labels.cc, labels.country, labels.region):
+            name_of.setdefault(str(cc), str(country))
+            if region:
+                name_of.setdefault(f"{cc}/{region}", f"{region}, {country}")
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+        return [
+            [{"group": str(keys[j]), "name": name_of.get(str(keys[j]), str(keys[j])), "probability": float(probs[i, j])} for j in row]
+            for i, row in enumerate(order)
+        ]
+
+    def describe(self) -> dict:
+        """What this prior is, for configs and JSON answers."""
+        zs = self.zeroshot
+        return {"prior": "text", "by": self.by, "weight": self.weight, "level": zs.labels.level, "logit_scale": float(zs.logit_scale)}
