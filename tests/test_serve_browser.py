@@ -8,6 +8,12 @@ gallery twin), the error in km (independent ``haversine`` package), the Geoscore
 (``5000·exp(-km/1492.7)``), the markers and the upright photo. Saves a screenshot under the
 test's tmp dir, and to ``docs/screenshot.png`` when ``GEOSOLVER_SCREENSHOT`` is set.
 
+A second server runs with ``--play QUERIES`` and the page plays a whole duel (five rounds): per
+round it clicks the map, presses Guess, and the distances and Geoscores shown are checked against
+the API's answer (captured by a response listener) and against values computed here from the
+clicked point; the model's guess against ``locate_embeddings`` with the query left out. Saves the
+finished duel to ``docs/duel.png`` when ``GEOSOLVER_SCREENSHOT`` is set.
+
 Skipped, with the reason in the summary, when chromium, node or playwright-core is missing --
 except under CI (``CI=true``), where a missing tool chain fails the test instead.
 """
@@ -25,6 +31,7 @@ import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -101,20 +108,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, request):
+@contextmanager
+def _serving(argv: list[str]):
     """``geosolver serve`` (the CLI, in a thread of this process so torch is imported only once)
-    serving a test gallery on a free localhost port: yields ``(base_url, world)``."""
+    on a free localhost port: yields the base URL."""
     import httpx
     import uvicorn
 
     import geosolver.serve.app as app_mod
     from geosolver.cli import main as cli_main
-    from helpers_serve import PARIS, build_world
 
-    _requirements()  # before building anything
-    tiny_clip_dir = request.getfixturevalue("tiny_clip_dir")
-    world = build_world(tmp_path_factory.mktemp("browser"), tiny_clip_dir, gps_photo=phone_jpeg(PARIS))
     port = _free_port()
     servers: list[uvicorn.Server] = []
     real_serve = app_mod.serve
@@ -126,8 +129,7 @@ def server(tmp_path_factory, request):
 
     app_mod.serve = serve_in_thread
     rc: list[int] = []
-    argv = ["serve", "--gallery", str(world["store"]), "--model", tiny_clip_dir, "--device", "cpu", "--port", str(port), "--strategy", "nn", "--k", "8"]
-    t = threading.Thread(target=lambda: rc.append(cli_main(argv)), daemon=True)
+    t = threading.Thread(target=lambda: rc.append(cli_main(argv + ["--port", str(port)])), daemon=True)
     t.start()
     base = f"http://127.0.0.1:{port}/"
     try:
@@ -143,13 +145,26 @@ def server(tmp_path_factory, request):
             if time.time() > deadline:
                 pytest.fail("geosolver serve did not come up in 90 s")
             time.sleep(0.2)
-        yield base, world
+        yield base
     finally:
         app_mod.serve = real_serve
         for srv in servers:
             srv.should_exit = True
         t.join(15)
     assert rc == [0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    """``geosolver serve`` serving a test gallery on a free localhost port: yields ``(base_url, world)``."""
+    from helpers_serve import PARIS, build_world
+
+    _requirements()  # before building anything
+    tiny_clip_dir = request.getfixturevalue("tiny_clip_dir")
+    world = build_world(tmp_path_factory.mktemp("browser"), tiny_clip_dir, gps_photo=phone_jpeg(PARIS))
+    argv = ["serve", "--gallery", str(world["store"]), "--model", tiny_clip_dir, "--device", "cpu", "--strategy", "nn", "--k", "8"]
+    with _serving(argv) as base:
+        yield base, world
 
 
 def test_page_shows_the_guess_truth_and_score(server, tmp_path):
@@ -231,3 +246,129 @@ def test_a_missing_browser_tool_chain_fails_under_ci_and_skips_loudly_locally(mo
     with pytest.warns(UserWarning, match="BROWSER TEST NOT RUN"), pytest.raises(pytest.skip.Exception, match=r"no Chromium"):
         _requirements()
     assert "BROWSER TEST NOT RUN" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Play mode: a whole duel against the model in the browser
+# ------------------------------------------------------------------------------------------------
+PLAY_SPOTS = {  # query id -> true (lat, lon)
+    "rome": (41.9028, 12.4964), "oslo": (59.9139, 10.7522), "lisbon": (38.7223, -9.1393),
+    "athens": (37.9838, 23.7275), "vienna": (48.2082, 16.3738), "reykjavik": (64.1466, -21.9426),
+}
+
+
+def scene_variant(i: int) -> Image.Image:
+    """Scene ``i``: the landscape with its colours turned and, for odd ``i``, mirrored."""
+    arr = np.asarray(scene_photo(800, 600), dtype=np.float32)
+    tint = np.array([[1.0, 0.95, 0.9], [0.85, 1.0, 0.95], [1.05, 0.9, 0.8], [0.9, 0.9, 1.05], [1.0, 1.05, 0.85], [0.8, 0.95, 1.1]])[i % 6]
+    img = Image.fromarray(np.clip(arr * tint, 0, 255).astype(np.uint8))
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i % 2 else img
+
+
+@pytest.fixture(scope="module")
+def play_server(tmp_path_factory, request):
+    """``geosolver serve --play QUERIES``: yields ``(base_url, world, queries_store)``; the query
+    photos are JPEG files carrying EXIF GPS of their true spot (the page must never see it)."""
+    import pandas as pd
+
+    from geosolver.store import write_store
+    from helpers_data import make_exif
+    from helpers_serve import build_world
+
+    _requirements()
+    tiny_clip_dir = request.getfixturevalue("tiny_clip_dir")
+    root = tmp_path_factory.mktemp("browser-play")
+    world = build_world(root, tiny_clip_dir)
+    recs, photos = [], []
+    for i, (qid, (lat, lon)) in enumerate(PLAY_SPOTS.items()):
+        buf = io.BytesIO()
+        scene_variant(i).save(buf, "JPEG", quality=90, exif=make_exif(gps=(lat, lon)).tobytes())
+        (root / f"{qid}.jpg").write_bytes(buf.getvalue())
+        photos.append(buf.getvalue())
+        recs.append({"id": qid, "source": str(root / f"{qid}.jpg"), "lat": lat, "lon": lon})
+    queries = write_store(root / "queries", world["encoder"].embed_images(photos), pd.DataFrame(recs), world["encoder"].identity())
+    argv = ["serve", "--gallery", str(world["store"]), "--model", tiny_clip_dir, "--device", "cpu", "--strategy", "nn", "--k", "8",
+            "--play", str(queries.path)]
+    with _serving(argv) as base:
+        yield base, world, queries
+
+
+def _km_text(km: float) -> str:
+    return f"{km:,.1f} km" if km < 10 else f"{km:,.0f} km"
+
+
+def test_page_plays_a_duel_against_the_model(play_server, tmp_path):
+    from haversine import haversine as hv_km
+
+    from geosolver.locate import Geolocator
+
+    node = _requirements()
+    base, world, queries = play_server
+    shot = tmp_path / "duel.png"
+    r = subprocess.run([node, str(E2E / "play.mjs"), "--url", base, "--screenshot", str(shot), "--chromium", CHROMIUM],
+                       cwd=E2E, capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip(), f"no output from the browser script:\n{r.stderr}"
+    page = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0 and page["state"] == "over", page
+    assert page["locatePanelHidden"] is True
+    assert len(page["rounds"]) == 5
+
+    geo = Geolocator.from_store(queries.path.parent / "gallery", encoder=world["encoder"])
+    meta = queries.metadata
+    you_total = model_total = 0.0
+    for n, rec in enumerate(page["rounds"], start=1):
+        api = rec["api"]
+        assert api["status"] == 200, api
+        out = api["body"]
+        # the page sent the point that was clicked (in round 1: moved by a second click, not a second marker)
+        assert rec["guessDisabledBeforeClick"] is True
+        assert rec["markersAfterClicks"] == ([1, 1] if n == 1 else [1])
+        assert api["sent"]["lat"] == pytest.approx(rec["expected"]["lat"], abs=1e-6)
+        assert api["sent"]["lon"] == pytest.approx(rec["expected"]["lon"], abs=1e-6)
+        # the photo was shown (800x600: under the 1600 px cap, so not resized)
+        assert (rec["photo"]["w"], rec["photo"]["h"]) == (800, 600) and rec["photo"]["shown"]
+        # the truth is one of the query photos' true spots
+        truth = (out["truth"]["lat"], out["truth"]["lon"])
+        qid = next(q for q, spot in PLAY_SPOTS.items() if spot == pytest.approx(truth, abs=1e-9))
+        # the player's distance and score: computed here from the clicked point
+        km = hv_km(truth, (rec["expected"]["lat"], rec["expected"]["lon"]))
+        score = 5000 * math.exp(-km / 1492.7)
+        assert out["player"]["km"] == pytest.approx(km, rel=1e-3)
+        shown = rec["page"]
+        assert shown["youKm"] == _km_text(out["player"]["km"])
+        assert shown["youScore"] == f"{out['player']['geoscore']:,.0f}"
+        assert abs(float(shown["youScore"].replace(",", "")) - score) <= 1.0
+        # the model's guess: the stored embedding, the query itself left out of the gallery
+        row = int(np.flatnonzero(meta["id"].to_numpy() == qid)[0])
+        exp = geo.locate_embeddings(queries.embeddings([row]), k=8, strategy="nn", exclude_ids=[qid])[0]
+        assert (out["model"]["lat"], out["model"]["lon"]) == pytest.approx((exp.lat, exp.lon), abs=1e-9)
+        mkm = hv_km(truth, (exp.lat, exp.lon))
+        assert shown["modelKm"] == _km_text(out["model"]["km"]) and out["model"]["km"] == pytest.approx(mkm, rel=1e-3)
+        assert shown["modelScore"] == f"{out['model']['geoscore']:,.0f}"
+        assert abs(float(shown["modelScore"].replace(",", "")) - 5000 * math.exp(-mkm / 1492.7)) <= 1.0
+        # the map: one marker each, two labelled lines; the running totals
+        assert (shown["youMarkers"], shown["modelMarkers"], shown["truthMarkers"]) == (1, 1, 1)
+        assert sorted(shown["kmLabels"]) == sorted([shown["youKm"], shown["modelKm"]])
+        assert shown["round"] == f"Round {n} / 5" and shown["resultVisible"]
+        you_total += out["player"]["geoscore"]
+        model_total += out["model"]["geoscore"]
+        assert shown["totalYou"] == f"{you_total:,.0f}" and shown["totalModel"] == f"{model_total:,.0f}"
+        assert shown["nextVisible"] == (n < 5) and shown["summaryVisible"] == (n == 5)
+
+    s = page["summary"]
+    assert s["finalYou"] == f"{you_total:,.0f}" and s["finalModel"] == f"{model_total:,.0f}"
+    assert len(s["rows"]) == 5 and [row[0] for row in s["rows"]] == ["1", "2", "3", "4", "5"]
+    you, model = round(you_total), round(model_total)
+    assert s["winner"].startswith("You win" if you > model else "The model wins" if you < model else "A draw")
+    assert page["newGame"]["round"] == "Round 1 / 5" and page["newGame"]["totalYou"] == "0" and not page["newGame"]["summaryVisible"]
+    assert page["afterBack"] == {"mode": "locate", "locateHidden": False, "playHidden": True}
+    assert all(p["status"] == 200 and p["type"] == "image/jpeg" for p in page["photoResponses"]) and len(page["photoResponses"]) >= 6
+    assert all("tile.openstreetmap.org" in u for u in page["failedRequests"]), page["failedRequests"]
+    assert [e for e in page["consoleErrors"] if "Failed to load resource" not in e] == []
+
+    with Image.open(shot) as im:
+        assert im.size == (1280, 800)
+    if os.environ.get("GEOSOLVER_SCREENSHOT"):
+        dest = REPO / "docs" / "duel.png"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, dest)

@@ -1,4 +1,5 @@
-"""`geosolver serve --gallery STORE`: the web app (drop a photo, see the guess on a map) + JSON API."""
+"""`geosolver serve --gallery STORE [--play QUERIES]`: the web app (drop a photo, see the guess on a
+map) + JSON API; with ``--play``, also a GeoGuessr duel against the model on the query store's photos."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ def register(sub) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"default aggregation (default {DEFAULT_STRATEGY})")
     p.add_argument("--max-batch", type=positive_int, default=8, help="most concurrent photos per encoder batch (default 8)")
     p.add_argument("--save-uploads", metavar="DIR", default=None, help="keep every upload and its answer in DIR (default: keep nothing)")
+    p.add_argument("--play", metavar="QUERIES", default=None,
+                   help="enable Play mode, a GeoGuessr duel against the model: QUERIES is an embedding store from the gallery's encoder "
+                        "whose rows have true lat/lon and an image source (files, zip:// or tar members); each round shows one of its "
+                        "photos (re-encoded, no EXIF) and the model guesses from the stored embedding with that query's own id "
+                        "excluded from the gallery (leave-one-out). Default: off (the play routes answer 404)")
+    p.add_argument("--round-ttl", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="seconds a Play round stays open for a guess (default 600; later guesses get 410)")
     p.set_defaults(func=run)
 
 
@@ -38,14 +46,22 @@ def run(args) -> int:
 
         raise UserError(f"the web app needs the [serve] extra ({e.name} is missing): pip install 'geosolver[serve]'") from None
 
+    if args.play:  # fail fast, before the gallery's index is built: the queries must match the gallery's encoder
+        from geosolver.serve.play import check_queries
+        from geosolver.store import EmbeddingStore
+
+        check_queries(args.play, EmbeddingStore(args.gallery).encoder)
     limits = {key: getattr(args, key, None) for key in ("max_pixels", "max_decodes", "read_timeout")}
     geo = open_geolocator(args.gallery, args.model, device=args.device, index_kind=args.index)
     app = create_app(
         geo, max_upload_mb=args.max_upload_mb, default_k=args.k, default_strategy=args.strategy,
-        max_batch=args.max_batch, save_uploads=args.save_uploads,
+        max_batch=args.max_batch, save_uploads=args.save_uploads, play=args.play, round_ttl=args.round_ttl,
         **{key: value for key, value in limits.items() if value is not None},
     )
     print(f"geosolver serve: {geo.encoder.name} over {len(geo.gallery)} gallery photos ({geo.gallery.path})")
+    if app.state.serve.play is not None:
+        play = app.state.serve.play
+        print(f"geosolver serve: play mode on: {len(play)} query photos ({play.queries.path}); leave-one-out model guesses")
     print(f"geosolver serve: open http://{args.host}:{args.port}/  (API docs at /docs; Ctrl-C to stop)")
     serve(app, host=args.host, port=args.port)
     return 0

@@ -10,6 +10,22 @@ Routes:
   (``{lat, lon, km, geoscore, place}`` when the photo carries EXIF GPS, else ``null``).
 * ``GET /api/health`` — the model and gallery loaded, gallery size, limits.
 * ``GET /api/gallery/points`` — a subsample of the gallery's coordinates (map overlay).
+* Play mode (a GeoGuessr duel against the model; only with ``play=QUERIES``, i.e. ``geosolver serve
+  --play QUERIES``, else these answer 404 with a detail saying so; see :mod:`geosolver.serve.play`):
+
+  * ``GET /api/play`` — whether play mode is on (``enabled``), query count, round TTL, k/strategy.
+  * ``GET /api/round`` — a new round: ``{token, photo_url, expires_in}`` (never the coordinates);
+    query photos that cannot be read are logged and skipped, 503 if none can.
+  * ``GET /api/round/{token}/photo`` — the round's photo re-encoded as JPEG with no EXIF or other
+    metadata (EXIF GPS would leak the answer), at most 1600 px on the long side, decoded within
+    the pixel budget below.
+  * ``POST /api/round/{token}/guess`` — ``lat``, ``lon`` (JSON body or urlencoded form): answers
+    ``{truth: {lat, lon, place}, player: {lat, lon, km, geoscore}, model: {lat, lon, km, geoscore,
+    ...}, round}``. The model's guess comes from the query's stored embedding with the query's own
+    id excluded from the gallery (leave-one-out). A token is single use (409 on a second guess),
+    expires after ``round_ttl`` seconds (410), unknown tokens get 404; bad lat/lon 422, a body over
+    4 KB 413. At most ``max_rounds`` tokens are kept (oldest forgotten first).
+
 * ``GET /docs``, ``GET /openapi.json`` — FastAPI's API docs (the docs page loads Swagger UI from a
   CDN; the JSON works offline).
 
@@ -46,7 +62,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -62,6 +78,7 @@ from geosolver.geo import geoscore, haversine
 from geosolver.images import MAX_PIXELS, ImageReadError, exif_gps, open_image
 from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES, Geolocator
 from geosolver.rundir import RunDir
+from geosolver.serve.play import DEFAULT_MAX_ROUNDS, DEFAULT_ROUND_TTL, Play, add_play_routes, open_play
 from geosolver.serve.upload import Upload, UploadError, read_upload
 from geosolver.serve.worker import ModelWorker
 
@@ -273,6 +290,7 @@ class AppState:
         worker: the model worker thread (micro-batches concurrent photos).
         decode_slots: at most ``options.max_decodes`` photos decoded at once.
         save_dir: where uploads and answers are kept, or ``None``.
+        play: the play mode's query set and round book, or ``None`` (play mode off).
     """
 
     geolocator: Geolocator
@@ -284,6 +302,7 @@ class AppState:
     worker: ModelWorker
     decode_slots: threading.BoundedSemaphore
     save_dir: Path | None
+    play: Play | None = None
 
 
 def create_app(
@@ -300,6 +319,10 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_decodes: int = DEFAULT_MAX_DECODES,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
+    play: "str | os.PathLike | EmbeddingStore | None" = None,
+    round_ttl: float = DEFAULT_ROUND_TTL,
+    max_rounds: int = DEFAULT_MAX_ROUNDS,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """Build the FastAPI app around a ready :class:`~geosolver.locate.Geolocator`.
 
@@ -318,6 +341,11 @@ def create_app(
             their draft-reduced size); more gets 422 before any pixel is decoded.
         max_decodes: most photos decoded (and preprocessed) at the same time.
         read_timeout: seconds the request body may take to arrive; slower uploads get 408.
+        play: query embedding store (same encoder as the gallery; rows with ``lat``/``lon`` and an
+            image ``source``) for play mode, a duel against the model; ``None``: play mode off.
+        round_ttl: seconds a play round's token stays valid (410 after).
+        max_rounds: most outstanding play tokens kept (the oldest is forgotten first).
+        clock: monotonic seconds for the round book (tests inject one to expire tokens).
 
     Returns:
         The ``fastapi.FastAPI`` app (serve it with uvicorn).
@@ -329,7 +357,10 @@ def create_app(
         max_upload_mb=max_upload_mb, default_k=default_k, default_strategy=default_strategy, max_k=max_k, max_batch=max_batch,
         gallery_points=gallery_points, max_pixels=max_pixels, max_decodes=max_decodes, read_timeout=read_timeout,
     )
-    state = _start(geolocator, options, save_uploads)
+    play_state = None
+    if play is not None:
+        play_state = open_play(play, geolocator.encoder.identity(), round_ttl=round_ttl, max_rounds=max_rounds, clock=clock)
+    state = _start(geolocator, options, save_uploads, play_state)
     if warmup:
         _warm_up(state)
     app = FastAPI(
@@ -346,7 +377,7 @@ def create_app(
     return app
 
 
-def _start(geolocator: Geolocator, options: ServeOptions, save_uploads: str | os.PathLike | None) -> AppState:
+def _start(geolocator: Geolocator, options: ServeOptions, save_uploads: str | os.PathLike | None, play: Play | None = None) -> AppState:
     """Load the encoder, record the settings (in ``save_uploads`` too) and start the model worker."""
     encoder = geolocator.encoder  # loaded now: a bad model fails at start-up, not on the first photo
     gallery = geolocator.gallery
@@ -364,13 +395,14 @@ def _start(geolocator: Geolocator, options: ServeOptions, save_uploads: str | os
         "max_decodes": options.max_decodes,
         "read_timeout_s": options.read_timeout,
         "save_uploads": str(save_dir) if save_dir else None,
+        "play": None if play is None else {"queries": str(play.queries.path), "playable": len(play), "round_ttl_s": play.book.ttl},
     }
     if save_dir is not None:
         RunDir(save_dir, "serve").write_config(settings)
     worker = ModelWorker(geolocator, max_batch=options.max_batch)
     return AppState(
         geolocator=geolocator, encoder=encoder, gallery=gallery, min_side=encoder.min_side, options=options, settings=settings,
-        worker=worker, decode_slots=threading.BoundedSemaphore(options.max_decodes), save_dir=save_dir,
+        worker=worker, decode_slots=threading.BoundedSemaphore(options.max_decodes), save_dir=save_dir, play=play,
     )
 
 
@@ -452,6 +484,7 @@ def _add_routes(app: FastAPI, options: ServeOptions) -> None:
         "/api/locate", locate, methods=["POST"], summary="Where was this photo taken?",
         openapi_extra=_upload_schema(options.max_k), responses=_LOCATE_RESPONSES,
     )
+    add_play_routes(app)
 
 
 async def _geosolver_error(request: Request, exc: GeosolverError):  # model/gallery failures
@@ -484,6 +517,7 @@ async def health(request: Request) -> dict:  # GET /api/health: the model, the g
         "max_decodes": o.max_decodes,
         "read_timeout_s": o.read_timeout,
         "saves_uploads": state.save_dir is not None,
+        "play": state.play is not None,
     }
 
 

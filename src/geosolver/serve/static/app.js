@@ -204,4 +204,7 @@
     if (f) locate(f);
   });
   ["k-input", "strategy-input"].forEach((id) => $(id).addEventListener("change", () => { if (state.file) locate(state.file); }));
+
+  // ---------------------------------------------------------------- shared with play.js (Play mode)
+  window.geosolverPage = { map, galleryLayer, resultLayer, pinIcon, fmt, coordText, placeText, countryName, esc };
 })();

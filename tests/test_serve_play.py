@@ -1,0 +1,436 @@
+"""`geosolver serve --play QUERIES`: the GeoGuessr duel against the model (FastAPI TestClient).
+
+The world: a gallery of block patterns embedded with the offline ``histogram`` encoder, and a
+query store of photos kept as a file (a 2000x1500 JPEG with EXIF GPS, also a gallery photo), zip
+members and a tar member, plus one query whose photo is missing. Expected distances and scores are
+computed here with the independent ``haversine`` package and the published Geoscore formula; the
+model's guess is checked against ``Geolocator.locate_embeddings`` with the query left out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from haversine import haversine as hv_km  # noqa: E402  (independent great-circle distance)
+from helpers_data import make_exif  # noqa: E402
+from helpers_serve import encode, gallery_coords, pattern  # noqa: E402
+
+from geosolver.cli import main as cli_main  # noqa: E402
+
+N_GALLERY = 24
+TWIN = 3  # the query that is also gallery photo g003 (its file carries EXIF GPS)
+EXIF_GPS = (48.8566, 2.3522)  # what the twin's EXIF claims (the served photo must not say it)
+
+
+class Clock:
+    """A monotonic clock the tests move by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _geoscore(km: float) -> float:
+    return 5000 * math.exp(-km / 1492.7)
+
+
+@pytest.fixture(scope="module")
+def play_world(tmp_path_factory):
+    from geosolver.encoders import load_encoder
+    from geosolver.images import tar_source, zip_source
+    from geosolver.store import write_store
+
+    root = tmp_path_factory.mktemp("play")
+    enc = load_encoder("histogram")
+    twin = encode(pattern(TWIN, (2000, 1500)), "JPEG", make_exif(gps=EXIF_GPS, extra={0x0110: "Cam 1", 0x010E: "secret place"}), quality=90)
+    gallery_src = [encode(pattern(i), "PNG") for i in range(N_GALLERY)]
+    gallery_src[TWIN] = twin
+    lat, lon = zip(*(gallery_coords(i) for i in range(N_GALLERY)))
+    gallery = write_store(root / "gallery", enc.embed_images(gallery_src),
+                          pd.DataFrame({"id": [f"g{i:03d}" for i in range(N_GALLERY)], "lat": lat, "lon": lon}), enc.identity())
+
+    (root / "twin.jpg").write_bytes(twin)
+    photos = {"q-zip-1": encode(pattern(101), "JPEG", quality=90), "q-zip-2": encode(pattern(102), "PNG")}
+    with zipfile.ZipFile(root / "photos.zip", "w") as z:
+        for name, data in photos.items():
+            z.writestr(f"imgs/{name}.img", data)
+    tar_photo = encode(pattern(103), "WEBP", lossless=True)
+    with tarfile.open(root / "photos.tar", "w") as t:
+        info = tarfile.TarInfo("x/q-tar.webp")
+        info.size = len(tar_photo)
+        t.addfile(info, io.BytesIO(tar_photo))
+    rows = [
+        ("g003", str(root / "twin.jpg"), *gallery_coords(TWIN), twin),
+        ("q-zip-1", zip_source(root / "photos.zip", "imgs/q-zip-1.img"), -33.8688, 151.2093, photos["q-zip-1"]),
+        ("q-zip-2", zip_source(root / "photos.zip", "imgs/q-zip-2.img"), 40.7128, -74.0060, photos["q-zip-2"]),
+        ("q-tar", tar_source(root / "photos.tar", "x/q-tar.webp"), -22.9068, -43.1729, tar_photo),
+        ("q-gone", str(root / "missing.jpg"), 35.6762, 139.6503, pattern(104)),
+    ]
+    ids, sources, qlat, qlon, images = zip(*rows)
+    meta = pd.DataFrame({"id": ids, "source": sources, "lat": qlat, "lon": qlon})
+    queries = write_store(root / "queries", enc.embed_images(list(images)), meta, enc.identity())
+    return {"root": root, "gallery": gallery, "queries": queries, "encoder": enc, "meta": meta, "twin": twin}
+
+
+@pytest.fixture(scope="module")
+def geoloc(play_world):
+    from geosolver.locate import Geolocator
+
+    return Geolocator.from_store(play_world["gallery"], encoder=play_world["encoder"])
+
+
+def make_client(geoloc, queries=None, **kw):
+    from geosolver.serve import create_app
+
+    kw.setdefault("default_strategy", "nn")
+    kw.setdefault("default_k", 5)
+    return TestClient(create_app(geoloc, play=queries, warmup=False, **kw))
+
+
+@pytest.fixture(scope="module")
+def clock():
+    return Clock()
+
+
+@pytest.fixture(scope="module")
+def client(geoloc, play_world, clock):
+    with make_client(geoloc, play_world["queries"].path, clock=clock) as c:
+        yield c
+
+
+def play_of(client):
+    return client.app.state.serve.play
+
+
+def round_for(client, qid: str) -> dict:
+    """A round (through GET /api/round) showing query ``qid``."""
+    play = play_of(client)
+    for _ in range(400):
+        r = client.get("/api/round")
+        assert r.status_code == 200, r.text
+        d = r.json()
+        if play.ids[play.book.peek(d["token"])] == qid:
+            return d
+    raise AssertionError(f"query {qid} was never drawn")
+
+
+def truth_of(play_world, qid: str) -> tuple[float, float]:
+    m = play_world["meta"].set_index("id")
+    return float(m.loc[qid, "lat"]), float(m.loc[qid, "lon"])
+
+
+def guess(client, token: str, lat, lon, **kw):
+    return client.post(f"/api/round/{token}/guess", json={"lat": lat, "lon": lon}, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# a round never gives the answer away
+# ------------------------------------------------------------------------------------------------
+def test_round_json_carries_no_coordinates_and_no_query_id(client, play_world):
+    seen = set()
+    for _ in range(12):
+        r = client.get("/api/round")
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert set(d) == {"token", "photo_url", "expires_in"}
+        assert d["photo_url"] == f"api/round/{d['token']}/photo" and d["expires_in"] == 600
+        assert len(d["token"]) >= 20
+        seen.add(play_of(client).ids[play_of(client).book.peek(d["token"])])
+        text = r.text
+        for qid, lat, lon in play_world["meta"][["id", "lat", "lon"]].itertuples(index=False):
+            assert qid not in text
+            for v in (lat, lon):
+                assert f"{v:.2f}" not in text and f"{v:.1f}" not in text
+    assert "q-gone" not in seen  # its photo is missing: never drawn
+
+
+def test_photo_is_a_metadata_free_jpeg_downscaled_from_the_exif_gps_original(client, play_world):
+    from geosolver.images import exif_gps
+
+    assert exif_gps(play_world["twin"]) == pytest.approx(EXIF_GPS, abs=1e-3)  # guard: the original leaks the spot
+    d = round_for(client, "g003")
+    r = client.get("/" + d["photo_url"])  # rendered when the round was drawn (cache)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    data = r.content
+    assert data[:3] == b"\xff\xd8\xff"
+    assert b"Exif" not in data and b"secret place" not in data and b"Cam 1" not in data
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "JPEG" and im.size == (1600, 1200)
+    assert len(im.getexif()) == 0 and exif_gps(data) is None
+    assert not {"exif", "icc_profile", "xmp", "comment"} & set(im.info)
+    # the same photo rendered on demand (not cached any more) is as clean
+    play = play_of(client)
+    play.photos.clear()
+    r2 = client.get("/" + d["photo_url"])
+    assert r2.status_code == 200 and b"Exif" not in r2.content and Image.open(io.BytesIO(r2.content)).size == (1600, 1200)
+    # and it is the picture: same colours as the original, downscaled
+    small = np.asarray(Image.open(io.BytesIO(play_world["twin"])).convert("RGB").resize((1600, 1200)), dtype=float)
+    assert np.abs(np.asarray(im.convert("RGB"), dtype=float) - small).mean() < 8
+
+
+@pytest.mark.parametrize("qid", ["q-zip-1", "q-zip-2", "q-tar"])
+def test_photos_of_archive_members_are_served(client, qid):
+    d = round_for(client, qid)
+    r = client.get("/" + d["photo_url"])
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).format == "JPEG"
+    assert Image.open(io.BytesIO(r.content)).size == (64, 48)  # small photos are not upscaled
+
+
+# ------------------------------------------------------------------------------------------------
+# the guess: the player's and the model's scores
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("qid, click", [("q-zip-1", (-37.8136, 144.9631)), ("g003", (51.5074, -0.1278)), ("q-tar", (10.5, -66.9))])
+def test_guess_scores_the_player_and_the_leave_one_out_model(client, play_world, geoloc, qid, click):
+    d = round_for(client, qid)
+    r = guess(client, d["token"], *click)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    truth = truth_of(play_world, qid)
+    assert (out["truth"]["lat"], out["truth"]["lon"]) == pytest.approx(truth, abs=1e-9)
+    assert out["truth"]["place"]["name"]
+    km = hv_km(truth, click)
+    assert (out["player"]["lat"], out["player"]["lon"]) == pytest.approx(click)
+    assert out["player"]["km"] == pytest.approx(km, rel=2e-3)
+    assert out["player"]["geoscore"] == pytest.approx(_geoscore(km), rel=2e-3)
+    # the model: the stored embedding, the query's own id excluded
+    q = play_world["queries"]
+    row = int(np.flatnonzero(q.metadata["id"].to_numpy() == qid)[0])
+    exp = geoloc.locate_embeddings(q.embeddings([row]), k=5, strategy="nn", exclude_ids=[qid])[0]
+    assert (out["model"]["lat"], out["model"]["lon"]) == pytest.approx((exp.lat, exp.lon), abs=1e-9)
+    mkm = hv_km(truth, (exp.lat, exp.lon))
+    assert out["model"]["km"] == pytest.approx(mkm, rel=2e-3) and out["model"]["geoscore"] == pytest.approx(_geoscore(mkm), rel=2e-3)
+    assert out["round"]["leave_one_out"] is True and out["round"]["strategy"] == "nn"
+
+
+def test_a_query_in_the_gallery_is_not_found_as_its_own_twin(client, play_world, geoloc):
+    q = play_world["queries"]
+    emb = q.embeddings([0])
+    own = gallery_coords(TWIN)
+    # guard: without leaving it out, the model would answer the query's own spot exactly
+    cheat = geoloc.locate_embeddings(emb, k=5, strategy="nn")[0]
+    assert cheat.neighbours[0]["id"] == "g003" and (cheat.lat, cheat.lon) == pytest.approx(own)
+    out = guess(client, round_for(client, "g003")["token"], 0.0, 0.0).json()
+    assert (out["model"]["lat"], out["model"]["lon"]) != pytest.approx(own, abs=1e-3)
+    assert out["model"]["km"] > 1.0
+
+
+def test_guess_accepts_a_urlencoded_form(client, play_world):
+    d = round_for(client, "q-zip-2")
+    r = client.post(f"/api/round/{d['token']}/guess", data={"lat": "41.9", "lon": "12.5"})
+    assert r.status_code == 200, r.text
+    assert r.json()["player"]["km"] == pytest.approx(hv_km(truth_of(play_world, "q-zip-2"), (41.9, 12.5)), rel=2e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# tokens: single use, expiry, unknown, bounded
+# ------------------------------------------------------------------------------------------------
+def test_a_token_is_single_use(client):
+    d = client.get("/api/round").json()
+    assert guess(client, d["token"], 10, 10).status_code == 200
+    r = guess(client, d["token"], 10, 10)
+    assert r.status_code == 409 and "already played" in r.json()["detail"]
+
+
+def test_a_token_expires(client, clock):
+    d = client.get("/api/round").json()
+    clock.t += 599
+    assert client.get("/" + d["photo_url"]).status_code == 200
+    clock.t += 2
+    r = guess(client, d["token"], 10, 10)
+    assert r.status_code == 410 and "expired" in r.json()["detail"] and "--round-ttl" in r.json()["detail"]
+    assert client.get("/" + d["photo_url"]).status_code == 410
+
+
+def test_unknown_token_is_404(client):
+    for path in ("/api/round/nope/photo",):
+        assert client.get(path).status_code == 404
+    r = guess(client, "not-a-token", 1, 1)
+    assert r.status_code == 404 and "unknown round" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"lon": 2.0}, 422, "lat is missing"),
+        ({"lat": 2.0}, 422, "lon is missing"),
+        ({"lat": "abc", "lon": 2.0}, 422, "lat must be a number"),
+        ({"lat": float("nan"), "lon": 2.0}, 422, "lat must be a finite number"),
+        ({"lat": "nan", "lon": 2.0}, 422, "lat must be a finite number"),
+        ({"lat": 91, "lon": 2.0}, 422, "[-90, 90]"),
+        ({"lat": 1, "lon": -180.5}, 422, "[-180, 180]"),
+        ({"lat": "inf", "lon": 2.0}, 422, "finite"),
+        ({"lat": True, "lon": 2.0}, 422, "must be a number"),
+        ({"lat": [1], "lon": 2.0}, 422, "must be a number"),
+        ({"lat": None, "lon": 2.0}, 422, "lat is missing"),
+    ],
+)
+def test_bad_coordinates_get_422_and_keep_the_round(client, body, status, words):
+    d = client.get("/api/round").json()
+    r = client.post(f"/api/round/{d['token']}/guess", content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and len(detail.splitlines()) == 1 and words in detail
+    assert guess(client, d["token"], 1, 1).status_code == 200  # a refused guess does not use the token up
+
+
+def test_bad_bodies_get_clear_4xx(client):
+    token = client.get("/api/round").json()["token"]
+    url = f"/api/round/{token}/guess"
+    cases = [
+        (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+        (dict(content=b"[1, 2]", headers={"content-type": "application/json"}), 422, "JSON object"),
+        (dict(content=b"x" * 5000, headers={"content-type": "application/json"}), 413, "too large"),
+        (dict(content=b"lat=1&lon=2", headers={"content-type": "text/plain"}), 415, "unsupported content type"),
+        (dict(content=b""), 422, "lat is missing"),
+    ]
+    for kw, status, words in cases:
+        r = client.post(url, **kw)
+        assert r.status_code == status and words in r.json()["detail"], (kw, r.text)
+
+
+def test_the_token_book_is_bounded(geoloc, play_world):
+    from geosolver.serve.play import RoundBook
+
+    book = RoundBook(ttl=60, max_rounds=3, clock=Clock())
+    tokens = [book.issue(i) for i in range(5)]
+    assert len(book) == 3
+    for t in tokens[:2]:
+        with pytest.raises(Exception, match="unknown round"):
+            book.peek(t)
+    assert [book.peek(t) for t in tokens[2:]] == [2, 3, 4]
+    with make_client(geoloc, play_world["queries"].path, max_rounds=2) as c:
+        first = c.get("/api/round").json()["token"]
+        for _ in range(4):
+            c.get("/api/round")
+        assert len(play_of(c).book) == 2 and len(play_of(c).photos) <= 16
+        assert guess(c, first, 1, 1).status_code == 404
+
+
+def test_old_tokens_are_forgotten_long_after_expiry():
+    from geosolver.serve.play import RoundBook
+
+    clock = Clock()
+    book = RoundBook(ttl=10, max_rounds=100, clock=clock)
+    old = book.issue(0)
+    clock.t += 15
+    book.issue(1)
+    assert len(book) == 2  # expired but remembered: answers 410, not 404
+    clock.t += 10
+    book.issue(2)
+    assert len(book) == 2
+    with pytest.raises(Exception, match="unknown round"):
+        book.peek(old)
+
+
+# ------------------------------------------------------------------------------------------------
+# unreadable photos, play mode off, the page
+# ------------------------------------------------------------------------------------------------
+def test_unreadable_photos_are_skipped_and_none_readable_is_503(geoloc, play_world, caplog):
+    from geosolver.store import write_store
+
+    enc, root = play_world["encoder"], play_world["root"]
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    meta = pd.DataFrame({"id": ["a", "b"], "source": [str(root / "nope.jpg"), str(root / "broken.jpg")], "lat": [1.0, 2.0], "lon": [3.0, 4.0]})
+    bad = write_store(root / "bad-queries", np.ones((2, enc.dim), np.float32) / math.sqrt(enc.dim), meta, enc.identity())
+    with make_client(geoloc, bad.path) as c, caplog.at_level("WARNING", logger="geosolver.serve.play"):
+        r = c.get("/api/round")
+        assert r.status_code == 503
+        detail = r.json()["detail"]
+        assert len(detail.splitlines()) == 1 and "2 of 2 query photos could not be read" in detail
+        assert "nope.jpg" in caplog.text and "broken.jpg" in caplog.text
+        assert len(play_of(c).book) == 0
+
+
+def test_without_play_the_routes_say_how_to_turn_it_on(geoloc):
+    with make_client(geoloc) as c:
+        for r in (c.get("/api/round"), c.get("/api/round/abc/photo"), c.post("/api/round/abc/guess", json={"lat": 1, "lon": 2})):
+            assert r.status_code == 404 and "--play QUERIES" in r.json()["detail"]
+        assert c.get("/api/play").json()["enabled"] is False
+        assert c.get("/api/health").json()["play"] is False
+
+
+def test_page_offers_play_mode(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    for ref in ('id="tab-play"', 'id="play-panel"', 'id="play-guess"', "static/play.js"):
+        assert ref in page.text, ref
+    assert client.get("/static/play.js").status_code == 200
+    info = client.get("/api/play").json()
+    assert info["enabled"] is True and info["queries"] == 5 and info["round_ttl_s"] == 600
+    assert client.get("/api/health").json()["play"] is True
+    spec = client.get("/openapi.json").json()
+    assert {"/api/round", "/api/round/{token}/photo", "/api/round/{token}/guess"} <= set(spec["paths"])
+
+
+def test_photo_respects_the_pixel_budget(geoloc, play_world):
+    with make_client(geoloc, play_world["queries"].path, max_pixels=10_000) as c:
+        for _ in range(30):  # the big twin photo is over budget: never drawn, the small ones are
+            d = c.get("/api/round").json()
+            assert play_of(c).ids[play_of(c).book.peek(d["token"])] not in ("g003", "q-gone")
+        assert {play_of(c).ids[i] for i in play_of(c).bad} == {"g003", "q-gone"}
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geosolver serve: error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_play_with_a_missing_store_exits_2_with_one_line(play_world, tmp_path, capsys, monkeypatch):
+    import geosolver.serve.app as app_mod
+
+    monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: pytest.fail("served despite a bad --play"))
+    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(tmp_path / "nope")])
+    err = _one_line_error(capsys)
+    assert rc == 2 and "nope" in err and "--play" in err
+    (tmp_path / "empty").mkdir()
+    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(tmp_path / "empty")])
+    assert rc == 2 and "not an embedding store" in _one_line_error(capsys)
+
+
+def test_cli_play_with_another_encoders_store_exits_2_with_one_line(play_world, tmp_path, capsys, monkeypatch):
+    import geosolver.serve.app as app_mod
+    from geosolver.store import write_store
+
+    monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: pytest.fail("served despite a bad --play"))
+    meta = play_world["meta"]
+    write_store(tmp_path / "other", np.ones((len(meta), 512), np.float32), meta, {"name": "clip-vit-b-32", "dim": 512, "revision": "x"})
+    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(tmp_path / "other")])
+    err = _one_line_error(capsys)
+    assert rc == 2 and "another encoder" in err and "clip-vit-b-32" in err
+
+
+def test_cli_play_runs_with_its_options(play_world, monkeypatch, capsys):
+    import geosolver.serve.app as app_mod
+
+    seen = {}
+
+    def fake_serve(app, host, port, log_level="info"):
+        with TestClient(app) as c:
+            seen["play"] = c.get("/api/play").json()
+            seen["round"] = c.get("/api/round").json()
+
+    monkeypatch.setattr(app_mod, "serve", fake_serve)
+    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(play_world["queries"].path),
+                   "--round-ttl", "42", "--port", "8124"])
+    assert rc == 0
+    assert seen["play"]["enabled"] and seen["play"]["round_ttl_s"] == 42 and seen["round"]["expires_in"] == 42
+    assert "play mode on: 5 query photos" in capsys.readouterr().out
