@@ -40,6 +40,21 @@ def _tree():
     return cKDTree(latlon_to_xyz(p["lat"].to_numpy(), p["lon"].to_numpy()))
 
 
+def nearest_places(lat, lon) -> tuple[np.ndarray, np.ndarray]:
+    """Row of :func:`load_places` nearest to each point and the great-circle km to it.
+
+    Args:
+        lat, lon: degrees, 1-D array-likes of equal length.
+
+    Returns:
+        ``(rows int64 (n,), km float64 (n,))``.
+    """
+    la, lo = validate_coords(np.atleast_1d(lat), np.atleast_1d(lon), "reverse_geocode")
+    chord, idx = _tree().query(latlon_to_xyz(la, lo), k=1)
+    km = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.clip(np.asarray(chord) / 2.0, 0.0, 1.0))
+    return np.asarray(idx, dtype=np.int64), km
+
+
 def reverse_geocode(lat, lon, max_km: float | None = None) -> pd.DataFrame:
     """Nearest populated place of each point.
 
@@ -51,10 +66,8 @@ def reverse_geocode(lat, lon, max_km: float | None = None) -> pd.DataFrame:
         DataFrame with ``name, admin1, admin2, cc, place_km`` (great-circle km to the place),
         one row per input point.
     """
-    la, lo = validate_coords(np.atleast_1d(lat), np.atleast_1d(lon), "reverse_geocode")
-    chord, idx = _tree().query(latlon_to_xyz(la, lo), k=1)
-    km = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.clip(np.asarray(chord) / 2.0, 0.0, 1.0))
-    out = load_places().iloc[np.asarray(idx)][["name", "admin1", "admin2", "cc"]].reset_index(drop=True)
+    idx, km = nearest_places(lat, lon)
+    out = load_places().iloc[idx][["name", "admin1", "admin2", "cc"]].reset_index(drop=True)
     out["place_km"] = km
     if max_km is not None:
         far = km > max_km

@@ -51,17 +51,19 @@ PRIOR_FLOOR = 1e-4
 def neighbour_groups(lat: np.ndarray, lon: np.ndarray, by: str = "country") -> np.ndarray:
     """The group of each point: ISO country code (``by="country"``) or ``"CC/admin1"`` (``by="region"``)
     of its nearest GeoNames populated place; any shape, returned as an object array of that shape."""
-    from geosolver.places import reverse_geocode
+    from geosolver.places import load_places, nearest_places
 
     if by not in PRIOR_BY:
         raise LocateError(f"unknown prior grouping {by!r}; use one of {', '.join(PRIOR_BY)}")
     lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
     if lat.size == 0:
         return np.empty(lat.shape, dtype=object)
-    places = reverse_geocode(lat.ravel(), lon.ravel())
-    cc = places["cc"].astype(str).to_numpy(dtype=object)
+    rows, _ = nearest_places(lat.ravel(), lon.ravel())
+    places = load_places()
+    keys = places["cc"].astype(str)
     if by == "region":
-        cc = (places["cc"].astype(str) + "/" + places["admin1"].astype(str)).to_numpy(dtype=object)
+        keys = keys + "/" + places["admin1"].astype(str)
+    cc = keys.to_numpy(dtype=object)[rows]
     return cc.reshape(lat.shape)
 
 
@@ -82,8 +84,12 @@ def neighbour_probs(group_probs: np.ndarray, group_keys: np.ndarray, groups: np.
         raise LocateError(
             f"text prior: group_probs {p.shape}, {len(group_keys)} group keys and neighbour groups {groups.shape} do not fit"
         )
-    col = {str(g): j for j, g in enumerate(group_keys)}
-    idx = np.array([col.get(str(g), -1) for g in groups.ravel()], dtype=np.int64).reshape(groups.shape)
+    import pandas as pd
+
+    keys = pd.Index(np.asarray(group_keys).astype(str))
+    if not keys.is_unique:
+        raise LocateError("text prior: the group keys are not unique")
+    idx = keys.get_indexer(groups.ravel().astype(str)).astype(np.int64).reshape(groups.shape)
     looked_up = np.take_along_axis(p, np.clip(idx, 0, None), axis=1)
     return np.where(idx >= 0, looked_up, 1.0 / p.shape[1])
 
