@@ -35,8 +35,13 @@ def test_miniature_study_end_to_end_then_resume_skips_every_step(hub, tmp_path, 
     assert set(summary["steps"].values()) == {"ran"}
     runs = summary["runs"]
     expected = {"streetclip-full", "clip-vit-l-14-336-full", "ft-distance-consistency-full", "ft-geo-contrastive-full",
-                *(f"streetclip-{s}-{n}" for s in ("grouped-clustered", "random") for n in (16, 32))}
+                "streetclip-text", *(f"streetclip-{s}-{n}" for s in ("grouped-clustered", "random") for n in (16, 32))}
     assert expected == set(runs)
+    # kNN vs zero-shot vs text prior: the three kinds of rows of one run, from the stored embeddings
+    text = json.loads((out / "runs" / "streetclip-text" / "metrics.json").read_text())
+    kinds = {(r["strategy"], r["prior"]) for r in text["rows"]}
+    assert ("zero-shot-countries", "none") in kinds and ("densest", "text") in kinds and ("densest", "none") in kinds
+    assert all(r["k"] == 10 for r in text["rows"] if r["strategy"] != "zero-shot-countries" and r["strategy"] != "nn")
     for name, r in runs.items():
         assert 0 <= r["best"]["geoscore"] <= 5000, name
         assert r["references"]["oracle"]["geoscore"] >= r["best"]["geoscore"] - 1e-9, name
@@ -49,7 +54,8 @@ def test_miniature_study_end_to_end_then_resume_skips_every_step(hub, tmp_path, 
     html = (out / "report.html").read_text()
     best = runs["streetclip-full"]["best"]
     assert f"{best['geoscore']:.0f}" in html and "Commands reproducing each step" in html
-    assert "geosolver evaluate --queries" in html and "Hardware" in html and html.count("data:image/png;base64,") >= 4
+    assert "geosolver evaluate --queries" in html and "Hardware" in html and "zero-shot-countries" in html
+    assert "--prior none,text" in html and html.count("data:image/png;base64,") >= 4
     assert (out / "report.md").exists() and (out / "config.json").exists()
 
     # resumed: every step skipped, the hub not asked anything, the numbers unchanged

@@ -8,6 +8,8 @@ Steps (each skipped when its output already exists, so a killed study resumes wh
 3. the group-size table of the test split over (cell, land_cover, climate, soil)
    (:func:`geosolver.enrich.enrich_store` + :func:`geosolver.curate.group_table`);
 4. kNN evaluation of test against the train-slice gallery for both encoders (:func:`geosolver.evaluate.evaluate`);
+   for the model, when it has a text tower (StreetCLIP does), one more run: kNN vs zero-shot
+   (countries) vs kNN with the text prior at k = 10 (run ``{label}-text``);
 5. curated (``grouped-clustered``) vs ``random`` galleries of ``gallery_sizes`` images, evaluated on
    the same queries (:func:`geosolver.curate.curate_store`);
 6. fine-tuning the model on the train slice with distance-consistency and, beside it, geo-contrastive
@@ -21,6 +23,7 @@ assumed per-image rates, stated with it.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -35,6 +38,7 @@ from geosolver.encoders import DEFAULT_ENCODER
 from geosolver.files import atomic_write_text
 from geosolver.htmlreport import img_tag, markdown_table_html, page
 from geosolver.rundir import RunDir
+from geosolver.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -340,21 +344,37 @@ def _group_table(st: _Study) -> None:
 
 # 4. evaluation --------------------------------------------------------------------------------
 def _evaluate(st: _Study) -> None:
-    """kNN geolocation of the test split against each encoder's own train-slice gallery."""
+    """kNN geolocation of the test split against each encoder's own train-slice gallery; for a model
+    with a text tower, also kNN vs zero-shot vs the text prior (``{label}-text``)."""
     for k in _ROLES:
         label = st.labels[k]
         _evaluate_step(st, f"4 evaluate {st.names[k]}", f"{label}-full", st.store(label, "test"), st.store(label, "train"))
+    label = st.labels["model"]
+    if _has_text_tower(st.store(label, "train")):
+        _evaluate_step(
+            st, f"4 evaluate {st.names['model']}: kNN vs zero-shot vs text prior", f"{label}-text", st.store(label, "test"),
+            st.store(label, "train"), dict(ks=[10], priors=["none", "text"], prior_weight=[1.0], zero_shot="countries"),
+            ["--k", "10", "--prior", "none,text", "--prior-weight", "1", "--zero-shot", "countries"],
+        )
 
 
-def _evaluate_step(st: _Study, step: str, name: str, queries: Path, gallery: Path) -> None:
-    """One evaluation into ``OUT/runs/<name>`` (stages 4, 5 and 6), recorded in ``st.runs`` for the report."""
+def _has_text_tower(store: Path) -> bool:
+    """The store's encoder is a CLIP (so zero-shot and the text prior apply)."""
+    return EmbeddingStore(store).encoder.get("backend") == "clip"
+
+
+def _evaluate_step(
+    st: _Study, step: str, name: str, queries: Path, gallery: Path, options: dict | None = None, argv: Sequence[str] = (),
+) -> None:
+    """One evaluation into ``OUT/runs/<name>`` (stages 4, 5 and 6), recorded in ``st.runs`` for the report;
+    ``options`` go to :func:`~geosolver.evaluate.evaluate`, ``argv`` is the same as CLI options."""
     from geosolver.evaluate import evaluate
 
     rd = st.out / "runs" / name
     st.runs[name] = rd
     st.steps.run(step, lambda: (rd / "metrics.json").is_file(),
-                 lambda: evaluate(queries, gallery, out=rd, progress=False, seed=st.cfg.seed),
-                 [shlex.join(["geosolver", "evaluate", "--queries", str(queries), "--gallery", str(gallery), "--out", str(rd)])])
+                 lambda: evaluate(queries, gallery, out=rd, progress=False, seed=st.cfg.seed, **(options or {})),
+                 [shlex.join(["geosolver", "evaluate", "--queries", str(queries), "--gallery", str(gallery), *argv, "--out", str(rd)])])
 
 
 # 5. curation ----------------------------------------------------------------------------------
@@ -481,6 +501,7 @@ class _ReportParts:
     has_curation: bool
     encoders: str
     encoders_all: str
+    text: str
     curation: str
     finetune: str
     analysis: str
@@ -494,11 +515,12 @@ class _ReportParts:
 
 
 def _report_parts(st: _Study, total_s: float) -> _ReportParts:
-    from geosolver.evaluate import compare_runs
+    from geosolver.evaluate import compare_runs, metrics_markdown
 
     out, runs, steps, hw, est = st.out, st.runs, st.steps, st.hw, st.est
     base = runs[f"{st.labels['model']}-full"]
     full = [runs[f"{st.labels[k]}-full"] for k in _ROLES]
+    text_run = runs.get(f"{st.labels['model']}-text")
     cur = [runs[n] for n in runs if any(n.endswith(f"-{c}") for c in st.curated)]
     ft = [base] + [runs[n] for n in runs if n.startswith("ft-")]
     _, md_curation = compare_runs([base, *cur]) if cur else (None, "(no gallery size below the train slice)")
@@ -507,6 +529,8 @@ def _report_parts(st: _Study, total_s: float) -> _ReportParts:
         total_s=total_s, metrics={n: json.loads((rd / "metrics.json").read_text()) for n, rd in runs.items()},
         trains=trains, first=full[0], has_curation=bool(cur),
         encoders=compare_runs(full)[1], encoders_all=compare_runs(full, all_rows=True)[1], curation=md_curation,
+        text=metrics_markdown(json.loads((text_run / "metrics.json").read_text())) if text_run else
+        f"({st.names['model']} has no text tower: no zero-shot or text prior)",
         finetune=compare_runs(ft)[1], analysis=_analysis_md(out / "analysis"),
         analysis_ft=_analysis_md(out / "analysis-finetune"), groups=_groups_md(out),
         training="\n".join(["| objective | steps | kept step | seconds | base Geoscore (val) | kept Geoscore (val) |",
@@ -548,6 +572,7 @@ def _report_md(st: _Study, p: _ReportParts) -> str:
         "## All strategies", "", p.encoders_all, "",
         "## 2. Embedding space (similarity vs distance)", "", p.analysis, "",
         "## 3. Group sizes of the test split", "", p.groups, "",
+        f"## 4. {names['model']}: kNN vs zero-shot vs the text prior (k = 10)", "", p.text, "",
         "## 5. Curated vs random galleries", "", p.curation, "",
         "## 6. Fine-tuning", "", p.training, "", p.finetune, "", p.analysis_ft, "",
         "## Plots", "", f"![error map]({p.first.relative_to(out)}/errors_map.png)", "",
@@ -556,6 +581,14 @@ def _report_md(st: _Study, p: _ReportParts) -> str:
         "## Hardware", "", p.hardware, "",
         "## Commands reproducing each step", "", "```", p.commands, "```", "",
     ])
+
+
+def _text_html(text: str) -> list[str]:
+    """The kNN / zero-shot / text-prior table (markdown table + its note) as HTML, or the sentence saying why there is none."""
+    table, _, note = text.partition("\n\n")
+    if not table.startswith("|"):
+        return [f"<p>{html.escape(text)}</p>"]
+    return [markdown_table_html(table), f"<p>{html.escape(note)}</p>"]
 
 
 def _report_html(st: _Study, p: _ReportParts) -> str:
@@ -573,6 +606,8 @@ def _report_html(st: _Study, p: _ReportParts) -> str:
         "<h2>2. Embedding space: similarity vs distance</h2>", markdown_table_html(p.analysis), *imgs(out / "analysis"),
         "<h2>3. Group sizes of the test split</h2>", markdown_table_html(p.groups),
         f"<p>{p.groups.splitlines()[0]}</p>",
+        f"<h2>4. {names['model']}: kNN vs zero-shot (countries) vs kNN with the text prior (k = 10)</h2>",
+        *_text_html(p.text),
         "<h2>5. Curated (grouped-clustered) vs random galleries</h2>",
         "<p>Same size, chosen two ways from the model's train-slice gallery; the same test queries.</p>",
         markdown_table_html(p.curation) if p.has_curation else f"<p>{p.curation}</p>",
