@@ -195,12 +195,14 @@ def combos(strategies: Sequence[str], ks: Sequence[int]) -> list[tuple[str, int]
     return out
 
 
-def positive_values(name: str, values: float | Sequence[float]) -> list[float]:
+def positive_values(name: str, values: float | Sequence[float], allow_zero: bool = False) -> list[float]:
     """``values`` (one number or several) as a list of distinct floats, in the given order.
 
     Raises:
-        EvaluateError: an empty list, or a value that is not a finite number > 0.
+        EvaluateError: an empty list, or a value that is not a finite number > 0 (``>= 0`` with
+        ``allow_zero``).
     """
+    rule = f"a finite number {'>=' if allow_zero else '>'} 0"
     vals = [values] if isinstance(values, (int, float, np.number)) else list(values)
     if not vals:
         raise EvaluateError(f"{name}: expected at least one value")
@@ -209,9 +211,9 @@ def positive_values(name: str, values: float | Sequence[float]) -> list[float]:
         try:
             f = float(v)
         except (TypeError, ValueError):
-            raise EvaluateError(f"{name} must be a finite number > 0, got {v!r}") from None
-        if not math.isfinite(f) or f <= 0:
-            raise EvaluateError(f"{name} must be a finite number > 0, got {v!r}")
+            raise EvaluateError(f"{name} must be {rule}, got {v!r}") from None
+        if not math.isfinite(f) or f < 0 or (f == 0 and not allow_zero):
+            raise EvaluateError(f"{name} must be {rule}, got {v!r}")
         if f not in out:
             out.append(f)
     return out
@@ -256,23 +258,6 @@ def _check_priors(priors: Sequence[str] | str) -> list[str]:
         if p not in PRIORS:
             raise EvaluateError(f"unknown prior {p!r}; use one of {', '.join(PRIORS)}")
     return list(dict.fromkeys(out))
-
-
-def _non_negative_values(name: str, values: float | Sequence[float]) -> list[float]:
-    vals = [values] if isinstance(values, (int, float, np.number)) else list(values)
-    out: list[float] = []
-    for v in vals:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise EvaluateError(f"{name} must be a finite number >= 0, got {v!r}") from None
-        if not math.isfinite(f) or f < 0:
-            raise EvaluateError(f"{name} must be a finite number >= 0, got {v!r}")
-        if f not in out:
-            out.append(f)
-    if not out:
-        raise EvaluateError(f"{name}: expected at least one value")
-    return out
 
 
 def _text_model(
@@ -396,7 +381,7 @@ def evaluate(
     radii = positive_values("radius_km", radius_km)
     todo = settings_grid(strategies, ks, temps, radii)
     priors = _check_priors(priors)
-    weights = _non_negative_values("prior_weight", prior_weight) if "text" in priors else []
+    weights = positive_values("prior_weight", prior_weight, allow_zero=True) if "text" in priors else []
     qs, gs = _open(queries), _open(gallery)
     overlap = self_overlap(qs, gs)
     if isinstance(exclude_self, str):
