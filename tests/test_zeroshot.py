@@ -249,6 +249,24 @@ def test_changed_text_weights_recompute(tiny_clip_dir, monkeypatch):
     assert len(calls) == 3
 
 
+def test_the_same_weights_with_another_vocabulary_do_not_share_a_cache_entry(tiny_clip_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    monkeypatch.setenv("GEOSOLVER_CACHE_DIR", str(tmp_path / "cache"))
+    other = tmp_path / "other-vocab"
+    shutil.copytree(tiny_clip_dir, other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["a</w>"], vocab["e</w>"] = vocab["e</w>"], vocab["a</w>"]  # two word-final letters trade ids
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    c = label_set("countries").subset(np.arange(40))
+    a = text_embeddings(load_encoder(tiny_clip_dir, device="cpu"), c, T_COUNTRY)
+    b = text_embeddings(load_encoder(str(other), device="cpu"), c, T_COUNTRY)
+    assert len(list((tmp_path / "cache" / "text-embeddings").glob("*.npy"))) == 2
+    assert not np.allclose(a, b)  # names ending in a/e ("Angola", "France") tokenise differently
+
+
 @pytest.mark.parametrize("damage", ["garbage", "shape", "nan"])
 def test_bad_cache_file_is_recomputed(enc, monkeypatch, _cache, caplog, damage):
     c = label_set("countries").subset(np.arange(30))

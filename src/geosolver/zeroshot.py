@@ -470,8 +470,9 @@ def _no_text_tower(encoder, why: str | None = None) -> ZeroShotError:
 
 
 def _text_fingerprint(encoder) -> str:
-    """sha256 of the text tower's weights: full bytes of ``text_projection`` and the token
-    embedding; name, shape, sum, sum of squares and a strided sample of every other text parameter."""
+    """sha256 of the text tower's weights — full bytes of ``text_projection`` and the token
+    embedding; name, shape, sum, sum of squares and a strided sample of every other text parameter —
+    and of the tokenizer's vocabulary."""
     import torch
 
     h = hashlib.sha256()
@@ -496,6 +497,13 @@ def _text_fingerprint(encoder) -> str:
             h.update(stats.tobytes())
             h.update(flat[::step].float().cpu().numpy().tobytes())
     h.update(f"|dtype={getattr(encoder, 'dtype', '')}|dim={getattr(encoder, 'dim', '')}".encode())
+    try:  # same weights, another vocabulary: other text embeddings
+        tokenizer = getattr(encoder, "tokenizer", None)
+    except EncoderError as err:
+        raise _no_text_tower(encoder, str(err)) from None
+    vocab = getattr(tokenizer, "get_vocab", None)
+    if vocab is not None:
+        h.update(json.dumps(sorted(vocab().items()), ensure_ascii=False).encode())
     return h.hexdigest()
 
 
@@ -669,7 +677,8 @@ class ZeroShot:
         elif not isinstance(labels, LabelSet) or labels.level != level:
             raise ZeroShotError(f"labels must be a LabelSet of level {level}, got {labels!r}")
         if len(labels) == 0:
-            raise ZeroShotError(f"no labels at level {level}")
+            why = f": no city has a population of at least {int(min_population):,} (lower --min-population)" if level == "cities" and min_population is not None else ""
+            raise ZeroShotError(f"no labels at level {level}{why}")
         if isinstance(template, Mapping):
             unknown = set(template) - set(LEVELS)
             if unknown:

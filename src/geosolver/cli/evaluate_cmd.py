@@ -97,6 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from geosolver.evaluate import EvaluateWarning, evaluate, metrics_markdown
 
+    if "text" not in args.prior and args.zero_shot is None and (args.prompt is not None or args.text_temperature is not None):
+        from geosolver.errors import UserError
+
+        raise UserError("--prompt and --text-temperature need --prior text or --zero-shot LEVEL (they set the text model)")
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EvaluateWarning)  # printed below, once, from the result
         res = evaluate(

@@ -214,6 +214,12 @@ class ClipEncoder(Encoder):
                     self._tokenizer = AutoTokenizer.from_pretrained(self._source, local_files_only=getattr(self, "_local_files_only", False))
             except Exception as e:  # noqa: BLE001 — any failure means: no tokenizer
                 raise EncoderError(f"{self.name}: no tokenizer could be loaded ({type(e).__name__}: {e})") from None
+            # without its vocabulary files, transformers builds a tokenizer that knows only its special tokens:
+            # every prompt becomes the same string of unknown tokens (silently useless text embeddings)
+            if len(self._tokenizer.get_vocab()) <= len(set(self._tokenizer.all_special_tokens)):
+                self._tokenizer = None
+                raise EncoderError(f"{self.name}: no tokenizer could be loaded (its vocabulary files, e.g. tokenizer.json "
+                                   "or vocab.json + merges.txt, are missing from the model)")
         return self._tokenizer
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

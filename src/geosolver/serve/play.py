@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Callable
 from urllib.parse import parse_qs
 
 import numpy as np
+import pandas as pd
 from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -227,11 +228,17 @@ def open_play(queries: "str | EmbeddingStore", encoder_identity: dict, round_ttl
     """
     book = RoundBook(round_ttl, max_rounds, clock)
     store = check_queries(queries, encoder_identity)
-    meta = store.metadata
+    try:
+        meta = store.metadata
+    except (OSError, ValueError) as e:  # a damaged shard .parquet (pyarrow's errors are ValueErrors)
+        raise ServeError(f"--play {store.path}: the query store's metadata cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     if "source" not in meta.columns:
         raise ServeError(f"--play {store.path}: the query store has no `source` column: the photos cannot be shown")
-    lat = meta["lat"].to_numpy(np.float64)
-    lon = meta["lon"].to_numpy(np.float64)
+    try:  # a damaged metadata file: coordinates that are not numbers are not playable (like NaN)
+        lat = pd.to_numeric(meta["lat"], errors="coerce").to_numpy(np.float64)
+        lon = pd.to_numeric(meta["lon"], errors="coerce").to_numpy(np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ServeError(f"--play {store.path}: the query store's lat/lon columns are unreadable ({type(e).__name__}: {e})") from None
     src = meta["source"]
     ok_rows = np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180) & src.notna().to_numpy() & (src.astype(str).str.len() > 0).to_numpy()
     rows = np.flatnonzero(ok_rows)
@@ -329,6 +336,8 @@ def parse_coordinate(raw, name: str, limit: float) -> float:
         raise HTTPInputError(422, f"{name} must be a number in degrees, got {json.dumps(raw)[:40]}")
     try:
         x = float(raw)
+    except OverflowError:  # an integer too large for a float (JSON 1000...0)
+        x = math.inf
     except (TypeError, ValueError):
         raise HTTPInputError(422, f"{name} must be a number in degrees, got {str(raw)[:40]!r}") from None
     if not math.isfinite(x) or not -limit <= x <= limit:
@@ -370,7 +379,7 @@ async def read_guess(request: Request, read_timeout: float) -> tuple[float, floa
         if ctype in ("application/json", "") or ctype.endswith("+json"):
             try:
                 fields = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[...]]]] nested too deep
                 raise HTTPInputError(400, "the guess body is not valid JSON: send {\"lat\": ..., \"lon\": ...}") from None
             if not isinstance(fields, dict):
                 raise HTTPInputError(422, "the guess must be a JSON object {\"lat\": ..., \"lon\": ...}")
