@@ -230,7 +230,8 @@ def signature(args, model: str, split: str, rep: int, arm: str) -> dict:
     return {"model": model, "split": split, "replicate": rep, "arm": arm, "overrides": ARMS.get(arm, {}),
             "gallery": args.gallery, "queries": args.queries, "steps": args.steps, "train": args.train,
             "blocks": args.blocks if args.train == "last-blocks" else None, "cache_trunk": args.cache_trunk,
-            "final": args.final, "bootstrap": args.bootstrap}
+            "final": args.final, "bootstrap": args.bootstrap,
+            **({"lr": args.lr} if args.lr is not None and arm != BASE else {})}
 
 
 def run_one(args, work: Path, out: Path, model: str, split: str, rep: int, arm: str, worlds) -> None:
@@ -259,6 +260,7 @@ def run_one(args, work: Path, out: Path, model: str, split: str, rep: int, arm: 
                 out=str(work / "runs" / tag), root=str(g_w), dataset="folder", csv=str(g_w / "gallery.csv"), model=model,
                 train=args.train, blocks=args.blocks, cache_trunk=args.cache_trunk, flip=False, steps=args.steps,
                 batch_size=64, seed=rep, device="cpu", progress=False, **({"val_fraction": 0.0} if args.final else {}),
+                **({"lr": args.lr} if args.lr is not None else {}),
                 **ARMS[arm],
             )
             t = time.time()
@@ -503,6 +505,8 @@ def main(argv: list[str] | None = None) -> None:
                    + ") or objective names (every arm with that objective); default all")
     p.add_argument("--train", choices=("projection", "last-blocks"), default="projection")
     p.add_argument("--blocks", type=int, default=2, help="N of --train last-blocks")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of every arm (default: TrainConfig's for the --train mode: projection 1e-3, last-blocks 2e-5)")
     p.add_argument("--cache-trunk", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--steps", type=int, default=300, help="optimiser steps per run (default 300)")
     p.add_argument("--gallery", type=int, default=1500, help="training / gallery tiles (default 1500)")
@@ -541,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.time() - t0
     print(f"\nTerrain world: {args.gallery} gallery/training tiles, {args.queries} queries; models {', '.join(models)}; "
           f"train={args.train}{f' {args.blocks}' if args.train == 'last-blocks' else ''}, cached trunk {args.cache_trunk}, no flips, "
-          f"{args.steps} steps, batch 64, seed r; kept weights: {'last step' if args.final else 'best validation step'}; "
+          f"{args.steps} steps, batch 64, lr {args.lr if args.lr is not None else 'default'}, seed r; kept weights: {'last step' if args.final else 'best validation step'}; "
           f"{args.replicates} replicate(s); total {total:.0f}s. Not comparable with street-view benchmarks.\n", flush=True)
     print(write_tables(out, args.bootstrap))
 
