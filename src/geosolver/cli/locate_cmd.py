@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, STRATEGIES
     from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS
-    from geosolver.zeroshot import DEFAULT_TEMPLATES, LEVELS
+    from geosolver.zeroshot import DEFAULT_MIN_POPULATION, DEFAULT_TEMPLATES, LEVELS
 
     p = sub.add_parser(
         "locate", help="geolocate photos against a gallery store, or zero-shot against place names",
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--hierarchical", action="store_true",
                    help="--zero-shot regions|cities: countries first, then the regions/cities inside the best --top-countries")
     z.add_argument("--top-countries", type=positive_int, default=3, help="countries kept by --hierarchical (default 3)")
-    z.add_argument("--min-population", type=positive_int, default=None, help="--zero-shot cities: smallest city population named")
+    z.add_argument("--min-population", type=positive_int, default=None, help=f"--zero-shot cities: smallest city population named (default {DEFAULT_MIN_POPULATION})")
     z.add_argument("--prompt", default=None, metavar="TEMPLATE",
                    help="prompt template with {country}, {region}, {city} (default, per level: "
                         + "; ".join(f"{k}: '{v}'" for k, v in DEFAULT_TEMPLATES.items()).replace("%", "%%") + ")")
