@@ -226,6 +226,12 @@ def evaluate_arm(g: Path, q: Path, work: Path, n_queries: int, bootstrap: int) -
     }
 
 
+def kept_step(run: dict):
+    """The kept step of a run for the table: ``None`` (base), the step, or ``"N†"`` when training stopped on a collapse."""
+    step = run.get("best_step")
+    return f"{step}†" if step is not None and run.get("collapsed") else step
+
+
 def signature(args, model: str, split: str, rep: int, arm: str) -> dict:
     return {"model": model, "split": split, "replicate": rep, "arm": arm, "overrides": ARMS.get(arm, {}),
             "gallery": args.gallery, "queries": args.queries, "steps": args.steps, "train": args.train,
@@ -263,10 +269,17 @@ def run_one(args, work: Path, out: Path, model: str, split: str, rep: int, arm: 
                 **({"lr": args.lr} if args.lr is not None else {}),
                 **ARMS[arm],
             )
+            from geosolver.errors import CollapseError
+
             t = time.time()
-            res = train(cfg)
+            collapsed = None
+            try:
+                res = train(cfg)
+            except CollapseError as e:  # an outcome, not a failure: the best weights before the collapse are kept
+                res, collapsed = e.result, str(e).split(";")[0]
+                print(f"[{tag}] {collapsed}; evaluating the kept step {res.best_step}", flush=True)
             enc = res.model_dir
-            info = {"train_s": time.time() - t, "best_step": res.best_step, "steps": res.steps,
+            info = {"train_s": time.time() - t, "best_step": res.best_step, "steps": res.steps, "collapsed": collapsed,
                     "val_initial": res.initial_metrics, "val_best": res.best_metrics, "val_final": res.final_metrics}
         # fresh stores and eval dirs: a finished store at the same path would be reused by embed()
         # even though the run's weights changed (e.g. after --final or another --steps)
@@ -352,7 +365,7 @@ def summarise(runs: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
             shared = sorted(set(reps) & set(base))
             if not shared:
                 continue
-            row = {"replicates": shared, "delta": {}, "spread": {}, "kept_steps": [reps[r].get("best_step") for r in shared]}
+            row = {"replicates": shared, "delta": {}, "spread": {}, "kept_steps": [kept_step(reps[r]) for r in shared]}
             for key in KEYS:
                 ds = [paired_diffs(reps[r], base[r], key) for r in shared]
                 row["delta"][key] = pooled_bootstrap(ds, n_boot, seed)
@@ -413,7 +426,7 @@ def tables_markdown(summary: dict) -> str:
         "covers query sampling, not the spread between replicates, which the 'replicate Δ range' column shows. 'reps CI ≠ 0': "
         "replicates whose own paired-bootstrap CI lies above (↑) / below (↓) zero. Bold: pooled CI clear of zero. "
         "Kept step: the training step whose weights were evaluated (the best validation step, or the last with --final; 0 = the base weights were kept, "
-        "so Δ is exactly 0).\n"
+        "so Δ is exactly 0; '0†' = training stopped when the embedding space collapsed and the best weights before it were kept).\n"
     )
     if notes:
         text += "\nSkipped arms:\n" + "\n".join(notes) + "\n"

@@ -330,6 +330,8 @@ def test_collapse_stops_training_with_a_clear_message(tmp_path, geo_images, tiny
     evals = [r for r in recs if r["type"] == "eval"]
     assert evals[-1]["collapsed"] and evals[-1]["step"] < 60
     assert (Path(cfg.out) / "model" / "config.json").is_file()  # the best weights before collapse are kept
+    res = ei.value.result  # ... and the error carries the run's result, for callers that go on (benchmarks)
+    assert res.model_dir == Path(cfg.out) / "model" and res.best_step < res.steps == evals[-1]["step"]
 
 
 def test_the_best_validation_step_is_saved_not_the_last(tmp_path, geo_images, tiny_clip_dir, monkeypatch):

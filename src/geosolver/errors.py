@@ -114,7 +114,16 @@ class TrainSetupError(TrainError):
 
 
 class CollapseError(TrainError):
-    """Training stopped because the embedding space collapsed (see the message for the numbers)."""
+    """Training stopped because the embedding space collapsed (see the message for the numbers).
+
+    Attributes:
+        result: the :class:`~geosolver.train.TrainResult` of the stopped run (its ``model_dir``
+            holds the best weights before the collapse), or ``None``.
+    """
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
 
 
 class ZeroShotError(GeosolverError):

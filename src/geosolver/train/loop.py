@@ -146,13 +146,15 @@ def train(config: TrainConfig, table: pd.DataFrame | None = None, encoder: Encod
     h = trainer.history
     if rt.main:
         write_outputs(run, effective, trainer, time.time() - t0)
+    result = TrainResult(run.path, model_dir, trainer.step, h.best_step, h.initial, h.best, h.last, time.time() - t0, enc)
     if h.collapsed is not None:
         raise CollapseError(
             f"training stopped at step {trainer.step}: the embedding space collapsed ({h.collapsed}); "
             f"the best weights before that (step {h.best_step}) are in {model_dir}. "
-            "Lower the learning rate, or add --w-uniformity / --w-distill."
+            "Lower the learning rate, or add --w-uniformity / --w-distill.",
+            result=result,
         )
-    return TrainResult(run.path, model_dir, trainer.step, h.best_step, h.initial, h.best, h.last, time.time() - t0, enc)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
