@@ -5,34 +5,16 @@
 // Loads the page, uploads the photo through the file input, waits for the result and prints one
 // JSON object with what the page shows (texts, marker counts, photo size, console errors,
 // failed requests). Exit code 0 if the page reached the "done" state, 1 otherwise.
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { arg, launch } from "./browser.mjs";
 
-function arg(name, def) {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : def;
-}
 const url = arg("url");
 const image = arg("image");
 const shot = arg("screenshot");
 const exe = arg("chromium", "/usr/bin/chromium");
 const timeout = Number(arg("timeout-ms", "60000"));
 
-const profile = mkdtempSync(join(tmpdir(), "geosolver-chromium-"));
 const report = { consoleErrors: [], failedRequests: [], state: null };
-// playwright passes --user-data-dir itself for a persistent context (a fresh temporary profile).
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: exe,
-  headless: true,
-  viewport: { width: 1280, height: 800 },
-  deviceScaleFactor: 1,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-  ],
-});
+const { browser, close } = await launch(exe);
 try {
   const page = browser.pages()[0] || (await browser.newPage());
   page.on("console", (m) => { if (m.type() === "error") report.consoleErrors.push(m.text()); });
@@ -68,8 +50,7 @@ try {
   }));
   if (shot) await page.screenshot({ path: shot });
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(report));
 process.exit(report.state === "done" ? 0 : 1);

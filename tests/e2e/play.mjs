@@ -7,15 +7,8 @@
 // and the API's answer (response listener) and reads what the page shows. After the last round it
 // reads the final summary, takes the screenshot, then presses "New game". Prints one JSON object;
 // exit code 0 if the game reached the "over" state, 1 otherwise.
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { arg, launch } from "./browser.mjs";
 
-function arg(name, def) {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : def;
-}
 const url = arg("url");
 const shot = arg("screenshot");
 const exe = arg("chromium", "/usr/bin/chromium");
@@ -24,18 +17,8 @@ const ROUNDS = Number(arg("rounds", "5"));
 // where to click, as fractions of the map's width/height (first entry of round 1 is then moved)
 const CLICKS = [[0.30, 0.35], [0.52, 0.30], [0.70, 0.62], [0.45, 0.55], [0.25, 0.68], [0.62, 0.40]];
 
-const profile = mkdtempSync(join(tmpdir(), "geosolver-chromium-"));
 const report = { consoleErrors: [], failedRequests: [], rounds: [], state: null };
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: exe,
-  headless: true,
-  viewport: { width: 1280, height: 800 },
-  deviceScaleFactor: 1,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-  ],
-});
+const { browser, close } = await launch(exe);
 const readTexts = () => {
   const t = (id) => { const e = document.getElementById(id); return e ? e.textContent.trim() : null; };
   const vis = (id) => { const e = document.getElementById(id); return !!e && !e.hidden && e.getClientRects().length > 0; };
@@ -118,8 +101,7 @@ try {
   await page.click("#tab-locate");
   report.afterBack = await page.evaluate(() => ({ mode: document.body.dataset.mode, locateHidden: document.getElementById("locate-panel").hidden, playHidden: document.getElementById("play-panel").hidden }));
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(report));
 process.exit(report.state === "over" ? 0 : 1);
