@@ -22,46 +22,27 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from geosolver.encoders.base import (
-    TTA_MODES,
-    Encoder,
-    EncoderError,
-    resolve_device,
-    resolve_dtype,
-    tta_views,
-)
+from geosolver.encoders.names import _KNOWN_NAMES, DEFAULT_ENCODER, ENCODER_ALIASES, MODEL_HELP, PRECISIONS, TTA_MODES
 from geosolver.encoders.preprocess import ResizeCropNormalize
+from geosolver.errors import EncoderError
 
-DEFAULT_ENCODER = "streetclip"
+if TYPE_CHECKING:
+    import torch
 
-#: precision names :func:`load_encoder` accepts (the CLI's ``--precision`` choices).
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+    from geosolver.encoders.base import Encoder
 
-#: alias (lower case) → canonical name: a hub id for CLIP models, the backend name for offline ones.
-ENCODER_ALIASES: dict[str, str] = {
-    "streetclip": "geolocal/StreetCLIP",
-    "clip-vit-l-14-336": "openai/clip-vit-large-patch14-336",
-    "clip-vit-l-14": "openai/clip-vit-large-patch14",
-    "clip-vit-b-32": "openai/clip-vit-base-patch32",
-    "efficientnet-lite0": "efficientnet-lite0",
-    "efficientnet-lite2": "efficientnet-lite2",
-    "histogram": "histogram",
-}
+#: names served from :mod:`geosolver.encoders.base` on first use (it imports torch).
+_FROM_BASE = ("Encoder", "resolve_device", "resolve_dtype", "tta_views")
 
-#: what ``--model`` accepts, for the CLI's help (one line, no ``%``: safe as an argparse help string).
-MODEL_HELP = (
-    f"encoder: an alias ({', '.join(a for a in ENCODER_ALIASES if ENCODER_ALIASES[a] != a)}: CLIP models from the "
-    f"Hugging Face hub; default {DEFAULT_ENCODER} = {ENCODER_ALIASES[DEFAULT_ENCODER]}), an offline encoder that needs no "
-    "download (histogram; efficientnet-lite0, efficientnet-lite2 (deeper); efficientnet-lite0@S / efficientnet-lite2@S = "
-    "the network at a native input side of S px, e.g. efficientnet-lite0@64), a local model directory (a transformers save_pretrained CLIP, e.g. from "
-    "`hf download ORG/NAME --local-dir DIR`, or one saved by geosolver), or a hub id org/name"
-)
 
-#: how the unknown-encoder error lists the names that need no path (the ``@S`` form included).
-_KNOWN_NAMES = ", ".join([*sorted(ENCODER_ALIASES), "efficientnet-lite0@S", "efficientnet-lite2@S (S = input side in px)"])
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        from geosolver.encoders import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -130,6 +111,10 @@ def load_encoder(
         EncoderError: the name resolves to nothing loadable; the message lists what was tried
             (alias resolution, local path, hub id) and the underlying error.
     """
+    import torch
+
+    from geosolver.encoders.base import resolve_device, resolve_dtype
+
     if isinstance(name_or_path, EncoderSpec):
         name_or_path, device, precision = name_or_path.name, name_or_path.device, name_or_path.precision
     dev = resolve_device(device)
@@ -138,11 +123,9 @@ def load_encoder(
     if not key:
         raise EncoderError("empty encoder name")
     enc = _load(key, dev, dtype)
-    enc.spec = EncoderSpec(key, str(dev), _PRECISION_NAMES.get(dtype, "auto"))
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    enc.spec = EncoderSpec(key, str(dev), names.get(dtype, "auto"))
     return enc
-
-
-_PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _load(key: str, dev: torch.device, dtype: torch.dtype) -> Encoder:

@@ -24,8 +24,6 @@ from PIL import Image
 from geosolver.errors import EncoderError
 from geosolver.images import ImageSource, open_image
 
-TTA_MODES = ("flip", "d4")
-
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` → ``cuda`` if available else ``cpu``; anything else as ``torch.device``."""
