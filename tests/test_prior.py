@@ -292,6 +292,9 @@ def test_cli_locate_prior_text_fuses_and_reports_the_text_top(planted, tmp_path,
         (["locate", "P", "--gallery", "G", "--hierarchical"], "--zero-shot only"),
         (["locate", "P", "--zero-shot", "countries", "--prior", "text"], "with --zero-shot the text model alone"),
         (["locate", "P", "--gallery", "G", "--prompt", "x {country}"], "need --prior text"),
+        (["locate", "P", "--gallery", "G", "--prior-weight", "2"], "add --prior text"),
+        (["locate", "P", "--gallery", "G", "--prior-by", "region"], "add --prior text"),
+        (["evaluate", "--queries", "Q", "--gallery", "G", "--out", "O", "--prior-weight", "0.5,1"], "add --prior text"),
     ],
 )
 def test_cli_locate_option_combinations_that_mean_nothing_get_one_line(argv, words, capsys):

@@ -78,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--prior", type=_csv(_choice(PRIORS)), default=["none"],
                    help="comma-separated, of none,text: 'text' multiplies each neighbour's vote by the zero-shot probability of "
                         "its country; 'none,text' reports both (default none)")
-    z.add_argument("--prior-by", choices=PRIOR_BY, default=PRIOR_BY[0], help=f"what --prior text matches (default {PRIOR_BY[0]})")
-    z.add_argument("--prior-weight", type=_csv(non_negative_float), default=[DEFAULT_PRIOR_WEIGHT],
+    z.add_argument("--prior-by", choices=PRIOR_BY, default=None, help=f"what --prior text matches (default {PRIOR_BY[0]})")
+    z.add_argument("--prior-weight", type=_csv(non_negative_float), default=None,
                    help=f"exponent λ on the prior's probabilities; comma-separated values are swept (default {DEFAULT_PRIOR_WEIGHT:g})")
     z.add_argument("--zero-shot", choices=LEVELS, default=None, metavar="LEVEL",
                    help=f"also score the text model alone, one of {', '.join(LEVELS)} (its own row, strategy zero-shot-LEVEL)")
@@ -96,11 +96,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from geosolver.evaluate import EvaluateWarning, evaluate, metrics_markdown
+    from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY
 
     if "text" not in args.prior and args.zero_shot is None and (args.prompt is not None or args.text_temperature is not None):
         from geosolver.errors import UserError
 
         raise UserError("--prompt and --text-temperature need --prior text or --zero-shot LEVEL (they set the text model)")
+    if "text" not in args.prior and (args.prior_by is not None or args.prior_weight is not None):
+        from geosolver.errors import UserError
+
+        raise UserError("--prior-by and --prior-weight set the text prior: add --prior text (or none,text)")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EvaluateWarning)  # printed below, once, from the result
@@ -109,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             exclude_self="auto" if args.exclude_self is None else args.exclude_self,
             out=args.out, temperature=args.temperature, radius_km=args.radius_km, index_kind=args.index,
             bootstrap=args.bootstrap, seed=args.seed, plots=not args.no_plots, nprobe=args.nprobe,
-            priors=args.prior, prior_by=args.prior_by, prior_weight=args.prior_weight, zero_shot=args.zero_shot,
+            priors=args.prior, prior_by=args.prior_by or PRIOR_BY[0],
+            prior_weight=DEFAULT_PRIOR_WEIGHT if args.prior_weight is None else args.prior_weight, zero_shot=args.zero_shot,
             text_temperature=args.text_temperature, prompt=args.prompt,
         )
     note = res["self_overlap"].get("note")

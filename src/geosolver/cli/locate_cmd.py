@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--prior", choices=PRIORS, default="none",
                    help="with --gallery: 'text' multiplies each neighbour's vote by the zero-shot probability of its country "
                         "(or region, --prior-by), so a look-alike in a country the text rules out loses (default none)")
-    z.add_argument("--prior-by", choices=PRIOR_BY, default=PRIOR_BY[0], help=f"what --prior text matches (default {PRIOR_BY[0]})")
-    z.add_argument("--prior-weight", type=non_negative_float, default=DEFAULT_PRIOR_WEIGHT,
+    z.add_argument("--prior-by", choices=PRIOR_BY, default=None, help=f"what --prior text matches (default {PRIOR_BY[0]})")
+    z.add_argument("--prior-weight", type=non_negative_float, default=None,
                    help=f"exponent on the prior's probabilities; 0 = no prior (default {DEFAULT_PRIOR_WEIGHT:g})")
     p.set_defaults(func=run)
 
@@ -73,6 +73,8 @@ def _check_modes(args: argparse.Namespace) -> None:
         raise UserError("--hierarchical needs --zero-shot regions or cities (countries are its first stage)")
     if args.gallery is not None and args.prior == "none" and (args.prompt or args.text_temperature is not None):
         raise UserError("--prompt and --text-temperature need --prior text (or --zero-shot)")
+    if args.prior == "none" and (args.prior_by is not None or args.prior_weight is not None):
+        raise UserError("--prior-by and --prior-weight set the text prior: add --prior text")
 
 
 def _open_images(srcs: list[str]) -> tuple[list, list[str], int]:
@@ -90,6 +92,8 @@ def _open_images(srcs: list[str]) -> tuple[list, list[str], int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geosolver.prior import PRIOR_BY
+
     _check_modes(args)
     if args.zero_shot is not None:
         return _run_zero_shot(args)
@@ -98,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     geo = Geolocator.from_store(args.gallery, encoder=args.model, index_kind=args.index)
     prior = None
     if args.prior == "text":
-        prior = geo.text_prior(by=args.prior_by, weight=args.prior_weight, temperature=args.text_temperature, template=args.prompt)
+        prior = geo.text_prior(by=args.prior_by or PRIOR_BY[0], weight=args.prior_weight, temperature=args.text_temperature,
+                               template=args.prompt)
     images, names, failed = _open_images(args.photos)
     preds = geo.locate(
         images, k=args.k, strategy=args.strategy, tta=args.tta, temperature=args.temperature, radius_km=args.radius_km, prior=prior
