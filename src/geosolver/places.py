@@ -75,6 +75,12 @@ def reverse_geocode(lat, lon, max_km: float | None = None) -> pd.DataFrame:
     return out
 
 
+def nearest_place(lat: float, lon: float) -> dict:
+    """Nearest populated place of one point: ``{name, admin1, cc, km}`` (plain Python values)."""
+    r = reverse_geocode([lat], [lon]).iloc[0]
+    return {"name": str(r["name"]), "admin1": str(r["admin1"]), "cc": str(r["cc"]), "km": float(r["place_km"])}
+
+
 def country_of(lat, lon, max_km: float | None = None) -> np.ndarray:
     """ISO 3166-1 alpha-2 country code of each point (see :func:`reverse_geocode`), as an object array."""
     return reverse_geocode(lat, lon, max_km=max_km)["cc"].to_numpy(dtype=object)

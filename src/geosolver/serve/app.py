@@ -53,6 +53,7 @@ import asyncio
 import gc
 import hashlib
 import io
+import math
 import logging
 import os
 import threading
@@ -77,6 +78,7 @@ from geosolver.files import atomic_write_bytes, atomic_write_json, jsonable, ver
 from geosolver.geo import geoscore, haversine
 from geosolver.images import MAX_PIXELS, ImageReadError, exif_gps, open_image
 from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES, Geolocator
+from geosolver.places import nearest_place
 from geosolver.rundir import RunDir
 from geosolver.serve.play import DEFAULT_MAX_ROUNDS, DEFAULT_ROUND_TTL, Play, add_play_routes, open_play
 from geosolver.serve.upload import Upload, UploadError, read_upload
@@ -127,7 +129,9 @@ class Photo:
     height: int
 
 
-def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None, max_pixels: int | None = None) -> Photo:
+def decode_photo(
+    data: bytes, name: str = "upload", min_side: int | None = None, max_pixels: int | None = None, fit_long_side: int | None = None,
+) -> Photo:
     """Check and decode an uploaded photo.
 
     The header is read first (format, declared size) so that unsupported formats and
@@ -141,6 +145,9 @@ def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None,
         max_pixels: most pixels to decode (the server's budget, checked from the header against
             the size that would be decoded: a JPEG's draft-reduced size); ``None``: only the global
             :data:`~geosolver.images.MAX_PIXELS` guard.
+        fit_long_side: instead of ``min_side``: the photo will be shown at most this many pixels
+            on its long side, so JPEGs may be decoded reduced as far as that allows (the shorter
+            side is derived from the header's aspect ratio).
 
     Returns:
         The :class:`Photo` (image turned upright by its EXIF orientation).
@@ -156,6 +163,8 @@ def decode_photo(data: bytes, name: str = "upload", min_side: int | None = None,
     if fmt not in ALLOWED_FORMATS:
         raise PhotoError(415, f"{name}: image format {fmt or 'unknown'} is not accepted (send JPEG, PNG or WebP)")
     w, h = probe.size
+    if fit_long_side and min_side is None and max(w, h) > fit_long_side and min(w, h) > 0:
+        min_side = max(1, math.ceil(fit_long_side * min(w, h) / max(w, h)))
     _check_pixels(probe, fmt, name, min_side, max_pixels)
     try:
         gps = exif_gps(probe)
@@ -218,20 +227,12 @@ def _decoded_size(probe: Image.Image, fmt: str, min_side: int | None) -> tuple[i
     return w, h
 
 
-def _place(lat: float, lon: float) -> dict:
-    """Nearest populated place of a point: ``{name, admin1, cc, km}``."""
-    from geosolver.places import reverse_geocode
-
-    r = reverse_geocode([lat], [lon]).iloc[0]
-    return {"name": str(r["name"]), "admin1": str(r["admin1"]), "cc": str(r["cc"]), "km": float(r["place_km"])}
-
-
 def _truth(pred_lat: float, pred_lon: float, gps: tuple[float, float] | None) -> dict | None:
     if gps is None:
         return None
     lat, lon = gps
     km = float(haversine(lat, lon, pred_lat, pred_lon))
-    return {"lat": lat, "lon": lon, "km": km, "geoscore": float(geoscore(km)), "place": _place(lat, lon)}
+    return {"lat": lat, "lon": lon, "km": km, "geoscore": float(geoscore(km)), "place": nearest_place(lat, lon)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,7 +411,7 @@ def _warm_up(state: AppState) -> None:
     """One blank photo through model, index and reverse geocoder (their first calls are slow)."""
     blank = state.encoder.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))
     p = state.worker.submit(blank, 1, state.options.default_strategy).result()
-    _place(p.lat, p.lon)
+    nearest_place(p.lat, p.lon)
 
 
 @asynccontextmanager
@@ -581,18 +582,17 @@ def _prepare(state: AppState, data: bytes, name: str) -> tuple[Photo, np.ndarray
         try:
             pixels = state.encoder.preprocess(img)
         finally:
-            big = img.width * img.height >= _GC_PIXELS
+            size = img.size
             img.close()
             del img
-            if big:
-                _release_memory()
+            release_memory_if_large(*size)
     return photo, pixels
 
 
 def _answer(pred: Prediction, photo: Photo, up: Upload, read_decode_s: float, model_s: float) -> dict:
     """The JSON answer: the prediction plus ``place``, ``truth``, ``image`` and ``timing_ms``."""
     out = pred.to_dict()
-    out["place"] = _place(pred.lat, pred.lon)
+    out["place"] = nearest_place(pred.lat, pred.lon)
     out["truth"] = _truth(pred.lat, pred.lon, photo.gps)
     out["image"] = {"filename": up.filename, "format": photo.format, "width": photo.width, "height": photo.height, "bytes": len(up.data)}
     out["timing_ms"] = {"read_decode": round(read_decode_s * 1e3, 1), "model": round(model_s * 1e3, 1)}
@@ -610,6 +610,13 @@ def _malloc_trim():
 
 
 _MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory_if_large(width: int, height: int) -> None:
+    """After dropping a decoded image of ``width`` × ``height``: hand its memory back to the OS when
+    it was large (at least ``_GC_PIXELS``; see :func:`_release_memory`)."""
+    if width * height >= _GC_PIXELS:
+        _release_memory()
 
 
 def _release_memory() -> None:

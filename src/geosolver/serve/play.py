@@ -46,6 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from geosolver.errors import HTTPInputError, ImageReadError, PhotoError, ServeError, StoreError
 from geosolver.geo import geoscore, haversine
 from geosolver.images import describe_source, read_bytes
+from geosolver.places import nearest_place
 
 if TYPE_CHECKING:
     from geosolver.serve.app import AppState
@@ -264,14 +265,9 @@ def render_photo(data: bytes, name: str, max_pixels: int | None, max_side: int =
     """
     from PIL import Image
 
-    from geosolver.serve.app import _GC_PIXELS, _open_header, _release_memory, decode_photo
+    from geosolver.serve.app import decode_photo, release_memory_if_large
 
-    probe = _open_header(data, name)
-    w, h = probe.size
-    probe.close()
-    short, long_ = min(w, h), max(w, h)
-    min_side = max(1, math.ceil(max_side * short / long_)) if long_ > max_side and short > 0 else None
-    photo = decode_photo(data, name, min_side=min_side, max_pixels=max_pixels)
+    photo = decode_photo(data, name, max_pixels=max_pixels, fit_long_side=max_side)
     img = photo.image
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.LANCZOS)
@@ -281,9 +277,9 @@ def render_photo(data: bytes, name: str, max_pixels: int | None, max_side: int =
     img.close()
     buf = io.BytesIO()
     clean.save(buf, format="JPEG", quality=PHOTO_QUALITY, optimize=True)
-    if photo.width * photo.height >= _GC_PIXELS:
-        del img, photo
-        _release_memory()
+    photo.image = None
+    del img
+    release_memory_if_large(photo.width, photo.height)
     return buf.getvalue()
 
 
@@ -452,8 +448,6 @@ async def round_photo(request: Request, token: str):  # GET /api/round/{token}/p
 
 
 async def guess(request: Request, token: str) -> dict:  # POST /api/round/{token}/guess
-    from geosolver.serve.app import _place
-
     state = _play_state(request)
     play = state.play
     try:
@@ -470,7 +464,7 @@ async def guess(request: Request, token: str) -> dict:  # POST /api/round/{token
     model = score(truth, pred.lat, pred.lon)
     model.update(confidence=float(pred.confidence), country=pred.country)
     return {
-        "truth": {"lat": truth[0], "lon": truth[1], "place": await run_in_threadpool(_place, *truth)},
+        "truth": {"lat": truth[0], "lon": truth[1], "place": await run_in_threadpool(nearest_place, *truth)},
         "player": score(truth, lat, lon),
         "model": model,
         "round": {"k": state.options.default_k, "strategy": state.options.default_strategy, "leave_one_out": True, "played": play.played},
