@@ -275,7 +275,10 @@ def _text_model(
     from geosolver.zeroshot import ZeroShot
 
     prior = geo.text_prior(by=prior_by, temperature=temperature, template=prompt) if with_prior else None
-    zs = ZeroShot(geo.encoder, level=zero_shot, template=prompt, temperature=temperature) if zero_shot is not None else None
+    zs = None
+    if zero_shot is not None:  # the prior's own model when it is the same one (no second set of text embeddings)
+        same = prior is not None and prior.zeroshot.level == zero_shot
+        zs = prior.zeroshot if same else ZeroShot(geo.encoder, level=zero_shot, template=prompt, temperature=temperature)
     groups = neighbour_groups(nb.lat, nb.lon, prior_by) if prior is not None else None
     nb_probs, zlat, zlon, zconf = [], [], [], []
     with tqdm(total=len(qs), desc="text", unit="q", disable=not progress, leave=False) as bar:

@@ -365,13 +365,18 @@ class Prediction:
     @property
     def osm_url(self) -> str:
         """OpenStreetMap link centred on the guess, with a marker."""
-        return f"https://www.openstreetmap.org/?mlat={self.lat:.5f}&mlon={self.lon:.5f}#map=6/{self.lat:.5f}/{self.lon:.5f}"
+        return osm_url(self.lat, self.lon)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (includes ``osm_url``)."""
         d = asdict(self)
         d["osm_url"] = self.osm_url
         return d
+
+
+def osm_url(lat: float, lon: float) -> str:
+    """OpenStreetMap link centred on a point (degrees), with a marker."""
+    return f"https://www.openstreetmap.org/?mlat={lat:.5f}&mlon={lon:.5f}#map=6/{lat:.5f}/{lon:.5f}"
 
 
 def _neighbour_ids(meta_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -59,6 +59,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from geosolver.errors import EncoderError, ZeroShotError
+from geosolver.locate import softmax_weights
 
 log = logging.getLogger(__name__)
 
@@ -626,13 +627,6 @@ class ZeroShotPrediction:
         )
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
 class ZeroShot:
     """Zero-shot geolocation with a CLIP encoder's text tower.
 
@@ -752,8 +746,8 @@ class ZeroShot:
         e = self._check(emb)
         logits = self.logit_scale * (e @ self.text.T.astype(np.float64))
         if not self.hierarchical:
-            return _softmax(logits)
-        pc = _softmax(self.logit_scale * (e @ self.country_text.T.astype(np.float64)))  # (n, C)
+            return softmax_weights(logits, 1.0)
+        pc = softmax_weights(self.logit_scale * (e @ self.country_text.T.astype(np.float64)), 1.0)  # (n, C)
         has = np.zeros(pc.shape[1], bool)
         has[list(self._country_groups)] = True
         masked = np.where(has[None, :], pc, -1.0)
@@ -768,7 +762,7 @@ class ZeroShot:
             rows = np.flatnonzero(keep[:, c])
             if rows.size == 0:
                 continue
-            out[np.ix_(rows, idx)] = _softmax(logits[np.ix_(rows, idx)]) * weight[rows, c][:, None]
+            out[np.ix_(rows, idx)] = softmax_weights(logits[np.ix_(rows, idx)], 1.0) * weight[rows, c][:, None]
         return out
 
     def predict(self, emb, top: int = 5) -> list[ZeroShotPrediction]:

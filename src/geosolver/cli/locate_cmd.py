@@ -108,18 +108,7 @@ def run(args: argparse.Namespace) -> int:
     preds = geo.locate(
         images, k=args.k, strategy=args.strategy, tta=args.tta, temperature=args.temperature, radius_km=args.radius_km, prior=prior
     ) if images else []
-    for name, p in zip(names, preds):
-        if args.json:
-            print(json.dumps({"photo": name, **p.to_dict()}))
-            continue
-        print(f"{name}")
-        print(f"  guess       {p.lat:.5f}, {p.lon:.5f}  country {p.country or '?'}  confidence {p.confidence:.2f}  ({p.strategy}, k={p.k})")
-        print(f"  map         {p.osm_url}")
-        if p.text_prior:
-            print("  text prior  " + ", ".join(f"{t['name']} {t['probability']:.2f}" for t in p.text_prior))
-        print(f"  {'#':>3} {'similarity':>10} {'lat':>10} {'lon':>11} {'km':>8}  id")
-        for j, nb in enumerate(p.neighbours[: args.show], 1):
-            print(f"  {j:>3} {nb['similarity']:>10.4f} {nb['lat']:>10.4f} {nb['lon']:>11.4f} {nb['distance_km']:>8.0f}  {nb['id']}")
+    _emit(args, names, preds, _knn_lines)
     return 2 if failed else 0
 
 
@@ -138,14 +127,42 @@ def _run_zero_shot(args: argparse.Namespace) -> int:
     )
     images, names, failed = _open_images(args.photos)
     preds = zs.predict(encoder.embed_images(images, tta=args.tta), top=max(args.show, 1)) if images else []
+    _emit(args, names, preds, _zero_shot_lines)
+    return 2 if failed else 0
+
+
+def _emit(args: argparse.Namespace, names: list[str], preds: list, lines) -> None:
+    """One JSON object per photo (``--json``), or the photo's name and its ``lines(args, pred)``."""
     for name, p in zip(names, preds):
         if args.json:
             print(json.dumps({"photo": name, **p.to_dict()}))
             continue
-        print(f"{name}")
-        print(f"  guess       {p.lat:.5f}, {p.lon:.5f}  {p.name} ({p.cc})  probability {p.probability:.2f}  (zero-shot {p.level})")
-        print(f"  map         https://www.openstreetmap.org/?mlat={p.lat:.5f}&mlon={p.lon:.5f}#map=6/{p.lat:.5f}/{p.lon:.5f}")
-        print(f"  {'#':>3} {'probability':>11}  place")
-        for j, t in enumerate(p.top[: args.show], 1):
-            print(f"  {j:>3} {t['probability']:>11.4f}  {t['name']}")
-    return 2 if failed else 0
+        print(name)
+        for line in lines(args, p):
+            print(line)
+
+
+def _knn_lines(args: argparse.Namespace, p) -> list[str]:
+    out = [
+        f"  guess       {p.lat:.5f}, {p.lon:.5f}  country {p.country or '?'}  confidence {p.confidence:.2f}  ({p.strategy}, k={p.k})",
+        f"  map         {p.osm_url}",
+    ]
+    if p.text_prior:
+        out.append("  text prior  " + ", ".join(f"{t['name']} {t['probability']:.2f}" for t in p.text_prior))
+    out.append(f"  {'#':>3} {'similarity':>10} {'lat':>10} {'lon':>11} {'km':>8}  id")
+    out += [
+        f"  {j:>3} {nb['similarity']:>10.4f} {nb['lat']:>10.4f} {nb['lon']:>11.4f} {nb['distance_km']:>8.0f}  {nb['id']}"
+        for j, nb in enumerate(p.neighbours[: args.show], 1)
+    ]
+    return out
+
+
+def _zero_shot_lines(args: argparse.Namespace, p) -> list[str]:
+    from geosolver.locate import osm_url
+
+    return [
+        f"  guess       {p.lat:.5f}, {p.lon:.5f}  {p.name} ({p.cc})  probability {p.probability:.2f}  (zero-shot {p.level})",
+        f"  map         {osm_url(p.lat, p.lon)}",
+        f"  {'#':>3} {'probability':>11}  place",
+        *(f"  {j:>3} {t['probability']:>11.4f}  {t['name']}" for j, t in enumerate(p.top[: args.show], 1)),
+    ]
