@@ -8,8 +8,10 @@ what is wrong (exit code 2) instead of a traceback; the modules that raise them 
 
     GeosolverError
     ├── UserError            a command-line option or combination that makes no sense
+    │   └── OutputDirError   an --out folder that holds something this command did not write
     ├── CoordinateError      (also a ValueError) a lat/lon missing, non-finite or out of range
     ├── ImageReadError       an image could not be read or decoded
+    │   └── PhotoTooLarge    a photo over the per-photo byte cap (--max-photo-mb)
     ├── DatasetError         a dataset cannot be read at all
     ├── EncoderError         an encoder cannot be found, loaded or used that way
     ├── StoreError           a store is missing, corrupt or incompatible
@@ -42,12 +44,22 @@ class UserError(GeosolverError):
     """A command-line option or combination that makes no sense (one line, exit code 2)."""
 
 
+class OutputDirError(UserError):
+    """An ``--out`` folder that is a file, or holds files this command did not write
+    (the user's files, a store, another command's run); nothing was written to it."""
+
+
 class CoordinateError(GeosolverError, ValueError):
     """A latitude/longitude value is missing, not finite or out of range."""
 
 
 class ImageReadError(GeosolverError):
     """An image could not be read or decoded; the message names the source and the cause."""
+
+
+class PhotoTooLarge(ImageReadError):
+    """A photo (file, archive member, upload) over the per-photo byte cap; nothing past the cap
+    was read (:func:`geosolver.images.read_photo_bytes`)."""
 
 
 class DatasetError(GeosolverError):

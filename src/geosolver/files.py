@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "atomic_write_text",
     "jsonable",
     "sha256_file",
+    "temp_target",
     "version",
 ]
 
@@ -62,6 +64,16 @@ def jsonable(o: Any) -> Any:
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp{os.getpid()}")
+
+
+_TMP = re.compile(r"(.+)\.tmp\d+")
+
+
+def temp_target(name: str) -> str | None:
+    """The file a temporary file of these writers was becoming (``shard-00001.npy.tmp4242`` →
+    ``shard-00001.npy``), or ``None`` for any other name (``x.tmp``, ``notes.tmp.txt``)."""
+    m = _TMP.fullmatch(name)
+    return m.group(1) if m else None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from geosolver.errors import StoreError
-from geosolver.files import atomic_write_json, atomic_write_npy, atomic_write_parquet, sha256_file, version
+from geosolver.files import atomic_write_json, atomic_write_npy, atomic_write_parquet, sha256_file, temp_target, version
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -145,6 +145,36 @@ def encoder_compatible(a: dict, b: dict) -> tuple[bool, str]:
 
 
 LOCK = ".lock"
+#: the files a store writer creates at the top of its directory; only these (and their temporary
+#: names) are ever removed by :meth:`StoreWriter._cleanup` — never a file of the user's.
+STORE_FILE = re.compile(r"shard-\d{5,}\.(?:npy|parquet)|manifest\.json|failures\.parquet|skipped\.parquet")
+SHARD_FILE = re.compile(r"(shard-\d{5,})\.(?:npy|parquet)")
+RECORD_FILE = re.compile(r"chunk-\d{5,}\.json")
+
+
+def check_store_folder(path: str | os.PathLike) -> None:
+    """Refuse to write a store into an existing folder that holds anything but a store.
+
+    Allowed: a missing or empty folder, a store (``manifest.json``), or a run folder that a
+    :class:`~geosolver.rundir.RunDir` has just claimed (only its ``config.json``).
+
+    Raises:
+        StoreError: ``path`` is a file, or a non-empty folder without a store's manifest
+            (the user's files are never turned into a store, nor cleaned up as one).
+    """
+    from geosolver.rundir import CONFIG, recorded_command
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file; a store is a directory (pick another --out)")
+    if not path.is_dir():
+        return
+    names = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+    if not names or MANIFEST in names or (names == [CONFIG] and recorded_command(path)):
+        return
+    shown = ", ".join(names[:4]) + (f", … ({len(names)} entries)" if len(names) > 4 else "")
+    raise StoreError(f"{path} already holds files that are not an embedding store ({shown}); "
+                     "pick a new or empty folder for --out (nothing was written)")
 
 
 @contextlib.contextmanager
@@ -159,8 +189,7 @@ def write_lock(path: str | os.PathLike):
     import fcntl
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"{path} is a file; a store is a directory (pick another --out)")
+    check_store_folder(path)
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     f = open(path / LOCK, "a+")
@@ -203,8 +232,7 @@ class StoreWriter:
         if "dim" not in encoder or "name" not in encoder:
             raise StoreError(f"encoder identity needs 'name' and 'dim', got {encoder}")
         self.dim = int(encoder["dim"])
-        if self.path.exists() and not self.path.is_dir():
-            raise StoreError(f"{self.path} is a file; a store is a directory (pick another --out)")
+        check_store_folder(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         mpath = self.path / MANIFEST
         if mpath.exists():
@@ -269,16 +297,20 @@ class StoreWriter:
         return {c for c in listed if c is not None} | set(self._records())
 
     def _cleanup(self) -> None:
-        """Remove temporary files and shard files that no commit refers to (killed writers)."""
+        """Remove what killed writers left: temporary files of the store's own files and shard files
+        that no commit refers to. Only names a store writer makes (:data:`STORE_FILE`) are touched,
+        so a file of the user's in the folder (``notes.tmp``, ``shard-00001.backup.npy``) stays."""
         keep = {shard_name(c) for c in self.committed()}
         for p in self.path.iterdir():
-            stem = p.name.split(".")[0]
-            if p.is_file() and p.name != LOCK and (".tmp" in p.name or (chunk_of(stem) is not None and stem not in keep)):
+            tmp_of = temp_target(p.name)
+            shard = SHARD_FILE.fullmatch(p.name)
+            if p.is_file() and ((tmp_of and STORE_FILE.fullmatch(tmp_of)) or (shard and shard.group(1) not in keep)):
                 p.unlink(missing_ok=True)
         cdir = self.path / CHUNK_DIR
         if cdir.is_dir():
             for p in cdir.iterdir():
-                if ".tmp" in p.name:
+                tmp_of = temp_target(p.name)
+                if p.is_file() and tmp_of and RECORD_FILE.fullmatch(tmp_of):
                     p.unlink(missing_ok=True)
 
     # -- the commit protocol --------------------------------------------------------------
@@ -400,6 +432,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     mpath = path / MANIFEST
+    if not path.exists():
+        raise StoreError(f"{path} does not exist; build a store there with `geosolver embed`, or check the path")
     if not mpath.is_file():
         raise StoreError(f"{path} is not an embedding store (no {MANIFEST}); build one with `geosolver embed`")
     try:

@@ -431,7 +431,7 @@ def build_world(
     out = Path(out)
     if (out / "world.json").exists() and not overwrite:
         raise TerrainError(f"{out} already holds a terrain world (world.json); pick another --out or pass overwrite")
-    run = RunDir(out, "terrain build")
+    run = RunDir(out, "terrain build", overwrite=overwrite or None)
     t0 = time.perf_counter()
     settings = {
         "n_gallery": int(n_gallery), "n_queries": int(n_queries), "split": split, "seed": int(seed),

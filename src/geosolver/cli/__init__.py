@@ -8,6 +8,7 @@ parsed ``argparse.Namespace`` and returning an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -77,8 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from geosolver.errors import GeosolverError
 
+    if getattr(args, "max_photo_mb", None):  # --max-photo-mb: the per-photo read cap, workers included
+        from geosolver.images import set_max_photo_mb
+
+        set_max_photo_mb(args.max_photo_mb)
+    allowed = contextlib.nullcontext()
+    if getattr(args, "overwrite", False):  # --overwrite: every run folder the command opens may be written into
+        from geosolver.rundir import overwriting
+
+        allowed = overwriting()
     try:
-        rc = int(args.func(args) or 0)
+        with allowed:
+            rc = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit
         return rc
     except (GeosolverError, FileNotFoundError) as e:

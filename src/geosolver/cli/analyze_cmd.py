@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from geosolver.cli.args import non_negative_int, positive_int
+from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_int
 
 
 def register(sub) -> None:
@@ -20,6 +20,7 @@ def register(sub) -> None:
     )
     p.add_argument("stores", nargs="+", metavar="STORE", help="embedding store directories (one per encoder)")
     p.add_argument("--out", required=True, help="output directory")
+    add_overwrite_option(p)
     p.add_argument("--sample", type=positive_int, default=5000, help="N images; all N(N-1)/2 pairs are analysed (default 5000)")
     p.add_argument("--pairs", type=positive_int, default=None, help="instead: M random pairs drawn from all shared images")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")

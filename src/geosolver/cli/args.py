@@ -1,5 +1,5 @@
-"""argparse value types shared by every sub-command: a bad number is refused at the parser with
-one line naming the option's rule (exit code 2), before any work starts."""
+"""argparse value types and options shared by every sub-command: a bad number is refused at the
+parser with one line naming the option's rule (exit code 2), before any work starts."""
 
 from __future__ import annotations
 
@@ -52,3 +52,21 @@ def port(text: str) -> int:
     if not 1 <= v <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {v}")
     return v
+
+
+OVERWRITE_HELP = ("write into an existing output folder that holds files this command did not write "
+                  "(same-named files are replaced; nothing is deleted). Default: such a folder is refused")
+
+
+def add_max_photo_option(p: argparse.ArgumentParser) -> None:
+    """``--max-photo-mb`` for a command that reads photos (:func:`geosolver.images.read_photo_bytes`);
+    :func:`geosolver.cli.main` sets it for the command and the worker processes it starts."""
+    p.add_argument("--max-photo-mb", type=positive_float, default=None, metavar="MB",
+                   help="refuse a photo (file or archive member) over MB megabytes (default 64; "
+                        "env GEOSOLVER_MAX_PHOTO_MB); nothing past the cap is read")
+
+
+def add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` for a command that writes a run folder (:class:`geosolver.rundir.RunDir`);
+    :func:`geosolver.cli.main` applies it to every run folder the command opens."""
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

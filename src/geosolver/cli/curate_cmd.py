@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from geosolver.cli.args import non_negative_int, positive_float, positive_int
+from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_float, positive_int
 
 
 def _features(s: str) -> list[str]:
@@ -31,6 +31,7 @@ def register(sub) -> None:
     se.add_argument("store", help="embedding store directory")
     se.add_argument("--size", type=positive_int, required=True, help="images in the gallery")
     se.add_argument("--out", required=True, help="gallery store directory to create")
+    add_overwrite_option(se)
     se.add_argument("--by", type=_features, default=None,
                     help=f"comma-separated feature columns to group by (default {default_by})")
     se.add_argument("--strategy", choices=STRATEGIES, default="grouped-clustered", help="selection strategy")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geosolver.cli.args import non_negative_int, positive_int
+from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_int
 
 
 def register(sub) -> None:
@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--split", choices=SPLITS, default="random")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    add_overwrite_option(p)
     p.set_defaults(func=run)
 
 

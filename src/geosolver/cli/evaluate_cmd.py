@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from geosolver.cli.args import non_negative_float, non_negative_int, positive_float, positive_int
+from geosolver.cli.args import add_overwrite_option, non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def _choice(choices):
@@ -71,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
+    add_overwrite_option(p)
     from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS
     from geosolver.zeroshot import LEVELS
 
@@ -106,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         from geosolver.errors import UserError
 
         raise UserError("--prior-by and --prior-weight set the text prior: add --prior text (or none,text)")
+    from geosolver.rundir import check_out
+
+    check_out(args.out, "evaluate")  # before the evaluation, not after it: the user's folder is refused at once
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EvaluateWarning)  # printed below, once, from the result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from geosolver.cli.args import port, positive_float, positive_int
+    from geosolver.cli.args import add_overwrite_option, port, positive_float, positive_int
     from geosolver.encoders import MODEL_HELP
     from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES
@@ -28,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"default aggregation (default {DEFAULT_STRATEGY})")
     p.add_argument("--max-batch", type=positive_int, default=8, help="most concurrent photos per encoder batch (default 8)")
     p.add_argument("--save-uploads", metavar="DIR", default=None, help="keep every upload and its answer in DIR (default: keep nothing)")
+    add_overwrite_option(p)
     p.add_argument("--play", metavar="QUERIES", default=None,
                    help="enable Play mode, a GeoGuessr duel against the model: QUERIES is an embedding store from the gallery's encoder "
                         "whose rows have true lat/lon and an image source (files, zip:// or tar members); each round shows one of its "

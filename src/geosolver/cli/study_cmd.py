@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from geosolver.cli.args import non_negative_int, positive_int
+from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_int
 
 
 def _sizes(s: str) -> list[int]:
@@ -29,6 +29,7 @@ def register(sub) -> None:
     )
     p.add_argument("--root", required=True, help="OSV5M root (see `geosolver download osv5m`)")
     p.add_argument("--out", required=True, help="study directory")
+    add_overwrite_option(p)
     p.add_argument("--model", default=DEFAULT_ENCODER, help=f"the encoder studied and fine-tuned (default {DEFAULT_ENCODER})")
     p.add_argument("--baseline", default="clip-vit-l-14-336", help="the encoder it is compared with (default clip-vit-l-14-336)")
     p.add_argument("--test-limit", type=positive_int, default=None, help="first N test images (default: all)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from geosolver.cli.args import add_overwrite_option
+
 
 def register(sub) -> None:
     from transformers import HfArgumentParser
@@ -25,6 +27,7 @@ def register(sub) -> None:
         "transformers.CLIPModel.from_pretrained loads it), train_log.jsonl, config.json, "
         "target_curve.json and training.png.",
     )
+    add_overwrite_option(p)
     p.set_defaults(func=run)
 
 
