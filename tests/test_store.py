@@ -100,8 +100,11 @@ def test_bad_input_is_refused_with_clear_errors(tmp_path):
     e2[0, 0] = np.nan
     with pytest.raises(StoreError, match="NaN"):
         w.write_shard(e2, meta)
-    with pytest.raises(StoreError, match="not an embedding store"):
+    with pytest.raises(StoreError, match="nothing does not exist"):
         EmbeddingStore(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="not an embedding store"):
+        EmbeddingStore(tmp_path / "empty")
 
 
 def test_encoder_compatible():

@@ -9,6 +9,13 @@ A *source* is one of:
 * raw encoded bytes (``bytes`` / ``bytearray`` / ``memoryview``);
 * an already opened ``PIL.Image.Image``.
 
+**Bounded reads.** No photo is read past :func:`max_photo_bytes` (64 MB unless
+``GEOSOLVER_MAX_PHOTO_MB`` or the ``--max-photo-mb`` option of ``locate``/``embed`` says
+otherwise): files and archive members are read in bounded blocks and refused with
+:class:`~geosolver.errors.PhotoTooLarge` once over the cap (a 12 GiB zip member is never
+inflated), and a path that is not a regular file (a FIFO, ``/dev/zero``, a directory) is refused
+before it is opened. The web app calls the same :func:`read_photo_bytes` cap for uploads.
+
 Every image comes back in RGB, turned upright by its EXIF orientation. With ``min_side`` set,
 JPEGs are decoded with PIL's draft mode (DCT scaling) at the smallest power-of-two reduction
 whose shorter side is still at least ``min_side`` pixels — several times faster for large
@@ -19,16 +26,18 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tarfile
 import threading
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from geosolver.errors import ImageReadError
+from geosolver.errors import ImageReadError, PhotoTooLarge
 
 ZIP_PREFIX = "zip://"
 ZIP_SEP = "::"
@@ -41,6 +50,47 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 #: process-wide ``Image.MAX_IMAGE_PIXELS`` to ``None``; ~180 megapixels is far above any photo.
 MAX_PIXELS = 180_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+#: the default cap on the bytes read for one photo, in MB (2**20 bytes); see :func:`max_photo_bytes`.
+DEFAULT_MAX_PHOTO_MB = 64
+MAX_PHOTO_ENV = "GEOSOLVER_MAX_PHOTO_MB"
+_BLOCK = 1 << 20
+
+
+def max_photo_bytes() -> int:
+    """The most bytes read for one photo: ``$GEOSOLVER_MAX_PHOTO_MB`` (set by
+    :func:`set_max_photo_mb`, so decode worker processes inherit it) or 64 MB."""
+    raw = os.environ.get(MAX_PHOTO_ENV)
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_PHOTO_MB
+    except ValueError:
+        mb = DEFAULT_MAX_PHOTO_MB
+    return int(mb * (1 << 20)) if mb > 0 else int(DEFAULT_MAX_PHOTO_MB * (1 << 20))
+
+
+def set_max_photo_mb(mb: float) -> None:
+    """Set the per-photo cap (``--max-photo-mb``) for this process and the workers it starts."""
+    os.environ[MAX_PHOTO_ENV] = repr(float(mb))
+
+
+def _too_large(source, n: int | str, cap: int) -> PhotoTooLarge:
+    return PhotoTooLarge(f"{describe_source(source)} is {n} bytes, over the {cap / (1 << 20):g} MB per-photo cap "
+                         "(--max-photo-mb raises it)")
+
+
+def _read_bounded(f, source, cap: int, declared: int | None = None) -> bytes:
+    """Read file object ``f`` to its end in blocks, refusing it once it passes ``cap`` bytes."""
+    if declared is not None and declared > cap:
+        raise _too_large(source, declared, cap)
+    buf = bytearray()
+    while True:
+        block = f.read(min(_BLOCK, cap + 1 - len(buf)))
+        if not block:
+            return bytes(buf)
+        buf += block
+        if len(buf) > cap:
+            raise _too_large(source, f"more than {cap}", cap)
 
 
 def zip_source(archive: str | os.PathLike, member: str) -> str:
@@ -107,8 +157,10 @@ def _tar_entry(tar_path: str, member: str) -> tuple[int, int, int]:
     return fd, offset, size
 
 
-def _read_tar_member(source: str) -> bytes:
+def _read_tar_member(source: str, cap: int) -> bytes:
     fd, offset, size = _tar_entry(*parse_tar_source(source))
+    if size > cap:
+        raise _too_large(source, size, cap)
     if hasattr(os, "pread"):
         data = os.pread(fd, size, offset)
     else:  # pragma: no cover - Windows has no pread
@@ -120,26 +172,52 @@ def _read_tar_member(source: str) -> bytes:
     return data
 
 
-def read_bytes(source: ImageSource) -> bytes:
-    """The encoded bytes of ``source`` (not for PIL images)."""
+def read_photo_bytes(source: ImageSource, max_bytes: int | None = None) -> bytes:
+    """The encoded bytes of ``source`` (not for PIL images), never more than ``max_bytes``.
+
+    Args:
+        source: a path, ``zip://``/``tar://`` member or bytes (see the module docstring).
+        max_bytes: the cap (default :func:`max_photo_bytes`).
+
+    Raises:
+        PhotoTooLarge: the photo is over the cap (nothing past it was read).
+        ImageReadError: unreadable, missing, or a path that is not a regular file (FIFO, device,
+            directory: refused before it is opened, so a FIFO cannot hang the reader).
+    """
+    cap = max_photo_bytes() if max_bytes is None else int(max_bytes)
     if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) > cap:
+            raise _too_large(source, len(source), cap)
         return bytes(source)
     s = os.fspath(source)
     try:
         if s.startswith(ZIP_PREFIX):
             archive, member = parse_zip_source(s)
-            return _zip_handle(archive).read(member)
+            zf = _zip_handle(archive)
+            with zf.open(member) as f:  # inflated block by block: a zip bomb stops at the cap
+                return _read_bounded(f, source, cap, zf.getinfo(member).file_size)
         if s.startswith(TAR_PREFIX):
             tar_path, member = parse_tar_source(s)
             if "://" in tar_path:  # tar://s3://bucket/x.tar::MEMBER: a remote shard, read via fsspec
                 from geosolver.data.remote import read_tar_member
 
-                return read_tar_member(tar_path, member)
-            return _read_tar_member(s)
+                data = read_tar_member(tar_path, member)
+                if len(data) > cap:
+                    raise _too_large(source, len(data), cap)
+                return data
+            return _read_tar_member(s, cap)
+        st = os.stat(s)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or special file"
+            raise ImageReadError(f"cannot read {s}: it is {kind}, not a photo file")
         with open(s, "rb") as f:
-            return f.read()
-    except (OSError, KeyError, zipfile.BadZipFile, tarfile.TarError) as e:
+            return _read_bounded(f, source, cap, st.st_size)
+    except (OSError, KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
         raise ImageReadError(f"cannot read {describe_source(source)}: {e}") from None
+
+
+#: the historical name of :func:`read_photo_bytes`.
+read_bytes = read_photo_bytes
 
 
 def describe_source(source: ImageSource) -> str:
@@ -164,7 +242,7 @@ def open_image(source: ImageSource, min_side: int | None = None) -> Image.Image:
     if isinstance(source, Image.Image):
         img = source
     else:
-        data = read_bytes(source)
+        data = read_photo_bytes(source)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -211,7 +289,7 @@ def exif_gps(source: ImageSource) -> tuple[float, float] | None:
     img = source if isinstance(source, Image.Image) else None
     if img is None:
         try:
-            img = Image.open(io.BytesIO(read_bytes(source)))
+            img = Image.open(io.BytesIO(read_photo_bytes(source)))
         except (UnidentifiedImageError, OSError) as e:
             raise ImageReadError(f"cannot decode {describe_source(source)}: {e}") from None
     try:

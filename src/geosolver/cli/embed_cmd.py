@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from geosolver.cli.args import non_negative_int, positive_int
+from geosolver.cli.args import add_max_photo_option, non_negative_int, positive_int
 from geosolver.data import add_dataset_arguments
 from geosolver.encoders import DEFAULT_ENCODER, MODEL_HELP, PRECISIONS, TTA_MODES
 
@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--shard-size", type=positive_int, default=None, help="input rows per shard (default 10000)")
     p.add_argument("--tta", choices=TTA_MODES, default=None, help="average embeddings over flips (2) or rotations+flips (8)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_photo_option(p)
     s = p.add_argument_group("scale-out (see geosolver.embed)")
     s.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local (default; torchrun ranks are detected from RANK/WORLD_SIZE) or ray: a pool of embedding actors")

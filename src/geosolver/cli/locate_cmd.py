@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from geosolver.cli.args import non_negative_float, non_negative_int, positive_float, positive_int
+from geosolver.cli.args import add_max_photo_option, non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--show", type=non_negative_int, default=5, help="neighbours to print per photo")
     p.add_argument("--json", action="store_true", help="print one JSON object per photo")
+    add_max_photo_option(p)
     z = p.add_argument_group("zero-shot and text prior (a CLIP with a text tower, e.g. streetclip)")
     z.add_argument("--zero-shot", choices=LEVELS, default=None, metavar="LEVEL",
                    help=f"locate without a gallery: one of {', '.join(LEVELS)}; the guess is the best place's representative "
@@ -98,16 +99,20 @@ def run(args: argparse.Namespace) -> int:
     if args.zero_shot is not None:
         return _run_zero_shot(args)
     from geosolver.locate import Geolocator
+    from geosolver.store import read_manifest
 
+    read_manifest(args.gallery)  # a missing or broken gallery is named before any photo is decoded
+    images, names, failed = _open_images(args.photos)  # the photos before the model and the index are built
+    if not images:
+        return 2
     geo = Geolocator.from_store(args.gallery, encoder=args.model, index_kind=args.index)
     prior = None
     if args.prior == "text":
         prior = geo.text_prior(by=args.prior_by or PRIOR_BY[0], weight=args.prior_weight, temperature=args.text_temperature,
                                template=args.prompt)
-    images, names, failed = _open_images(args.photos)
     preds = geo.locate(
         images, k=args.k, strategy=args.strategy, tta=args.tta, temperature=args.temperature, radius_km=args.radius_km, prior=prior
-    ) if images else []
+    )
     _emit(args, names, preds, _knn_lines)
     return 2 if failed else 0
 
@@ -120,13 +125,15 @@ def _run_zero_shot(args: argparse.Namespace) -> int:
         from geosolver.errors import UserError
 
         raise UserError("--prior text fuses the text model with a gallery's kNN vote; with --zero-shot the text model alone decides")
+    images, names, failed = _open_images(args.photos)  # the photos before the model is loaded
+    if not images:
+        return 2
     encoder = load_encoder(args.model or DEFAULT_ENCODER)
     zs = ZeroShot(
         encoder, level=args.zero_shot, template=args.prompt, temperature=args.text_temperature,
         hierarchical=args.hierarchical, top_countries=args.top_countries, min_population=args.min_population,
     )
-    images, names, failed = _open_images(args.photos)
-    preds = zs.predict(encoder.embed_images(images, tta=args.tta), top=max(args.show, 1)) if images else []
+    preds = zs.predict(encoder.embed_images(images, tta=args.tta), top=max(args.show, 1))
     _emit(args, names, preds, _zero_shot_lines)
     return 2 if failed else 0
 
