@@ -160,3 +160,86 @@ def test_a_job_that_fails_before_writing_leaves_no_directory_behind(tmp_path):
     with write_lock(tmp_path / "kept"):
         pass
     assert (tmp_path / "kept").is_dir()  # a directory the user made is never removed
+
+
+def _rewrite_meta(store_dir, fn, shard="shard-00001"):
+    p = store_dir / f"{shard}.parquet"
+    fn(pd.read_parquet(p)).to_parquet(p, index=False)
+
+
+META_DAMAGE = {  # what a hand-edited or foreign shard parquet can hold -> a fragment of the one line
+    "lat stored as text": (lambda m: m.assign(lat=m["lat"].astype(str)), "values, not numbers (degrees)"),
+    "no lat column": (lambda m: m.drop(columns=["lat"]), "lacks column(s) ['lat']"),
+    "fewer rows than the shard": (lambda m: m.iloc[:2], "has 2 rows, manifest says 5"),
+    "lat 200": (lambda m: m.assign(lat=[200.0] + list(m["lat"][1:])), "1 invalid value(s)"),
+    "NaN coordinates": (lambda m: m.assign(lon=[np.nan] + list(m["lon"][1:])), "1 invalid value(s)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(META_DAMAGE))
+def test_damaged_shard_metadata_is_one_line_on_open_and_on_verify(kind, tmp_path, capsys):
+    _store(tmp_path / "s")
+    fn, fragment = META_DAMAGE[kind]
+    _rewrite_meta(tmp_path / "s", fn)
+    for argv in (["info", str(tmp_path / "s")], ["info", str(tmp_path / "s"), "--verify"],
+                 ["evaluate", "--queries", str(tmp_path / "s"), "--gallery", str(tmp_path / "s"), "--out", str(tmp_path / "r")]):
+        rc = cli_main(argv)
+        out = capsys.readouterr()
+        assert rc == 2 and "Traceback" not in out.out + out.err, argv
+        text = out.err if argv[-1] != "--verify" else out.out
+        assert "shard-00001.parquet" in text and fragment in text, (argv, text)
+    with pytest.raises(StoreError, match="shard-00001.parquet"):
+        EmbeddingStore(tmp_path / "s").coords()
+
+
+def test_a_garbage_parquet_is_one_line_when_the_metadata_is_read(tmp_path, capsys):
+    _store(tmp_path / "s")
+    (tmp_path / "s" / "shard-00002.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1")
+    assert cli_main(["info", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "shard-00002.parquet cannot be read" in err and len(err.strip().splitlines()) == 1
+
+
+MANIFEST_DAMAGE = {
+    "no encoder": (lambda m: m.pop("encoder"), "no encoder identity"),
+    "dim is text": (lambda m: m.update(dim="abc"), "dim 'abc' is not a positive integer"),
+    "negative rows": (lambda m: m.update(rows=-5), "rows -5 is not a non-negative integer"),
+    "rows disagree with the shards": (lambda m: m.update(rows=13), "rows 13 but its shards list 12 rows"),
+    "negative shard rows": (lambda m: m["shards"][0].update(rows=-1), "cannot be negative"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MANIFEST_DAMAGE))
+def test_a_damaged_manifest_is_one_line_on_open(kind, tmp_path, capsys):
+    _store(tmp_path / "s")
+    mp = tmp_path / "s" / "manifest.json"
+    m = json.loads(mp.read_text())
+    fn, fragment = MANIFEST_DAMAGE[kind]
+    fn(m)
+    mp.write_text(json.dumps(m))
+    assert cli_main(["info", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_verify_finds_duplicate_ids(tmp_path, capsys):
+    _store(tmp_path / "s")
+    _rewrite_meta(tmp_path / "s", lambda m: m.assign(id=["i0"] + list(m["id"][1:])))  # i0 is shard 0's first id too
+    assert cli_main(["info", str(tmp_path / "s"), "--verify"]) == 2
+    assert "1 duplicate id(s) (first 'i0')" in capsys.readouterr().out
+
+
+def test_verify_finds_a_swapped_faiss_file(tmp_path, capsys):
+    from geosolver.index import build_index
+
+    st = _store(tmp_path / "s")
+    build_index(st, kind="flat").save()
+    assert cli_main(["info", str(tmp_path / "s"), "--verify"]) == 0
+    capsys.readouterr()
+    other = _store(tmp_path / "t", n=12)  # same rows and dim: only the checksum tells the files apart
+    rng = np.random.default_rng(1)
+    write_store(tmp_path / "u", rng.standard_normal((12, 8)).astype(np.float32), other.metadata, ENC)
+    build_index(EmbeddingStore(tmp_path / "u"), kind="flat").save()
+    (tmp_path / "s" / "index-flat.faiss").write_bytes((tmp_path / "u" / "index-flat.faiss").read_bytes())
+    assert cli_main(["info", str(tmp_path / "s"), "--verify"]) == 2
+    assert "index-flat.faiss checksum mismatch" in capsys.readouterr().out

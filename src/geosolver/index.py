@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from geosolver.errors import IndexBuildError, StaleIndexError
-from geosolver.files import atomic_write_json
+from geosolver.files import atomic_write_json, sha256_file
 from geosolver.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -432,6 +432,7 @@ class KnnIndex:
                 "settings": settings,
                 "rows": len(self),
                 "dim": self.dim,
+                "sha256": sha256_file(fpath),  # `geosolver info --verify` checks the .faiss file against it
                 "faiss_version": getattr(f, "__version__", "?"),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "store": str(self.store.path) if self.store is not None else None,

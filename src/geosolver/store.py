@@ -59,6 +59,9 @@ def check_metadata(meta: pd.DataFrame, where: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
     if missing:
         raise StoreError(f"{where}: metadata lacks column(s) {missing}; has {list(meta.columns)}")
+    for c in ("lat", "lon"):
+        if not pd.api.types.is_numeric_dtype(meta[c]) or pd.api.types.is_bool_dtype(meta[c]):
+            raise StoreError(f"{where}: column {c!r} holds {meta[c].dtype} values, not numbers (degrees)")
     if len(meta):
         from geosolver.geo import CoordinateError, validate_coords
 
@@ -126,7 +129,10 @@ class ShardInfo:
     @classmethod
     def from_json(cls, d: dict) -> "ShardInfo":
         try:
-            return cls(name=d["name"], rows=int(d["rows"]), n_inputs=int(d.get("n_inputs", d["rows"])), sha256=str(d["sha256"]))
+            info = cls(name=d["name"], rows=int(d["rows"]), n_inputs=int(d.get("n_inputs", d["rows"])), sha256=str(d["sha256"]))
+            if info.rows < 0 or info.n_inputs < 0:
+                raise ValueError(f"rows {info.rows}, n_inputs {info.n_inputs}: a count cannot be negative")
+            return info
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"manifest entry for shard {d.get('name')!r} is damaged ({type(e).__name__}: {e}); "
                              "the manifest lists name, rows, n_inputs and sha256 per shard") from None
@@ -443,11 +449,38 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         fv = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise StoreError(f"{path}: unsupported store format {fv}")
-    for s in manifest.get("shards", []):
+    shards = manifest.get("shards", [])
+    if not isinstance(shards, list):
+        raise StoreError(f"{mpath}: 'shards' is {type(shards).__name__}, not a list; the manifest is damaged")
+    for s in shards:
         if not isinstance(s, dict) or chunk_of(s.get("name", "")) is None:
             name = s.get("name") if isinstance(s, dict) else s
             raise StoreError(f"{mpath}: shard entry {name!r} is not a shard name of this store (shard-NNNNN); the manifest is damaged")
+    _check_manifest_fields(manifest, mpath)
     return manifest
+
+
+def _count(v: Any) -> int | None:
+    """``v`` as a non-negative int (JSON integers only), else ``None``."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _check_manifest_fields(manifest: dict, mpath: Path) -> None:
+    """The cheap checks every open makes: an encoder identity, a positive integer dim, row counts
+    that are non-negative integers and agree with the shard list."""
+    damaged = "the manifest is damaged; re-embed the store (or restore manifest.json)"
+    enc = manifest.get("encoder")
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str):
+        raise StoreError(f"{mpath}: no encoder identity (an 'encoder' object with a 'name'); {damaged}")
+    dim = manifest.get("dim")
+    if not _count(dim):
+        raise StoreError(f"{mpath}: dim {dim!r} is not a positive integer; {damaged}")
+    rows = manifest.get("rows")
+    if _count(rows) is None:
+        raise StoreError(f"{mpath}: rows {rows!r} is not a non-negative integer; {damaged}")
+    listed = sum(ShardInfo.from_json(s).rows for s in manifest.get("shards", []))
+    if listed != rows:
+        raise StoreError(f"{mpath}: rows {rows} but its shards list {listed} rows; {damaged}")
 
 
 class EmbeddingStore:
@@ -489,7 +522,7 @@ class EmbeddingStore:
     def metadata(self) -> pd.DataFrame:
         """All rows' metadata in store order (cached). Columns: id, lat, lon, ..."""
         if self._meta is None:
-            parts = [pd.read_parquet(self.path / f"{s.name}.parquet") for s in self.shards]
+            parts = [self.shard_metadata(i) for i in range(len(self.shards))]
             parts = [p for p in parts if len(p)] or parts[:1]
             self._meta = (
                 pd.concat(parts, ignore_index=True)
@@ -497,6 +530,28 @@ class EmbeddingStore:
                 else pd.DataFrame({"id": pd.Series(dtype=str), "lat": pd.Series(dtype=float), "lon": pd.Series(dtype=float)})
             )
         return self._meta
+
+    def shard_metadata(self, i: int) -> pd.DataFrame:
+        """Shard ``i``'s metadata, checked: readable, the manifest's row count, numeric in-range
+        ``lat``/``lon`` and an ``id`` column.
+
+        Raises:
+            StoreError: the parquet is missing or unreadable, or its rows or columns are damaged;
+                the message names the file and points to ``--verify``.
+        """
+        pq = self.path / f"{self.shards[i].name}.parquet"
+        hint = f"run `geosolver info {self.path} --verify`, then re-embed the store"
+        try:
+            meta = pd.read_parquet(pq)
+        except FileNotFoundError:
+            raise StoreError(f"{pq} missing (the shard's metadata: id, lat, lon); {hint}") from None
+        except Exception as e:  # noqa: BLE001 — pyarrow raises many types for a damaged file
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise StoreError(f"{pq} cannot be read ({type(e).__name__}: {first}); {hint}") from None
+        if len(meta) != self.shards[i].rows:
+            raise StoreError(f"{pq} has {len(meta)} rows, manifest says {self.shards[i].rows}; {hint}")
+        check_metadata(meta, str(pq))
+        return meta
 
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
         """``(lat, lon)`` float64 arrays in degrees, in store order."""
@@ -552,7 +607,7 @@ class EmbeddingStore:
     def iter_shards(self) -> Iterator[tuple[int, np.ndarray, pd.DataFrame]]:
         """Yield ``(row_offset, embeddings_memmap, metadata)`` shard by shard."""
         for i, s in enumerate(self.shards):
-            yield int(self.offsets[i]), self.shard_embeddings(i), pd.read_parquet(self.path / f"{s.name}.parquet")
+            yield int(self.offsets[i]), self.shard_embeddings(i), self.shard_metadata(i)
 
     def iter_batches(self, batch_size: int = 65536, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(row_offset, embeddings)`` in row order, never more than one batch in RAM."""
@@ -592,12 +647,15 @@ class EmbeddingStore:
         return w.finalize()
 
     def verify(self) -> list[str]:
-        """Check every shard's checksum, shape, values and metadata; one line per problem (empty: fine).
+        """Check every shard's checksum, shape, values and metadata, ids across the store and every
+        saved index beside it; one line per problem (empty: fine).
 
         Never raises on the damage it exists to report (truncated or empty ``.npy``, corrupt or
-        missing parquet, checksum mismatch, NaN/inf values).
+        missing parquet, checksum mismatch, NaN/inf values, coordinates that are NaN, text or out
+        of range, duplicate ids, a ``.faiss`` file that is not the one its ``.json`` records).
         """
         problems = []
+        ids = []
         for i, s in enumerate(self.shards):
             f = self.path / f"{s.name}.npy"
             if not f.exists():
@@ -610,17 +668,36 @@ class EmbeddingStore:
                     self.shard_embeddings(i)
                 except StoreError as e:
                     problems.append(str(e).split("; run `geosolver info")[0])
-            pq = self.path / f"{s.name}.parquet"
             try:
-                n = len(pd.read_parquet(pq))
-            except FileNotFoundError:
-                problems.append(f"{pq} missing (the shard's metadata: id, lat, lon)")
-                continue
-            except Exception as e:  # noqa: BLE001 — any reader error is damage to report
-                problems.append(f"{pq} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-                continue
-            if n != s.rows:
-                problems.append(f"{pq} has {n} rows, manifest says {s.rows}")
+                ids.append(self.shard_metadata(i)["id"].astype(str))
+            except StoreError as e:
+                problems.append(str(e).split("; run `geosolver info")[0])
+        if ids:
+            all_ids = pd.concat(ids, ignore_index=True)
+            dup = all_ids[all_ids.duplicated()]
+            if len(dup):
+                problems.append(f"{self.path}: {len(dup)} duplicate id(s) (first {dup.iloc[0]!r}); an id names one photo")
+        return problems + self._verify_indexes()
+
+    def _verify_indexes(self) -> list[str]:
+        """One line per saved ``index-*.faiss`` beside the store that is unreadable, stale, or not
+        the file its ``.json`` records (sha256, vector count, dim)."""
+        from geosolver.errors import IndexBuildError
+        from geosolver.index import load_index
+
+        problems = []
+        for f in sorted(self.path.glob("index-*.faiss")):
+            try:
+                record = json.loads(f.with_suffix(".json").read_text())
+                digest = record.get("sha256") if isinstance(record, dict) else None
+                if digest is not None and sha256_file(f) != digest:
+                    problems.append(f"{f} checksum mismatch with {f.with_suffix('.json').name} (the file was replaced or damaged)")
+                    continue
+                load_index(f, store=self)
+            except (OSError, ValueError) as e:
+                problems.append(f"{f}: its record {f.with_suffix('.json').name} cannot be read ({type(e).__name__}: {e})")
+            except (IndexBuildError, StoreError) as e:
+                problems.append(str(e))
         return problems
 
     def describe(self) -> str:
