@@ -10,6 +10,7 @@ what is wrong (exit code 2) instead of a traceback; the modules that raise them 
     ├── UserError            a command-line option or combination that makes no sense
     │   └── OutputDirError   an --out folder that holds something this command did not write
     ├── CoordinateError      (also a ValueError) a lat/lon missing, non-finite or out of range
+    ├── InvalidValueError    (also a ValueError) a size, count, weight or name a function cannot use
     ├── ImageReadError       an image could not be read or decoded
     │   └── PhotoTooLarge    a photo over the per-photo byte cap (--max-photo-mb)
     ├── DatasetError         a dataset cannot be read at all
@@ -51,6 +52,12 @@ class OutputDirError(UserError):
 
 class CoordinateError(GeosolverError, ValueError):
     """A latitude/longitude value is missing, not finite or out of range."""
+
+
+class InvalidValueError(GeosolverError, ValueError):
+    """A value a library function cannot use (a cell size, an empty set of distances, an unknown
+    feature name, knots that do not increase); the message names it. Also a ``ValueError``, which
+    these functions raised before."""
 
 
 class ImageReadError(GeosolverError):

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from geosolver.errors import CoordinateError
+from geosolver.errors import CoordinateError, InvalidValueError
 
 EARTH_RADIUS_KM = 6371.0
 GEOSCORE_SCALE_KM = 1492.7
@@ -103,7 +103,7 @@ def accuracy_at(km, thresholds_km: Sequence[float] = ACCURACY_THRESHOLDS_KM) -> 
     """Share of distances (km) at or below each threshold, keyed ``"acc@<t>km"``."""
     d = np.asarray(km, dtype=np.float64).ravel()
     if d.size == 0:
-        raise ValueError("accuracy_at: no distances given")
+        raise InvalidValueError("accuracy_at: no distances given")
     return {f"acc@{t:g}km": float(np.mean(d <= t)) for t in thresholds_km}
 
 
@@ -115,7 +115,7 @@ def distance_metrics(km) -> dict[str, float]:
     """
     d = np.asarray(km, dtype=np.float64).ravel()
     if d.size == 0:
-        raise ValueError("distance_metrics: no distances given")
+        raise InvalidValueError("distance_metrics: no distances given")
     out = {
         "n": int(d.size),
         "geoscore": float(geoscore(d).mean()),
@@ -161,7 +161,7 @@ def spherical_mean(lat, lon, weights=None, axis: int = -1) -> tuple[np.ndarray, 
     lat_a = np.asarray(lat, dtype=np.float64)
     w = np.ones_like(lat_a) if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), lat_a.shape)
     if (w < 0).any() or not np.isfinite(w).all():
-        raise ValueError("spherical_mean: weights must be finite and non-negative")
+        raise InvalidValueError("spherical_mean: weights must be finite and non-negative")
     ax = axis % lat_a.ndim
     xyz = np.moveaxis(xyz, ax, -2)  # (..., n, 3)
     wm = np.moveaxis(w, ax, -1)[..., None]  # (..., n, 1)
@@ -192,7 +192,7 @@ def grid_cell(lat, lon, size_deg: float = 1.0) -> np.ndarray:
         int64 array ``row * n_cols + col``.
     """
     if not (0 < size_deg <= 180):
-        raise ValueError(f"grid_cell: size_deg must be in (0, 180], got {size_deg}")
+        raise InvalidValueError(f"grid_cell: size_deg must be in (0, 180], got {size_deg}")
     lat_a, lon_a = validate_coords(lat, lon, "grid_cell")
     n_rows = int(np.ceil(180.0 / size_deg))
     n_cols = int(np.ceil(360.0 / size_deg))

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from geosolver.errors import GeodataError
+from geosolver.errors import GeodataError, InvalidValueError
 from geosolver.files import atomic_write_npy
 from geosolver.geo import grid_cell_label, validate_coords
 
@@ -283,7 +283,7 @@ def _resolve(raster: np.ndarray | str) -> np.ndarray:
     if isinstance(raster, str):
         grids = {"land_cover": land_cover_grid, "climate": climate_grid}
         if raster not in grids:
-            raise ValueError(f"unknown raster {raster!r}; use one of {sorted(grids)} or pass an array")
+            raise InvalidValueError(f"unknown raster {raster!r}; use one of {sorted(grids)} or pass an array")
         return grids[raster]()
     return np.asarray(raster)
 
@@ -303,7 +303,7 @@ def window(raster: np.ndarray | str, lat, lon, half_px: int) -> np.ndarray:
         ``(2·half_px, 2·half_px[, C])`` for scalar input, else ``(n, 2·half_px, 2·half_px[, C])``.
     """
     if half_px < 1:
-        raise ValueError(f"window: half_px must be >= 1, got {half_px}")
+        raise InvalidValueError(f"window: half_px must be >= 1, got {half_px}")
     grid = _resolve(raster)
     scalar = np.ndim(lat) == 0
     r, c = pixel_index(np.atleast_1d(lat), np.atleast_1d(lon), grid.shape[:2])
@@ -366,7 +366,7 @@ def point_features(lat, lon, features: Sequence[str] = FEATURES, cell_size: floa
     """
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
-        raise ValueError(f"unknown feature(s) {unknown}; choose from {list(FEATURES)}")
+        raise InvalidValueError(f"unknown feature(s) {unknown}; choose from {list(FEATURES)}")
     la, lo = validate_coords(np.atleast_1d(lat), np.atleast_1d(lon), "point_features")
     out: dict[str, np.ndarray] = {}
     for f in features:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from geosolver.errors import AnalysisError, InvalidValueError
+
 
 @dataclass(frozen=True)
 class MonotoneCurve:
@@ -33,9 +35,9 @@ class MonotoneCurve:
         k = np.asarray(self.knots_km, dtype=np.float64)
         v = np.asarray(self.values, dtype=np.float64)
         if k.ndim != 1 or k.shape != v.shape or k.size == 0:
-            raise ValueError(f"MonotoneCurve: knots {k.shape} and values {v.shape} must be equal non-empty 1-D")
+            raise InvalidValueError(f"MonotoneCurve: knots {k.shape} and values {v.shape} must be equal non-empty 1-D")
         if np.any(np.diff(k) <= 0):
-            raise ValueError("MonotoneCurve: knots_km must be strictly increasing")
+            raise InvalidValueError("MonotoneCurve: knots_km must be strictly increasing")
         object.__setattr__(self, "knots_km", k)
         object.__setattr__(self, "values", v)
 
@@ -79,7 +81,7 @@ def fit_monotone_curve(bin_centers_km, mean_sim, counts) -> MonotoneCurve:
     w = np.asarray(counts, dtype=np.float64)
     ok = (w > 0) & np.isfinite(y)
     if not ok.any():
-        raise ValueError("fit_monotone_curve: no non-empty bins")
+        raise AnalysisError("fit_monotone_curve: no non-empty bins")
     iso = IsotonicRegression(increasing=False).fit(x[ok], y[ok], sample_weight=w[ok])
     return MonotoneCurve(x[ok], iso.predict(x[ok]))
 

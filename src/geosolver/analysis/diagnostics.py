@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from geosolver.errors import AnalysisError
 from geosolver.store import l2_normalize
 
 
@@ -31,7 +32,7 @@ def diagnostics(emb: np.ndarray, block: int = 2048, uniformity_value: float | No
     x = l2_normalize(emb)
     n, d = x.shape
     if n < 2:
-        raise ValueError(f"diagnostics need at least 2 embeddings, got {n}")
+        raise AnalysisError(f"diagnostics need at least 2 embeddings, got {n}")
     x64 = x.astype(np.float64)
     total = x64.sum(axis=0)
     # (‖Σx‖² − Σ‖x‖²) / (n(n−1)); Σ‖x‖² = n for unit rows, summed here to absorb float32 rounding

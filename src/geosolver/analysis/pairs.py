@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from geosolver.errors import AnalysisError
 from geosolver.geo import EARTH_RADIUS_KM, latlon_to_xyz, validate_coords
 
 NEAR_KM = 25.0
@@ -298,7 +299,7 @@ def _check(embs: Sequence[np.ndarray], lat, lon) -> tuple[list[np.ndarray], np.n
     for e in embs:
         e = np.ascontiguousarray(e, dtype=np.float32)
         if e.ndim != 2 or e.shape[0] != lat_a.shape[0]:
-            raise ValueError(f"embeddings shape {e.shape} does not match {lat_a.shape[0]} coordinates")
+            raise AnalysisError(f"embeddings shape {e.shape} does not match {lat_a.shape[0]} coordinates")
         out.append(e)
     return out, lat_a, lon_a
 
@@ -386,7 +387,7 @@ def pair_similarity(e: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 1 
 def random_pairs(n: int, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``m`` pairs of distinct rows drawn uniformly (with replacement) from ``n`` rows; ``i < j``."""
     if n < 2:
-        raise ValueError("need at least 2 rows to draw pairs")
+        raise AnalysisError("need at least 2 rows to draw pairs")
     i = rng.integers(0, n, m)
     j = rng.integers(0, n - 1, m)
     j = j + (j >= i)

@@ -34,7 +34,7 @@ def rounds_needed(sizes: np.ndarray, n: int) -> int:
     if n <= 0:
         return 0
     if n > sizes.sum():
-        raise ValueError(f"want {n} images but groups hold only {int(sizes.sum())}")
+        raise CurationError(f"want {n} images but groups hold only {int(sizes.sum())}")
     lo, hi = 1, int(sizes.max())
     while lo < hi:
         mid = (lo + hi) // 2

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
+from geosolver.errors import EncoderError
 from geosolver.images import to_rgb
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -93,16 +94,16 @@ class ResizeCropNormalize:
         squash = False
         if isinstance(size_cfg, Mapping):
             if size_cfg.get("longest_edge"):
-                raise ValueError(f"unsupported resize target with longest_edge {size_cfg}")
+                raise EncoderError(f"unsupported resize target with longest_edge {size_cfg}")
             if size_cfg.get("shortest_edge"):
                 size = int(size_cfg["shortest_edge"])
             elif size_cfg.get("height") and size_cfg.get("width"):
                 # Exact (aspect-ignoring) resize to height x width.
                 if int(size_cfg["height"]) != int(size_cfg["width"]):
-                    raise ValueError(f"unsupported non-square resize target {size_cfg}")
+                    raise EncoderError(f"unsupported non-square resize target {size_cfg}")
                 size, squash = int(size_cfg["height"]), True
             else:
-                raise ValueError(f"unsupported resize target {size_cfg}")
+                raise EncoderError(f"unsupported resize target {size_cfg}")
         else:
             size = int(size_cfg)
         if cfg.get("do_resize") is False:
@@ -114,7 +115,7 @@ class ResizeCropNormalize:
             crop_h = crop_w = int(crop)
         if cfg.get("do_center_crop") is False:
             if size is None:
-                raise ValueError("preprocessing without resize and without crop gives variable sizes")
+                raise EncoderError("preprocessing without resize and without crop gives variable sizes")
             crop_h = crop_w = size
         mean = tuple(float(v) for v in (cfg.get("image_mean") or OPENAI_CLIP_MEAN))
         std = tuple(float(v) for v in (cfg.get("image_std") or OPENAI_CLIP_STD))

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from geosolver.errors import TrainError
 from geosolver.geo import grid_cell
 
 
@@ -48,9 +49,9 @@ class CellGroupBatchSampler:
     ):
         n = len(lat)
         if batch_size < 2 or batch_size > n:
-            raise ValueError(f"batch_size must be in [2, {n}] (the number of training rows), got {batch_size}")
+            raise TrainError(f"batch_size must be in [2, {n}] (the number of training rows), got {batch_size}")
         if not 1 <= group_size <= batch_size:
-            raise ValueError(f"group_size must be in [1, batch_size={batch_size}], got {group_size}")
+            raise TrainError(f"group_size must be in [1, batch_size={batch_size}], got {group_size}")
         self.n = n
         self.batch_size = int(batch_size)
         self.group_size = int(group_size)
