@@ -126,3 +126,48 @@ def test_no_new_plain_value_errors_in_the_library():
         if n:
             found[f.relative_to(src).as_posix()] = n
     assert found == PLAIN_RAISES_ALLOWED
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from geosolver.cli import build_parser
+
+    missing = []
+
+    def walk(parser, name):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub, sp in a.choices.items():
+                    walk(sp, f"{name} {sub}".strip())
+            elif not a.help and not isinstance(a, argparse._HelpAction):
+                missing.append(f"{name} {'/'.join(a.option_strings) or a.dest}")
+
+    walk(build_parser(), "")
+    assert missing == []
+
+
+def test_progress_bars_show_only_when_stderr_is_a_terminal(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from geosolver.encoders import load_encoder
+    from helpers_data import make_jpeg
+
+    enc = load_encoder("histogram")
+    photos = [str(make_jpeg(tmp_path / f"p{i}.jpg")) for i in range(3)]
+    enc.embed_images(photos, progress=True)  # the Python API, stderr captured: not a terminal
+    assert capsys.readouterr().err == ""
+
+    class Terminal:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def isatty(self):
+            return True
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    monkeypatch.setattr(sys, "stderr", Terminal(sys.stderr))
+    enc.embed_images(photos, progress=True)
+    assert "embed histogram" in capsys.readouterr().err  # the same call on a terminal shows its bar

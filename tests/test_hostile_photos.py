@@ -133,16 +133,19 @@ def test_locate_names_a_gallery_that_does_not_exist(tmp_path, capsys):
     assert "nope does not exist" in err and "not an embedding store" not in err
 
 
-def test_embed_records_an_oversized_photo_as_a_failure_and_goes_on(tmp_path, monkeypatch):
-    df = make_folder_dataset(tmp_path / "data", n=4, size=(16, 16))
+def test_embed_records_an_oversized_photo_as_a_failure_skips_a_fifo_and_goes_on(tmp_path, monkeypatch):
+    df = make_folder_dataset(tmp_path / "data", n=5, size=(16, 16))
     big = df["file"][2]
     with open(big, "ab") as f:
         f.write(b"\0" * MB)  # a valid image followed by 1 MB of padding
+    os.unlink(df["file"][4])
+    os.mkfifo(df["file"][4])  # would hang a plain open()
     monkeypatch.setenv(MAX_PHOTO_ENV, "64")
     rc = cli_main(["embed", "--root", str(tmp_path / "data"), "--model", "histogram", "--out", str(tmp_path / "s"),
                    "--no-progress", "--num-workers", "0", "--max-photo-mb", "0.5"])
     assert rc == 0
     st = EmbeddingStore(tmp_path / "s")
-    assert len(st) == 3 and sorted(st.metadata["id"]) == sorted(i for k, i in enumerate(df["id"]) if k != 2)
+    assert len(st) == 3 and sorted(st.metadata["id"]) == sorted(i for k, i in enumerate(df["id"]) if k not in (2, 4))
     f = st.failures
     assert list(f["id"]) == [df["id"][2]] and "PhotoTooLarge" in f["reason"][0]
+    assert list(st.skipped["id"]) == [df["id"][4]]  # the folder reader keeps regular files only

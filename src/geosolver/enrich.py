@@ -66,7 +66,7 @@ def enrich_store(
     feats = parse_features(features)
     if not (0 < cell_size <= 180):
         raise EnrichError(f"cell size must be in (0, 180] degrees, got {cell_size}")
-    from tqdm.auto import tqdm
+    from geosolver.progress import tqdm
 
     added: list[str] = []
     bar = tqdm(total=len(EmbeddingStore(path).shards), desc="enrich", unit="shard", disable=not progress)

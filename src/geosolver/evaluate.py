@@ -269,7 +269,7 @@ def _text_model(
     out: dict[str, Any] = {"describe": None}
     if not with_prior and zero_shot is None:
         return out
-    from tqdm.auto import tqdm
+    from geosolver.progress import tqdm
 
     from geosolver.prior import neighbour_groups, neighbour_probs
     from geosolver.zeroshot import ZeroShot
@@ -525,7 +525,7 @@ def neighbour_table(
     Raises:
         EvaluateError: different encoders / dims, empty query store.
     """
-    from tqdm.auto import tqdm
+    from geosolver.progress import tqdm
 
     qs, gs = _open(queries), _open(gallery)
     ok, why = encoder_compatible(qs.encoder, gs.encoder)

@@ -220,7 +220,7 @@ def _fetch(listing: Listing, files: Sequence[RemoteFile], *, local_dir: Path | N
            workers: int, progress: bool, desc: str, on_done=None, total: int | None = None) -> list[str]:
     """``hf_hub_download`` every file (pinned to the listing's commit) with one bytes bar; returns the paths."""
     from huggingface_hub import hf_hub_download
-    from tqdm.auto import tqdm
+    from geosolver.progress import tqdm
 
     total = sum(f.size for f in files) if total is None else total  # bytes expected to move
     lock = threading.Lock()

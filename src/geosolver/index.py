@@ -533,7 +533,7 @@ def build_index(
     Raises:
         IndexBuildError: unknown kind, empty store, bad nlist / pq_m.
     """
-    from tqdm.auto import tqdm
+    from geosolver.progress import tqdm
 
     f = _faiss()
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)

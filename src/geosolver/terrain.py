@@ -416,7 +416,7 @@ def build_world(
     Returns:
         The ``world.json`` content as a dict.
     """
-    from tqdm.auto import tqdm
+    from geosolver.progress import tqdm
 
     if split not in SPLITS:
         raise TerrainError(f"unknown split {split!r}; choose one of {list(SPLITS)}")

@@ -563,7 +563,7 @@ def text_embeddings(encoder, labels: LabelSet, template: str | None = None) -> n
     out = np.zeros((len(prompts), dim), np.float32)
     bar = None
     if len(prompts) > TEXT_BATCH:
-        from tqdm.auto import tqdm
+        from geosolver.progress import tqdm
 
         bar = tqdm(total=len(prompts), desc=f"text embeddings ({labels.level})", unit="prompt")
     try:

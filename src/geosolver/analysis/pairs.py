@@ -332,7 +332,7 @@ def all_pairs_stats(
     sub_edges = stats[0].sub_edges if stats else _sub_edges(edges)
     n = lat_a.shape[0]
     xyz = latlon_to_xyz(lat_a, lon_a)  # (n, 3) float64
-    from tqdm import tqdm
+    from geosolver.progress import tqdm
 
     starts = list(range(0, max(n - 1, 0), block))
     for a in tqdm(starts, desc="pairs", unit="block", disable=not progress):
@@ -366,7 +366,7 @@ def sampled_pairs_stats(
     edges = default_distance_edges() if dist_edges is None else np.asarray(dist_edges, np.float64)
     stats = [PairStats(edges, sim_bins) for _ in embs]
     xyz = latlon_to_xyz(lat_a, lon_a)
-    from tqdm import tqdm
+    from geosolver.progress import tqdm
 
     for a in tqdm(range(0, i.size, block), desc="pairs", unit="block", disable=not progress):
         ii, jj = i[a : a + block], j[a : a + block]

@@ -18,10 +18,13 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo", help="output directory (default: demo)")
     p.add_argument("--gallery", type=positive_int, default=4000, help="gallery tiles (default 4000)")
     p.add_argument("--queries", type=positive_int, default=400, help="query tiles (default 400)")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated encoders")
-    p.add_argument("--split", choices=SPLITS, default="random")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated encoders to compare (default {','.join(DEFAULT_MODELS)}; both run offline)")
+    p.add_argument("--split", choices=SPLITS, default="random",
+                   help="random: queries drawn like the gallery (default); held-out-cells: queries only from grid cells "
+                        "absent from the gallery")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the world and the analysis (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     add_overwrite_option(p)
     p.set_defaults(func=run)
 

@@ -68,8 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", choices=KINDS, default=KINDS[0], help=f"gallery index kind (default {KINDS[0]})")
     p.add_argument("--nprobe", type=positive_int, default=None, help="IVF cells visited per query")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap repetitions for the 95%% interval")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap resamples and the random baseline (default 0)")
+    p.add_argument("--no-plots", action="store_true", help="skip errors_map.png and errors_hist.png")
     p.add_argument("--out", required=True, help="output directory")
     add_overwrite_option(p)
     from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS
@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
     c = sub.add_parser("compare", help="several evaluation runs in one table")
-    c.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluate --out folders to compare")
     c.add_argument("--all", action="store_true", help="every (strategy, k) row, not only each run's best")
     c.add_argument("--out", default=None, help="also write the markdown table to this file")
     c.set_defaults(func=run_compare)

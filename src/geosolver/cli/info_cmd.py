@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="print what an embedding store holds")
-    p.add_argument("store")
+    p.add_argument("store", help="embedding store directory")
     p.add_argument("--verify", action="store_true", help="check every shard (checksum, shape, finite values, metadata); exit 2 if damaged")
     p.set_defaults(func=run)
 

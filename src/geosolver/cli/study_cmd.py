@@ -42,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--train-batch-size", type=positive_int, default=64, help="images per training step")
     p.add_argument("--num-workers", type=non_negative_int, default=None, help="image decoding workers (default: by device)")
     p.add_argument("--analysis-sample", type=positive_int, default=3000, help="images in the similarity-vs-distance analysis")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

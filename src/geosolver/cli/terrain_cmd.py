@@ -29,7 +29,7 @@ def register(sub) -> None:
     b.add_argument("--gallery-from", choices=GALLERY_SOURCES, default="geonames",
                    help="geonames: gallery points near GeoNames places (default); mp16: real MP-16 photo coordinates "
                    "from the GeoCLIP wheel (fetched once with pip into the cache dir)")
-    b.add_argument("--seed", type=non_negative_int, default=0)
+    b.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the tile positions (default 0)")
     b.add_argument("--tile-size", type=positive_int, default=64, help="tile side in pixels (default 64)")
     b.add_argument("--window", type=positive_int, default=32, help="tile coverage in 0.05-degree source pixels (default 32 = 1.6 deg)")
     b.add_argument("--cell-size", type=positive_float, default=2.0, help="grid cell side in degrees (labels, held-out split)")

@@ -241,7 +241,7 @@ def _order_clustered_groups(
     # rows of every group, grouped contiguously (one argsort, no loop over rows)
     order = np.argsort(codes, kind="stable")
     starts = np.r_[0, np.cumsum(sizes)]
-    from tqdm.auto import tqdm
+    from geosolver.progress import tqdm
 
     for g in tqdm(need, desc="clustering groups", unit="group", disable=need.size < 50, mininterval=2.0):
         rows_g = order[starts[g] : starts[g + 1]]

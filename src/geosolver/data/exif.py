@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from geosolver.data.common import IMAGE_EXTENSIONS, DatasetError, finish_table, skipped_frame, walk_images
 from geosolver.images import exif_gps
+from geosolver.progress import tqdm
 
 log = logging.getLogger("geosolver.data.exif")
 

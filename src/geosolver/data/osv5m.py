@@ -20,7 +20,6 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from geosolver.data.common import (
     IMAGE_EXTENSIONS,
@@ -34,6 +33,7 @@ from geosolver.data.common import (
     walk_images,
 )
 from geosolver.images import zip_source
+from geosolver.progress import tqdm
 
 log = logging.getLogger("geosolver.data.osv5m")
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from geosolver.data.common import (
     LAT_NAMES,
@@ -32,6 +31,7 @@ from geosolver.data.common import (
     parse_coords,
 )
 from geosolver.images import tar_source
+from geosolver.progress import tqdm
 
 log = logging.getLogger("geosolver.data.webdataset")
 

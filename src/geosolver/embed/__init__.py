@@ -231,7 +231,7 @@ def merge(out: str | os.PathLike) -> EmbeddingStore:
 
 
 def _bar(total: int, initial: int, progress: bool, desc: str, position: int | None = None):
-    from tqdm.auto import tqdm
+    from geosolver.progress import tqdm
 
     return tqdm(total=total, initial=initial, unit="img", disable=not progress, dynamic_ncols=True, desc=desc, position=position)
 

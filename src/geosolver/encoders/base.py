@@ -233,7 +233,7 @@ class Encoder:
         out = np.zeros((len(images), self.dim), np.float32)
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from geosolver.progress import tqdm
 
             bar = tqdm(total=len(images), desc=f"embed {os.path.basename(str(self.name))}", unit="img")
         try:

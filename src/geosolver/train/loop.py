@@ -576,7 +576,7 @@ class Trainer:
     def fit(self, batches) -> None:
         """Validate at step 0, take ``cfg.steps`` steps (validating every ``eval_every``), validate
         at the end; stops early when the space collapses."""
-        from tqdm.auto import tqdm
+        from geosolver.progress import tqdm
 
         cfg = self.cfg
         self.evaluate()

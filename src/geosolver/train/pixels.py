@@ -65,7 +65,7 @@ class Pixels:
 
     def build_cache(self, batch_size: int = 64) -> None:
         """Decode + preprocess every row once; rows that fail are marked in :attr:`ok`."""
-        from tqdm.auto import tqdm
+        from geosolver.progress import tqdm
 
         n = len(self.images)
         cache = None
@@ -162,7 +162,7 @@ class TrunkCache:
     """
 
     def __init__(self, enc: Encoder, trunk, pixels: Pixels, rows: np.ndarray, flip_rows: np.ndarray | None, n_table: int, batch_size: int, progress: bool):
-        from tqdm.auto import tqdm
+        from geosolver.progress import tqdm
 
         self.pos = np.full(n_table, -1, np.int64)
         self.pos[rows] = np.arange(len(rows))
