@@ -140,3 +140,13 @@ def test_resuming_a_store_removes_only_what_a_store_writer_made(tmp_path):
     StoreWriter(st.path, ENC)  # resume: the cleanup of killed writers runs
     assert not (st.path / "shard-00001.parquet.tmp4242").exists() and not (st.path / "shard-00007.npy").exists()
     assert {n: (st.path / n).read_bytes() for n in user} == user
+
+
+def test_compare_out_does_not_replace_an_existing_file(tmp_path, capsys):
+    argv = _argv("evaluate", tmp_path, str(tmp_path / "run"))
+    assert cli_main(argv) == 0
+    (tmp_path / "table.md").write_bytes(b"my table")
+    assert cli_main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "table.md")]) == 2
+    assert "already exists" in capsys.readouterr().err and (tmp_path / "table.md").read_bytes() == b"my table"
+    assert cli_main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "table.md"), "--overwrite"]) == 0
+    assert (tmp_path / "table.md").read_text().startswith("|")

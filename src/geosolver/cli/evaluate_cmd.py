@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -91,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="several evaluation runs in one table")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluate --out folders to compare")
     c.add_argument("--all", action="store_true", help="every (strategy, k) row, not only each run's best")
-    c.add_argument("--out", default=None, help="also write the markdown table to this file")
+    c.add_argument("--out", default=None, help="also write the markdown table to this file (a new file, unless --overwrite)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     c.set_defaults(func=run_compare)
 
 
@@ -133,9 +135,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from geosolver.errors import OutputDirError
     from geosolver.evaluate import compare_runs
     from geosolver.files import atomic_write_text
 
+    if args.out and os.path.lexists(args.out) and not args.overwrite:
+        raise OutputDirError(f"--out {args.out} already exists; pick a new file name, or pass --overwrite to replace it")
     _, md = compare_runs(args.runs, all_rows=args.all)
     print(md)
     if args.out:
