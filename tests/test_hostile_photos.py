@@ -149,3 +149,14 @@ def test_embed_records_an_oversized_photo_as_a_failure_skips_a_fifo_and_goes_on(
     f = st.failures
     assert list(f["id"]) == [df["id"][2]] and "PhotoTooLarge" in f["reason"][0]
     assert list(st.skipped["id"]) == [df["id"][4]]  # the folder reader keeps regular files only
+
+
+def test_an_encrypted_zip_member_is_one_readable_error(tmp_path):
+    with zipfile.ZipFile(tmp_path / "enc.zip", "w") as zf:
+        zf.writestr("a.jpg", encode_image((8, 8), (1, 2, 3)))
+    raw = bytearray((tmp_path / "enc.zip").read_bytes())
+    raw[raw.find(b"PK\x03\x04") + 6] |= 1  # the "encrypted" flag, local header and central directory
+    raw[raw.find(b"PK\x01\x02") + 8] |= 1
+    (tmp_path / "enc.zip").write_bytes(bytes(raw))
+    with pytest.raises(ImageReadError, match="encrypted"):
+        read_photo_bytes(zip_source(tmp_path / "enc.zip", "a.jpg"))

@@ -212,7 +212,8 @@ def read_photo_bytes(source: ImageSource, max_bytes: int | None = None) -> bytes
             raise ImageReadError(f"cannot read {s}: it is {kind}, not a photo file")
         with open(s, "rb") as f:
             return _read_bounded(f, source, cap, st.st_size)
-    except (OSError, KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
+    except (OSError, KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error,
+            NotImplementedError, RuntimeError) as e:  # unsupported compression, encrypted member
         raise ImageReadError(f"cannot read {describe_source(source)}: {e}") from None
 
 
