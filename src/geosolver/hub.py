@@ -435,7 +435,8 @@ def _pull(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int], None
                 elif have and not r.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
                     raise HubError(f"{f.path}: asked for bytes {have}- and got status {r.status_code} with Content-Range "
                                    f"{r.headers.get('Content-Range')!r}; the partial file is kept")
-                total = r.headers.get("Content-Range", "").rpartition("/")[2] or (r.headers.get("Content-Length") if not have else "")
+                total = r.headers.get("Content-Range", "").rpartition("/")[2] or (
+                    "" if have else r.headers.get("Content-Length", ""))
                 if total.isdigit() and int(total) != f.size:
                     raise HubError(f"{f.path}: the hub serves {int(total):,} bytes for this file but its file list says "
                                    f"{f.size:,}; run the same command again (the repository may be changing)")
