@@ -328,3 +328,20 @@ def test_model_download_then_load_offline(client, tmp_path, capsys):
 def test_built_in_encoders_have_nothing_to_download(capsys):
     assert cli_main(["download", "model", "histogram"]) == 2
     assert "built in" in capsys.readouterr().err
+
+
+def test_a_hub_model_that_cannot_load_points_to_geosolver_download_and_only_text_towers_for_zero_shot(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from geosolver.encoders import load_encoder
+    from geosolver.errors import EncoderError
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EncoderError) as e:
+        load_encoder("streetclip", device="cpu")
+    msg = str(e.value)
+    assert "`geosolver download model geolocal/StreetCLIP --local-dir DIR`" in msg and "hf download" not in msg
+    # the offline encoders are offered for kNN only: they have no text tower for zero-shot / the text prior
+    assert "for kNN only" in msg and "no text tower, so no zero-shot" in msg
