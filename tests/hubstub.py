@@ -79,6 +79,8 @@ class HubStub:
     sent: dict[str, int] = field(default_factory=dict)
     #: where an endless body stops anyway (so a client without a bound still ends)
     endless_limit: int = 256 * 2**20
+    #: a Range answer starts this many bytes before the asked start (as block-aligned caches may)
+    range_slack: int = 0
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -311,6 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            start = max(0, start - self.hub.range_slack)
             data, status = data[start:end], 206
             headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{len(repo.files[fpath])}"
         if head:
