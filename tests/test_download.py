@@ -357,3 +357,37 @@ def test_a_hub_model_that_cannot_load_points_to_geosolver_download_and_only_text
     assert "`geosolver download model geolocal/StreetCLIP --local-dir DIR`" in msg and "hf download" not in msg
     # the offline encoders are offered for kNN only: they have no text tower for zero-shot / the text prior
     assert "for kNN only" in msg and "no text tower, so no zero-shot" in msg
+
+
+def test_a_stale_partial_of_an_older_content_goes_when_the_file_is_finished(client, tmp_path):
+    from geosolver.hub import _partial_path
+
+    root = tmp_path / "osv"
+    parts = root / ".cache/huggingface/download"
+    old = _partial_path(parts, "test.csv", "ab" * 32)  # a partial of another content of test.csv
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"stale")
+    assert cli_main(["download", "osv5m", "--root", str(root), "--no-progress", "--no-check", "--shards", "1"]) == 0
+    gets = [r for r in client.file_gets() if r[1].endswith("test.csv")]
+    assert [_range_start(r) for r in gets] == [0]  # never resumed from another content's bytes
+    assert not old.exists() and (root / "test.csv").read_bytes() == _files(client)["test.csv"]
+
+
+def test_a_model_killed_mid_file_resumes_in_the_hf_cache(client, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    repo = client.repos[("model", STREETCLIP_ID)]
+    name = "model.safetensors"
+    blobs = Path(constants.HF_HUB_CACHE) / "models--geolocal--StreetCLIP" / "blobs"
+    blobs.mkdir(parents=True)
+    kept = len(repo.files[name]) // 3
+    (blobs / f"{repo.etags[name]}.partial").write_bytes(repo.files[name][:kept])  # what a killed run left
+    assert cli_main(["download", "model", "streetclip", "--no-progress"]) == 0
+    assert "already in partial files (resumed)" in capsys.readouterr().out
+    gets = [r for r in client.file_gets() if r[1].endswith(name)]
+    assert [_range_start(r) for r in gets] == [kept]
+    from geosolver.hub import cached_model
+
+    snap = cached_model(STREETCLIP_ID)
+    assert snap is not None and (snap / name).read_bytes() == repo.files[name]
+    assert (snap / name).is_symlink() and not list(blobs.glob("*.partial"))

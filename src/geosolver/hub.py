@@ -381,7 +381,8 @@ def _file_matches(root: Path, f: RemoteFile, sha: str, record: bool) -> bool:
 
 
 def _partial_path(parts_dir: Path, name: str, etag: str) -> Path:
-    """Where a file's bytes collect until it is complete: one per content (the checksum is in the name)."""
+    """Where the bytes of file ``name`` collect until it is complete: one per content (the checksum is in
+    the name, so a changed file never resumes from the bytes of its old content)."""
     return parts_dir / f"{name}.{etag[:16] or 'nosum'}.partial"
 
 
@@ -432,9 +433,15 @@ def _pull(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int], None
                 if have and r.status_code == 200:  # the server ignored the Range: start over
                     on_bytes(-have)
                     have = 0
-                elif have and not r.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-                    raise HubError(f"{f.path}: asked for bytes {have}- and got status {r.status_code} with Content-Range "
-                                   f"{r.headers.get('Content-Range')!r}; the partial file is kept")
+                elif have:  # 206 from where it was asked, or from earlier (RFC 9110 allows it: block-aligned caches)
+                    m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
+                    if r.status_code != 206 or m is None or int(m.group(1)) > have:
+                        partial.unlink()
+                        raise HubError(f"{f.path}: asked for bytes {have}- and got status {r.status_code} with "
+                                       f"Content-Range {r.headers.get('Content-Range')!r}; the partial file was removed: "
+                                       f"run the same command again to fetch the file whole")
+                    on_bytes(int(m.group(1)) - have)
+                    have = int(m.group(1))
                 total = r.headers.get("Content-Range", "").rpartition("/")[2] or (
                     "" if have else r.headers.get("Content-Length", ""))
                 if total.isdigit() and int(total) != f.size:
@@ -469,10 +476,6 @@ def _fetch_file(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int]
     """``partial`` complete and equal to the hub's file (checksum), resuming what is there; a resumed file
     that does not match is fetched once more from byte 0."""
     partial.parent.mkdir(parents=True, exist_ok=True)
-    prefix = partial.name[: -len(".partial")].rpartition(".")[0]  # "<name>" without ".<checksum>.partial"
-    for stale in partial.parent.glob(glob.escape(prefix) + ".*.partial"):  # an older content of this file
-        if stale != partial:
-            stale.unlink(missing_ok=True)
     for attempt in (0, 1):
         resumed = _partial_size(partial)
         _pull(url, f, partial, on_bytes, stop)
@@ -560,6 +563,8 @@ def _local_place(root: Path, sha: str) -> _Place:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, dest)
         _write_record(root, f.path, sha, f.etag)
+        for stale in part.parent.glob(glob.escape(part.name.rsplit(".", 2)[0]) + ".*.partial"):  # older contents
+            stale.unlink(missing_ok=True)
         return dest
 
     return _Place(lambda f: _partial_path(parts, f.path, f.etag), finish)
@@ -808,7 +813,7 @@ def _cache_place(storage: Path, sha: str) -> _Place:
         os.replace(part, blob(f))
         return _link_snapshot(storage, sha, f, blob(f))
 
-    return _Place(lambda f: _partial_path(storage / "blobs", blob(f).name, ""), finish)
+    return _Place(lambda f: blob(f).with_name(blob(f).name + ".partial"), finish)
 
 
 def _link_snapshot(storage: Path, sha: str, f: RemoteFile, blob: Path) -> Path:
