@@ -81,6 +81,10 @@ class HubStub:
     endless_limit: int = 256 * 2**20
     #: a Range answer starts this many bytes before the asked start (as block-aligned caches may)
     range_slack: int = 0
+    #: advertise every file as Xet-backed, as the real hub does (``xetHash`` in the file list, ``X-Xet-Hash``
+    #: and ``X-Xet-Refresh-Route`` on ``resolve``) — there is no Xet server behind it: a client that takes
+    #: the Xet path fails, one that reads ``resolve`` over HTTP gets the bytes
+    xet: bool = False
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -289,6 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
                     b = repo.files[p]
                     entries.append({"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest(),
                                     "lfs": {"oid": repo.etags[p], "size": len(b), "pointerSize": 134}})
+                    if self.hub.xet:
+                        entries[-1]["xetHash"] = hashlib.sha256(b"xet" + b).hexdigest()
             return self._json(entries, head=head)
         self._error(404, "EntryNotFound", f"no api route {'/'.join(parts)}", head=head)
 
@@ -301,6 +307,9 @@ class _Handler(BaseHTTPRequestHandler):
         data = repo.files[fpath]
         headers = {"ETag": f'"{repo.etags[fpath]}"', "X-Repo-Commit": repo.sha, "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
+        if self.hub.xet:
+            headers["X-Xet-Hash"] = hashlib.sha256(b"xet" + data).hexdigest()
+            headers["X-Xet-Refresh-Route"] = f"{self.hub.endpoint}/api/{rtype}s/{repo_id}/xet-read-token/{repo.sha}"
         start, status = 0, 200
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):

@@ -33,6 +33,7 @@ def client(hub, tmp_path, monkeypatch):
     hub.drop_once.clear()
     hub.trickle.clear()
     hub.range_slack = 0
+    hub.xet = False
     return hub
 
 
@@ -137,6 +138,26 @@ def test_a_range_answer_that_starts_earlier_than_asked_is_written_where_it_start
     gets = [r for r in client.file_gets() if r[1].endswith(zname)]
     assert [_range_start(r) for r in gets] == [0, len(_files(client)[zname]) // 2]
     assert (root / zname).read_bytes() == _files(client)[zname]  # no duplicated overlap
+
+
+def test_a_xet_backed_repo_with_hf_xet_installed_resumes_the_same_way(client, tmp_path, monkeypatch):
+    """huggingface_hub would take its Xet path here (hf_xet is installed, the hub advertises Xet), which writes
+    a process-unique temporary file (no resume after a kill); geosolver reads `resolve` over HTTP instead."""
+    pytest.importorskip("hf_xet")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "0")
+    client.xet = True
+    root = tmp_path / "osv"
+    zname = "images/test/01.zip"
+    client.drop_once.add(zname)
+    assert cli_main(["download", "osv5m", "--root", str(root), "--no-progress", "--no-check"]) == 0
+    gets = [r for r in client.file_gets() if r[1].endswith(zname)]
+    assert [_range_start(r) for r in gets] == [0, len(_files(client)[zname]) // 2]
+    assert not [r for r in client.requests if "xet" in r[1]]  # the Xet path was not taken
+    for p in ("test.csv", "images/test/00.zip", zname):
+        assert (root / p).read_bytes() == _files(client)[p]
 
 
 def _start_and_stop(client, root, hf_home, sig, zname="images/test/01.zip"):
@@ -262,9 +283,27 @@ def test_a_file_changed_on_the_hub_with_the_same_size_is_counted_and_fetched(tmp
         assert f"1 to fetch ({human_bytes(len(new))})" in out and "2 already present" in out
         assert [ln.split()[-2:] for ln in out.splitlines() if ln.endswith("test.csv")] == [["fetch", "test.csv"]]
         hub.reset_log()
-        assert cli_main(["download", "osv5m", "--root", str(root), "--no-progress", "--no-check"]) == 0
+        bars = []
+
+        class Bar:  # the progress bar, as on a terminal
+            def __init__(self, total=None, initial=0, **kw):
+                self.total, self.n = total, initial
+                bars.append(self)
+
+            def update(self, n):
+                self.n += n
+
+            def close(self):
+                pass
+
+        import tqdm.auto
+
+        monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+        assert cli_main(["download", "osv5m", "--root", str(root), "--no-check"]) == 0
         out = capsys.readouterr().out
         assert f"fetched 1 file(s), {human_bytes(len(new))}" in out and "2 already present" in out
+        assert [(b.total, b.n) for b in bars] == [(len(new), len(new))]
         assert [r[1].rsplit("/", 1)[-1] for r in hub.file_gets()] == ["test.csv"]
         assert (root / "test.csv").read_bytes() == new
 
