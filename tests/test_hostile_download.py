@@ -103,3 +103,25 @@ def test_model_download_from_a_login_page_is_one_line_exit_2(hub, tmp_path, caps
     err = _one_line_error(capsys, ["download", "model", "streetclip", "--local-dir", str(tmp_path / "m")])
     assert "answered an HTML page" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_partial_longer_than_the_hubs_file_is_dropped_not_resumed_forever(hub, tmp_path, capsys, monkeypatch):
+    """The file list says more bytes than `resolve` serves (a hub changing under us): the Range request is
+    refused (416); the partial goes, so the next run starts the file afresh instead of failing again."""
+    import geosolver.hub as gh
+
+    real = gh._tree_files
+
+    def longer(page, what):  # the listing claims test.csv is 10 bytes longer than it is
+        return [gh.RemoteFile(f.path, f.size + 10, f.etag) if f.path == "test.csv" else f for f in real(page, what)]
+
+    monkeypatch.setattr(gh, "_tree_files", longer)
+    root = tmp_path / "osv"
+    csv = hub.repos[("dataset", OSV5M_ID)].files["test.csv"]
+    etag = hub.repos[("dataset", OSV5M_ID)].etags["test.csv"]
+    part = gh._partial_path(root / ".cache/huggingface/download", "test.csv", etag)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(csv + b"\0" * 5)  # longer than what the hub serves, shorter than what it lists
+    err = _one_line_error(capsys, ["download", "osv5m", "--root", str(root), "--no-progress", "--shards", "1"])
+    assert "cannot send bytes" in err and "(416)" in err and "partial file was removed" in err, err
+    assert not part.exists()

@@ -429,6 +429,10 @@ def _pull(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int], None
                     body = _read_capped(r, MAX_ERROR_BYTES, time.monotonic() + JSON_DEADLINE_S, f.path, strict=False)
                     if r.status_code in (408, 429) or r.status_code >= 500:
                         raise httpx2.TransportError(f"HTTP {r.status_code}")  # transient: ask again
+                    if r.status_code == 416:  # the partial is not a prefix of what the hub serves
+                        partial.unlink(missing_ok=True)
+                        raise HubError(f"{f.path}: the hub cannot send bytes {have}- of this file (416); the partial "
+                                       f"file was removed: run the same command again to fetch the file whole")
                     _raise_for_status(r, body)
                 if have and r.status_code == 200:  # the server ignored the Range: start over
                     on_bytes(-have)
