@@ -430,3 +430,18 @@ def test_a_model_killed_mid_file_resumes_in_the_hf_cache(client, tmp_path, capsy
     snap = cached_model(STREETCLIP_ID)
     assert snap is not None and (snap / name).read_bytes() == repo.files[name]
     assert (snap / name).is_symlink() and not list(blobs.glob("*.partial"))
+
+
+def test_checksums_are_the_hubs_forms_sha256_for_lfs_and_the_git_blob_sha1_otherwise(tmp_path):
+    from geosolver.hub import _file_checksum, _tree_files
+
+    p = tmp_path / "hello.txt"
+    p.write_bytes(b"hello\n")
+    # `git hash-object hello.txt` and `sha256sum hello.txt`
+    assert _file_checksum(p, "0" * 40) == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert _file_checksum(p, "0" * 64) == "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+    page = [{"type": "file", "path": "README.md", "size": 6, "oid": "ce013625030ba8dba906f756967f9e9ca394464a"},
+            {"type": "file", "path": "a.zip", "size": 6, "oid": "1" * 40, "lfs": {"oid": "2" * 64, "size": 6}},
+            {"type": "directory", "path": "images", "oid": "3" * 40, "size": 0}]
+    assert [(f.path, f.etag) for f in _tree_files(page, "x")] == [
+        ("README.md", "ce013625030ba8dba906f756967f9e9ca394464a"), ("a.zip", "2" * 64)]
