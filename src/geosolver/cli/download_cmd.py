@@ -18,7 +18,8 @@ def register(sub) -> None:
         "osv5m", help="the OSV5M dataset (osv5m/osv5m) in its published layout",
         description="Download osv5m/osv5m into ROOT: test.csv / train.csv and images/<split>/NN.zip, where "
         "`geosolver embed --dataset osv5m --root ROOT` and read_dataset('osv5m', ROOT, split=...) read them "
-        "(zips are read in place; --extract unpacks them).",
+        "(zips are read in place; --extract unpacks them). Zips already unpacked, by --extract or by the dataset "
+        "authors' script (snapshot_download, then each zip extracted into images/<split>/ and deleted), count as present.",
     )
     o.add_argument("--root", required=True, help="dataset root directory (created)")
     o.add_argument("--split", choices=("test", "train", "all"), default="test", help="which split(s) (default test)")
