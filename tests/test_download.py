@@ -214,13 +214,13 @@ def test_a_killed_or_interrupted_download_resumes_with_a_range_request_to_identi
 
 
 def test_a_partial_file_that_does_not_match_the_hub_checksum_is_fetched_again_from_zero(client, tmp_path, capsys):
-    from geosolver.hub import _partial_path
+    from geosolver.hubhttp import partial_path
 
     root = tmp_path / "osv"
     zname = "images/test/01.zip"
     whole = _files(client)[zname]
     etag = client.repos[("dataset", OSV5M_ID)].etags[zname]
-    part = _partial_path(root / ".cache/huggingface/download", zname, etag)
+    part = partial_path(root / ".cache/huggingface/download", zname, etag)
     part.parent.mkdir(parents=True)
     part.write_bytes(b"\xff" * 1000 + whole[1000:5000])  # a damaged prefix: the size is right, the bytes are not
     assert cli_main(["download", "osv5m", "--root", str(root), "--no-progress", "--no-check"]) == 0
@@ -399,11 +399,11 @@ def test_a_hub_model_that_cannot_load_points_to_geosolver_download_and_only_text
 
 
 def test_a_stale_partial_of_an_older_content_goes_when_the_file_is_finished(client, tmp_path):
-    from geosolver.hub import _partial_path
+    from geosolver.hubhttp import partial_path
 
     root = tmp_path / "osv"
     parts = root / ".cache/huggingface/download"
-    old = _partial_path(parts, "test.csv", "ab" * 32)  # a partial of another content of test.csv
+    old = partial_path(parts, "test.csv", "ab" * 32)  # a partial of another content of test.csv
     old.parent.mkdir(parents=True)
     old.write_bytes(b"stale")
     assert cli_main(["download", "osv5m", "--root", str(root), "--no-progress", "--no-check", "--shards", "1"]) == 0
@@ -433,13 +433,14 @@ def test_a_model_killed_mid_file_resumes_in_the_hf_cache(client, tmp_path, capsy
 
 
 def test_checksums_are_the_hubs_forms_sha256_for_lfs_and_the_git_blob_sha1_otherwise(tmp_path):
-    from geosolver.hub import _file_checksum, _tree_files
+    from geosolver.hub import _tree_files
+    from geosolver.hubhttp import file_checksum
 
     p = tmp_path / "hello.txt"
     p.write_bytes(b"hello\n")
     # `git hash-object hello.txt` and `sha256sum hello.txt`
-    assert _file_checksum(p, "0" * 40) == "ce013625030ba8dba906f756967f9e9ca394464a"
-    assert _file_checksum(p, "0" * 64) == "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+    assert file_checksum(p, "0" * 40) == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert file_checksum(p, "0" * 64) == "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
     page = [{"type": "file", "path": "README.md", "size": 6, "oid": "ce013625030ba8dba906f756967f9e9ca394464a"},
             {"type": "file", "path": "a.zip", "size": 6, "oid": "1" * 40, "lfs": {"oid": "2" * 64, "size": 6}},
             {"type": "directory", "path": "images", "oid": "3" * 40, "size": 0}]

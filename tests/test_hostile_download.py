@@ -63,9 +63,9 @@ def test_a_listing_that_is_not_the_hubs_is_one_line_exit_2(hub, tmp_path, capsys
 
 @pytest.mark.parametrize("where", [INFO, TREE], ids=["info", "tree"])
 def test_an_endless_json_answer_is_read_to_a_bound_then_refused(hub, tmp_path, capsys, monkeypatch, where):
-    import geosolver.hub as gh
+    import geosolver.hubhttp as hh
 
-    monkeypatch.setattr(gh, "MAX_JSON_BYTES", 2**20)
+    monkeypatch.setattr(hh, "MAX_JSON_BYTES", 2**20)
     hub.hostile[where] = "endless-json"
     err = _one_line_error(capsys, ["download", "osv5m", "--root", str(tmp_path / "osv"), "--dry-run"])
     assert "sent more than 1.0 MiB and was still sending" in err, err
@@ -119,7 +119,7 @@ def test_a_partial_longer_than_the_hubs_file_is_dropped_not_resumed_forever(hub,
     root = tmp_path / "osv"
     csv = hub.repos[("dataset", OSV5M_ID)].files["test.csv"]
     etag = hub.repos[("dataset", OSV5M_ID)].etags["test.csv"]
-    part = gh._partial_path(root / ".cache/huggingface/download", "test.csv", etag)
+    part = gh.partial_path(root / ".cache/huggingface/download", "test.csv", etag)
     part.parent.mkdir(parents=True)
     part.write_bytes(csv + b"\0" * 5)  # longer than what the hub serves, shorter than what it lists
     err = _one_line_error(capsys, ["download", "osv5m", "--root", str(root), "--no-progress", "--shards", "1"])

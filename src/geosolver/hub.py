@@ -12,7 +12,7 @@ How it works (huggingface_hub gives the endpoint, token headers, HTTP session an
 1. *Listing.* ``GET /api/{type}s/{repo}[/revision/{rev}]`` gives the commit and ``GET
    .../tree/{commit}?recursive=true`` (paged by ``Link``) every file with its size and the hub's checksum
    (``lfs.oid``: the file's sha256, the value the hub also sends as ``X-Linked-Etag``; the git blob sha1
-   for small non-LFS files). Both answers are read with a byte cap (:data:`MAX_JSON_BYTES`) and a
+   for small non-LFS files). Both answers are read with a byte cap (:data:`geosolver.hubhttp.MAX_JSON_BYTES`) and a
    deadline and checked for shape: an HTML page, JSON of the wrong shape or an endless answer is one
    :class:`HubError` line, never a traceback or unbounded memory.
 2. *What is there.* A file is present when it has the listed size and checksum: the one recorded beside
@@ -62,6 +62,19 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 from urllib.parse import quote
 
 from geosolver.errors import GeosolverError
+from geosolver.hubhttp import (  # noqa: F401 — HubError, RemoteFile, human_bytes, endpoint: part of this module's API
+    HubError,
+    RemoteFile,
+    endpoint,
+    fetch_file,
+    file_checksum,
+    get_json,
+    human_bytes,
+    hub_error,
+    offline_flag,
+    partial_path,
+    partial_size,
+)
 
 log = logging.getLogger("geosolver.hub")
 
@@ -72,35 +85,13 @@ DEFAULT_TIMEOUT_S = 10.0
 #: Written into ``images/<split>/NN/`` when ``NN.zip`` was extracted (and removed).
 EXTRACTED_MARKER = ".geosolver-extracted.json"
 LOCK_NAME = ".geosolver-download.lock"
-#: Most bytes read from one JSON answer of the hub (repo info, one page of the file list).
-MAX_JSON_BYTES = 64 * 2**20
-#: Most bytes read from the body of an error answer (its message).
-MAX_ERROR_BYTES = 64 * 2**10
 #: Most pages of the file list followed (the hub sends 1000 entries a page).
 MAX_TREE_PAGES = 2000
-#: Seconds one JSON answer may take, however slowly it trickles.
-JSON_DEADLINE_S = 120.0
-#: Attempts in a row that bring no byte before a transfer gives up (the partial file is kept).
-TRANSFER_RETRIES = 5
 #: Model files never needed to load a CLIP with transformers/torch.
 MODEL_IGNORE = (
     r".*\.h5$", r".*\.msgpack$", r".*\.onnx(_data)?$", r".*\.ot$", r".*\.tflite$", r".*\.mlmodel$", r".*\.gguf$",
     r"^(onnx|coreml|openvino|tf|flax)/.*", r"^\.gitattributes$",
 )
-
-
-class HubError(GeosolverError):
-    """The hub cannot be reached, or a repository, revision or file is not there (one line, exit 2)."""
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """A file of the repository: path, size and the hub's checksum (sha256, or the git blob sha1 of a
-    small non-LFS file; ``""`` when the hub gave none — then only the size is checked)."""
-
-    path: str
-    size: int
-    etag: str = ""
 
 
 @dataclass
@@ -136,119 +127,9 @@ class DownloadResult:
     removed_partials: tuple[int, int] = (0, 0)  # (files, bytes) left by a killed huggingface_hub download, removed
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 # ----------------------------------------------------------------------------------------------
 # talking to the hub
 # ----------------------------------------------------------------------------------------------
-def endpoint() -> str:
-    """The hub endpoint the client uses (``HF_ENDPOINT``, default https://huggingface.co)."""
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _offline_flag() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
-
-def _hub_error(e: BaseException, what: str, hint: str) -> HubError:
-    """Map a ``huggingface_hub`` / HTTP failure to one :class:`HubError` line."""
-    import httpx2
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(e, OfflineModeIsEnabled) or _offline_flag():
-        return HubError(f"{what}: HF_HUB_OFFLINE=1 is set, so nothing can be downloaded; unset it (or set "
-                        f"HF_HUB_OFFLINE=0) on a machine that can reach {endpoint()}. {hint}")
-    if isinstance(e, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError, ConnectionError)):
-        return HubError(f"{what}: cannot reach the Hugging Face hub at {endpoint()} ({type(e).__name__}: "
-                        f"{_first_line(e)}). Check the network / proxy (HTTPS_PROXY) or point HF_ENDPOINT at a "
-                        f"mirror, then run the same command again. {hint}")
-    if isinstance(e, GatedRepoError):
-        return HubError(f"{what}: the repository is gated: accept its terms on the hub and log in (`hf auth login` "
-                        f"or HF_TOKEN)")
-    if isinstance(e, RevisionNotFoundError):
-        return HubError(f"{what}: no such revision on the hub ({_first_line(e)})")
-    if isinstance(e, RepositoryNotFoundError):
-        return HubError(f"{what}: no such repository on the hub (or it is private: log in with `hf auth login` "
-                        f"or set HF_TOKEN)")
-    if isinstance(e, RemoteEntryNotFoundError):
-        return HubError(f"{what}: a file listed by the hub is missing ({_first_line(e)}); run again later")
-    if isinstance(e, HfHubHTTPError):
-        return HubError(f"{what}: the hub answered an error: {_first_line(e)}")
-    return HubError(f"{what}: {type(e).__name__}: {_first_line(e)}")
-
-
-def _raise_for_status(r, body: bytes) -> None:
-    """huggingface_hub's error mapping (repo / revision / entry not found, gated...) for a streamed
-    answer of which only ``body`` (at most :data:`MAX_ERROR_BYTES`) was read."""
-    import httpx2
-    from huggingface_hub.utils import hf_raise_for_status
-
-    if r.status_code < 400:
-        return
-    headers = [(k, v) for k, v in r.headers.items() if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-    hf_raise_for_status(httpx2.Response(r.status_code, headers=headers, content=body, request=r.request))
-
-
-def _read_capped(r, cap: int, deadline: float, what: str, strict: bool = True) -> bytes:
-    """At most ``cap`` bytes of ``r``'s body; more (``strict``) or past ``deadline`` is a :class:`HubError`."""
-    buf = bytearray()
-    for chunk in r.iter_bytes(64 * 1024):
-        buf += chunk
-        if len(buf) > cap:
-            if not strict:
-                return bytes(buf[:cap])
-            raise HubError(f"{what}: {r.url} sent more than {human_bytes(cap)} and was still sending, where the hub "
-                           f"answers a short JSON; stopped reading. Is HF_ENDPOINT (or the proxy) a Hugging Face hub?")
-        if time.monotonic() > deadline:
-            raise HubError(f"{what}: {r.url} was still sending after {JSON_DEADLINE_S:.0f} s ({human_bytes(len(buf))}); "
-                           f"stopped reading. Is HF_ENDPOINT (or the proxy) a Hugging Face hub?")
-    return bytes(buf)
-
-
-def _get_json(url: str, what: str, timeout: float, params: dict | None = None):
-    """``(parsed JSON, next page URL or None)`` of one GET, read with a byte cap and a deadline."""
-    from huggingface_hub.utils import build_hf_headers, get_session
-
-    deadline = time.monotonic() + max(JSON_DEADLINE_S, timeout)
-    with get_session().stream("GET", url, params=params, headers=build_hf_headers(), timeout=timeout,
-                              follow_redirects=True) as r:
-        ok = r.status_code < 400
-        body = _read_capped(r, MAX_JSON_BYTES if ok else MAX_ERROR_BYTES, deadline, what, strict=ok)
-        _raise_for_status(r, body)
-        ctype = r.headers.get("Content-Type", "")
-        next_url = r.links.get("next", {}).get("url")
-    try:
-        return json.loads(body), next_url
-    except ValueError:
-        head = body[:2048].lower()
-        kind = ("an HTML page" if "html" in ctype.lower() or b"<html" in head or b"<!doctype" in head
-                else f"{human_bytes(len(body))} of {ctype or 'untyped data'} that is not JSON")
-        raise HubError(f"{what}: {url} answered {kind} where the hub answers JSON; check HF_ENDPOINT and the proxy "
-                       f"(a login or error page?)") from None
-
-
 def _shape(obj) -> str:
     """A short description of a JSON value for an error line."""
     s = json.dumps(obj)
@@ -290,11 +171,11 @@ def list_repo(repo_id: str, repo_type: str = "model", revision: str | None = Non
     what = f"{repo_type} {repo_id}" + (f"@{revision}" if revision else "")
     for noisy in ("httpx2", "httpx", "httpcore"):  # one line per request at INFO: keep the bar readable
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(noisy).level))
-    if _offline_flag():
-        raise _hub_error(RuntimeError("offline"), what, hint)
+    if offline_flag():
+        raise hub_error(RuntimeError("offline"), what, hint)
     api = f"{endpoint()}/api/{repo_type}s/{repo_id}"
     try:
-        info, _ = _get_json(api + (f"/revision/{quote(revision, safe='')}" if revision else ""), what, timeout)
+        info, _ = get_json(api + (f"/revision/{quote(revision, safe='')}" if revision else ""), what, timeout)
         sha = info.get("sha") if isinstance(info, dict) else None
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
             raise HubError(f"{what}: the hub did not say which commit it serves (expected a JSON object with a "
@@ -302,7 +183,7 @@ def list_repo(repo_id: str, repo_type: str = "model", revision: str | None = Non
         files: list[RemoteFile] = []
         url, params = f"{api}/tree/{sha}", {"recursive": "true", "expand": "false"}
         for _ in range(MAX_TREE_PAGES):
-            page, url = _get_json(url, what, timeout, params)
+            page, url = get_json(url, what, timeout, params)
             files += _tree_files(page, what)
             params = None  # the next page's URL carries them
             if not url:
@@ -312,7 +193,7 @@ def list_repo(repo_id: str, repo_type: str = "model", revision: str | None = Non
     except HubError:
         raise
     except Exception as e:  # noqa: BLE001 — every failure becomes one line
-        raise _hub_error(e, what, hint) from None
+        raise hub_error(e, what, hint) from None
     return Listing(repo_id, repo_type, revision or "main", sha, sorted(files, key=lambda f: f.path))
 
 
@@ -346,18 +227,6 @@ def _write_record(root: Path, rel: str, commit: str, etag: str) -> None:
     write_download_metadata(root, rel, commit, etag)
 
 
-def _file_checksum(path: Path, etag: str) -> str:
-    """``path``'s checksum in the form of the hub's ``etag``: sha256 (64 hex) or git blob sha1 (40 hex)."""
-    if len(etag) == 40:
-        h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    else:
-        h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _file_matches(root: Path, f: RemoteFile, sha: str, record: bool) -> bool:
     """``root/f.path`` is ``f``: the listed size and the hub's checksum (from the record beside it while the
     file is unchanged since, else hashed — and recorded when ``record``)."""
@@ -373,124 +242,20 @@ def _file_matches(root: Path, f: RemoteFile, sha: str, record: bool) -> bool:
         return rec.etag == f.etag if f.etag else rec.commit == sha
     if not f.etag:
         return True  # no checksum to compare: the size is all there is
-    if _file_checksum(p, f.etag) != f.etag:
+    if file_checksum(p, f.etag) != f.etag:
         return False
     if record:
         _write_record(root, f.path, sha, f.etag)
     return True
 
 
-def _partial_path(parts_dir: Path, name: str, etag: str) -> Path:
-    """Where the bytes of file ``name`` collect until it is complete: one per content (the checksum is in
-    the name, so a changed file never resumes from the bytes of its old content)."""
-    return parts_dir / f"{name}.{etag[:16] or 'nosum'}.partial"
-
-
-def _partial_size(p: Path) -> int:
-    try:
-        return p.stat().st_size
-    except OSError:
-        return 0
-
-
 # ----------------------------------------------------------------------------------------------
-# transfers: GET / Range into a kept partial file, bounded, checked against the hub's checksum
+# transfers (hubhttp: GET / Range into a kept partial file, bounded, checked against the hub's checksum)
 # ----------------------------------------------------------------------------------------------
-class _Stopped(Exception):
-    """Another file failed or the run was interrupted: this transfer stops, its partial file is kept."""
-
-
 def _resolve_url(listing: Listing, path: str) -> str:
     from huggingface_hub import hf_hub_url
 
     return hf_hub_url(listing.repo_id, path, repo_type=listing.repo_type, revision=listing.sha)
-
-
-def _pull(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int], None], stop: threading.Event) -> None:
-    """Bring ``partial`` to ``f.size`` bytes: GET, or ``Range: bytes=N-`` from what is there; a dropped or
-    stalled connection is asked again from where the file ends (:data:`TRANSFER_RETRIES` tries in a row
-    without a byte). Reads at most ``f.size`` bytes in all, each network read written to disk at once."""
-    import httpx2
-    from huggingface_hub import constants
-    from huggingface_hub.utils import build_hf_headers, get_session
-
-    fails, last = 0, ""
-    while (have := _partial_size(partial)) < f.size or not partial.exists():
-        if stop.is_set():
-            raise _Stopped
-        headers = {**build_hf_headers(), "Accept-Encoding": "identity"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        got = 0
-        try:
-            with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                                      follow_redirects=True) as r:
-                if r.status_code >= 400:
-                    body = _read_capped(r, MAX_ERROR_BYTES, time.monotonic() + JSON_DEADLINE_S, f.path, strict=False)
-                    if r.status_code in (408, 429) or r.status_code >= 500:
-                        raise httpx2.TransportError(f"HTTP {r.status_code}")  # transient: ask again
-                    if r.status_code == 416:  # the partial is not a prefix of what the hub serves
-                        partial.unlink(missing_ok=True)
-                        raise HubError(f"{f.path}: the hub cannot send bytes {have}- of this file (416); the partial "
-                                       f"file was removed: run the same command again to fetch the file whole")
-                    _raise_for_status(r, body)
-                if have and r.status_code == 200:  # the server ignored the Range: start over
-                    on_bytes(-have)
-                    have = 0
-                elif have:  # 206 from where it was asked, or from earlier (RFC 9110 allows it: block-aligned caches)
-                    m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
-                    if r.status_code != 206 or m is None or int(m.group(1)) > have:
-                        partial.unlink()
-                        raise HubError(f"{f.path}: asked for bytes {have}- and got status {r.status_code} with "
-                                       f"Content-Range {r.headers.get('Content-Range')!r}; the partial file was removed: "
-                                       f"run the same command again to fetch the file whole")
-                    on_bytes(int(m.group(1)) - have)
-                    have = int(m.group(1))
-                total = r.headers.get("Content-Range", "").rpartition("/")[2] or (
-                    "" if have else r.headers.get("Content-Length", ""))
-                if total.isdigit() and int(total) != f.size:
-                    raise HubError(f"{f.path}: the hub serves {int(total):,} bytes for this file but its file list says "
-                                   f"{f.size:,}; run the same command again (the repository may be changing)")
-                with open(partial, "r+b" if have else "wb") as out:
-                    out.seek(have)
-                    out.truncate()
-                    for chunk in r.iter_bytes():  # as the network delivers (≤ 64 KiB): all of it reaches the file
-                        if have + got + len(chunk) > f.size:
-                            raise HubError(f"{f.path}: the hub sent more than the {f.size:,} bytes its file list gives "
-                                           f"this file; stopped reading")
-                        out.write(chunk)
-                        got += len(chunk)
-                        on_bytes(len(chunk))
-                        if stop.is_set():
-                            raise _Stopped
-        except httpx2.TransportError as e:  # dropped, reset, timed out, 5xx: ask again from where the file ends
-            last = f"{type(e).__name__}: {_first_line(e)}"
-        if _partial_size(partial) >= f.size:
-            return
-        fails = 0 if got else fails + 1
-        if fails >= TRANSFER_RETRIES:
-            raise HubError(f"{f.path}: the transfer stopped at {_partial_size(partial):,} of {f.size:,} bytes "
-                           f"{TRANSFER_RETRIES} times in a row ({last or 'short answer'}); the partial file is kept: "
-                           f"run the same command again to resume")
-        log.info("%s: transfer cut at %d of %d bytes (%s); resuming", f.path, _partial_size(partial), f.size, last or "short answer")
-        time.sleep(min(8.0, 0.5 * 2**fails) if not got else 0.2)
-
-
-def _fetch_file(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int], None], stop: threading.Event) -> None:
-    """``partial`` complete and equal to the hub's file (checksum), resuming what is there; a resumed file
-    that does not match is fetched once more from byte 0."""
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in (0, 1):
-        resumed = _partial_size(partial)
-        _pull(url, f, partial, on_bytes, stop)
-        if not f.etag or _file_checksum(partial, f.etag) == f.etag:
-            return
-        partial.unlink()
-        on_bytes(-f.size)
-        if attempt or not resumed:
-            raise HubError(f"{f.path}: the downloaded bytes do not match the hub's checksum {f.etag[:16]}…; the "
-                           f"partial file was removed: run the same command again")
-        log.warning("%s: the resumed file does not match the hub's checksum; fetching it again from byte 0", f.path)
 
 
 @dataclass
@@ -518,7 +283,7 @@ def _fetch(listing: Listing, files: Sequence[RemoteFile], place: _Place, *, work
 
     def one(f: RemoteFile) -> None:
         part = place.partial(f)
-        _fetch_file(_resolve_url(listing, f.path), f, part, counted, stop)
+        fetch_file(_resolve_url(listing, f.path), f, part, counted, stop)
         dest = place.finish(f, part)
         if on_done is not None:
             on_done(f, dest)
@@ -542,7 +307,7 @@ def _fetch(listing: Listing, files: Sequence[RemoteFile], place: _Place, *, work
     except GeosolverError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise _hub_error(e, what, "Finished and partial files are kept; run the same command again to resume.") from None
+        raise hub_error(e, what, "Finished and partial files are kept; run the same command again to resume.") from None
     finally:
         bar.close()
 
@@ -554,7 +319,7 @@ def _plan(dest: Path, listing: Listing, selected: list[RemoteFile], present: lis
     todo = [f for f in selected if f.path not in present]
     res = DownloadResult(dest, listing.sha, selected, present=present, bytes_total=sum(f.size for f in selected),
                          bytes_to_fetch=sum(f.size for f in todo),
-                         bytes_partial=sum(min(_partial_size(partial(f)), f.size) for f in todo), dry_run=dry_run)
+                         bytes_partial=sum(min(partial_size(partial(f)), f.size) for f in todo), dry_run=dry_run)
     return res, todo
 
 
@@ -571,7 +336,7 @@ def _local_place(root: Path, sha: str) -> _Place:
             stale.unlink(missing_ok=True)
         return dest
 
-    return _Place(lambda f: _partial_path(parts, f.path, f.etag), finish)
+    return _Place(lambda f: partial_path(parts, f.path, f.etag), finish)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -873,7 +638,7 @@ def download_model(
         place = _cache_place(storage, listing.sha)
         # a blob of the same content (cached under an earlier commit of the repo) only needs its link
         present = [f.path for f in selected if (dest / f.path).is_file()
-                   or (f.etag and _partial_size(storage / "blobs" / f.etag) == f.size)]
+                   or (f.etag and partial_size(storage / "blobs" / f.etag) == f.size)]
     res, todo = _plan(dest, listing, selected, present, dry_run, place.partial)
     if dry_run:
         return res
