@@ -10,7 +10,7 @@ that ``huggingface_hub`` 2.4's download functions use (read from ``hf_api.py``, 
     GET  /{org}/{name}/resolve/{rev}/{path}                        file bytes, honours Range: bytes=N-
     HEAD|GET /datasets/{org}/{name}/resolve/{rev}/{path}           the same for dataset repos
 
-HEAD/GET answers carry ``ETag`` (the file's sha256, like an LFS file), ``X-Repo-Commit`` (the repo's
+HEAD/GET answers carry ``ETag`` and ``X-Linked-Etag`` (the file's sha256, like an LFS file), ``X-Repo-Commit`` (the repo's
 40-hex commit), ``Content-Length`` and ``Accept-Ranges: bytes``; a Range request gets ``206`` with
 ``Content-Range``. Unknown repos answer 404 ``X-Error-Code: RepoNotFound``, unknown files 404
 ``EntryNotFound``, unknown revisions 404 ``RevisionNotFound`` — the codes the client maps to its errors.
@@ -305,8 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fpath not in repo.files:
             return self._error(404, "EntryNotFound", f"{fpath} not found in {repo_id}", head=head)
         data = repo.files[fpath]
-        headers = {"ETag": f'"{repo.etags[fpath]}"', "X-Repo-Commit": repo.sha, "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {"ETag": f'"{repo.etags[fpath]}"', "X-Linked-Etag": f'"{repo.etags[fpath]}"', "X-Repo-Commit": repo.sha,
+                   "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         if self.hub.xet:
             headers["X-Xet-Hash"] = hashlib.sha256(b"xet" + data).hexdigest()
             headers["X-Xet-Refresh-Route"] = f"{self.hub.endpoint}/api/{rtype}s/{repo_id}/xet-read-token/{repo.sha}"

@@ -125,3 +125,21 @@ def test_a_partial_longer_than_the_hubs_file_is_dropped_not_resumed_forever(hub,
     err = _one_line_error(capsys, ["download", "osv5m", "--root", str(root), "--no-progress", "--shards", "1"])
     assert "cannot send bytes" in err and "(416)" in err and "partial file was removed" in err, err
     assert not part.exists()
+
+
+def test_a_file_whose_served_checksum_is_not_the_listed_one_is_refused_before_a_byte_is_written(hub, tmp_path, capsys,
+                                                                                                 monkeypatch):
+    import geosolver.hub as gh
+
+    real = gh._tree_files
+
+    def stale(page, what):  # the listing names another content for test.csv than `resolve` serves
+        return [gh.RemoteFile(f.path, f.size, "f" * 64) if f.path == "test.csv" else f for f in real(page, what)]
+
+    monkeypatch.setattr(gh, "_tree_files", stale)
+    root = tmp_path / "osv"
+    err = _one_line_error(capsys, ["download", "osv5m", "--root", str(root), "--no-progress", "--shards", "1",
+                                   "--workers", "1"])
+    etag = hub.repos[("dataset", OSV5M_ID)].etags["test.csv"]
+    assert f"serves content {etag[:16]}… (X-Linked-Etag) but its file list says ffffffffffffffff…" in err, err
+    assert not list(root.rglob("test.csv*.partial")) and not (root / "test.csv").exists()

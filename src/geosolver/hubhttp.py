@@ -7,7 +7,8 @@ error classes.
 * :func:`fetch_file` brings a kept ``.partial`` file to the listed size — GET, or ``Range: bytes=N-``
   from what is there, asked again after a dropped connection — reading at most the listed size and
   writing each network read at once (a SIGKILL loses nothing written), then checks the hub's checksum
-  (sha256, or the git blob sha1 of a small non-LFS file). Never the Xet path: see :mod:`geosolver.hub`.
+  (sha256, or the git blob sha1 of a small non-LFS file); an answer whose ``X-Linked-Etag`` names another
+  content than the listing is refused before a byte is written. Never the Xet path: see :mod:`geosolver.hub`.
 """
 
 from __future__ import annotations
@@ -229,6 +230,11 @@ def _pull(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int], None
                                        f"run the same command again to fetch the file whole")
                     on_bytes(int(m.group(1)) - have)
                     have = int(m.group(1))
+                linked = next((h.headers["X-Linked-Etag"] for h in (*r.history, r) if "X-Linked-Etag" in h.headers), "")
+                linked = linked.removeprefix("W/").strip('"')
+                if f.etag and len(linked) == len(f.etag) and linked != f.etag:  # before any byte is written
+                    raise HubError(f"{f.path}: the hub serves content {linked[:16]}… (X-Linked-Etag) but its file list "
+                                   f"says {f.etag[:16]}…; run the same command again (the repository may be changing)")
                 total = r.headers.get("Content-Range", "").rpartition("/")[2] or (
                     "" if have else r.headers.get("Content-Length", ""))
                 if total.isdigit() and int(total) != f.size:
