@@ -12,9 +12,10 @@ How it works (huggingface_hub gives the endpoint, token headers, HTTP session an
 1. *Listing.* ``GET /api/{type}s/{repo}[/revision/{rev}]`` gives the commit and ``GET
    .../tree/{commit}?recursive=true`` (paged by ``Link``) every file with its size and the hub's checksum
    (``lfs.oid``: the file's sha256, the value the hub also sends as ``X-Linked-Etag``; the git blob sha1
-   for small non-LFS files). Both answers are read with a byte cap (:data:`geosolver.hubhttp.MAX_JSON_BYTES`) and a
-   deadline and checked for shape: an HTML page, JSON of the wrong shape or an endless answer is one
-   :class:`HubError` line, never a traceback or unbounded memory.
+   for small non-LFS files). Both answers are read with a byte cap
+   (:data:`geosolver.hubhttp.MAX_JSON_BYTES`) and a deadline and checked for shape: an HTML page, JSON
+   of the wrong shape or an endless answer is one :class:`HubError` line, never a traceback or
+   unbounded memory.
 2. *What is there.* A file is present when it has the listed size and checksum: the one recorded beside
    it (huggingface_hub's own ``.cache/huggingface/download/<path>.metadata``, so ``hf download`` /
    ``snapshot_download`` and geosolver recognise each other's files) or, with no record, hashed once.
@@ -25,9 +26,9 @@ How it works (huggingface_hub gives the endpoint, token headers, HTTP session an
    commit, into ``<path>.<checksum>.partial`` that is **kept** when the run dies (SIGKILL, Ctrl-C, a
    dropped connection); the next attempt — in the same run after a dropped connection, or the next run
    after a kill — asks for ``Range: bytes=<partial size>-``. A body is read to at most the listed size,
-   each network read written out as it arrives. The finished file is hashed (resumed bytes included) against the hub's checksum
-   before it is moved into place; a mismatch discards the partial and fetches the file once more from
-   byte 0. Runs on one root are serialised by a lock.
+   each network read written out as it arrives. The finished file is hashed (resumed bytes included)
+   against the hub's checksum before it is moved into place; a mismatch discards the partial and
+   fetches the file once more from byte 0. Runs on one root are serialised by a lock.
 
 Xet: huggingface_hub's own downloader takes the Xet path (``hf_xet``) for Xet-backed files when
 ``hf_xet`` is installed; that path writes a process-unique temporary file that is deleted when the run
