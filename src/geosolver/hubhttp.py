@@ -119,7 +119,8 @@ def _raise_for_status(r, body: bytes) -> None:
 
     if r.status_code < 400:
         return
-    headers = [(k, v) for k, v in r.headers.items() if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    framing = ("content-encoding", "content-length", "transfer-encoding")  # of the streamed body, not of ``body``
+    headers = [(k, v) for k, v in r.headers.items() if k.lower() not in framing]
     hf_raise_for_status(httpx2.Response(r.status_code, headers=headers, content=body, request=r.request))
 
 
@@ -261,7 +262,8 @@ def _pull(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int], None
             raise HubError(f"{f.path}: the transfer stopped at {partial_size(partial):,} of {f.size:,} bytes "
                            f"{TRANSFER_RETRIES} times in a row ({last or 'short answer'}); the partial file is kept: "
                            f"run the same command again to resume")
-        log.info("%s: transfer cut at %d of %d bytes (%s); resuming", f.path, partial_size(partial), f.size, last or "short answer")
+        log.info("%s: transfer cut at %d of %d bytes (%s); resuming", f.path, partial_size(partial), f.size,
+                 last or "short answer")
         time.sleep(min(8.0, 0.5 * 2**fails) if not got else 0.2)
 
 
