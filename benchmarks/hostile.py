@@ -46,9 +46,11 @@ FILE_CATEGORY = {
     "test_hostile_text_play.py": "zero-shot, text prior & play",
     "test_hostile_outputs.py": "the user's files (--out)",
     "test_hostile_photos.py": "photo size caps & special files",
+    "test_hostile_download.py": "hostile hub / proxy",
     "test_properties.py": "property-based",
     "test_embed.py": "crash/kill",
     "test_engines.py": "crash/kill",
+    "test_download.py": "crash/kill",
 }
 #: the crash/kill tests of files that hold other tests too, by node id (file::function).
 KILL_TESTS = (
@@ -56,6 +58,9 @@ KILL_TESTS = (
     "tests/test_engines.py::test_opening_a_store_with_pending_commits_keeps_them",
     "tests/test_engines.py::test_ranks_resume_after_sigkill_to_the_identical_store",
     "tests/test_engines.py::test_ray_skips_committed_chunks_and_cleans_killed_writers",
+    "tests/test_download.py::test_a_killed_or_interrupted_download_resumes_with_a_range_request_to_identical_bytes",
+    "tests/test_download.py::test_a_connection_dropped_mid_zip_is_resumed_with_a_range_request",
+    "tests/test_download.py::test_a_partial_file_that_does_not_match_the_hub_checksum_is_fetched_again_from_zero",
 )
 #: the order of the table's rows (categories not listed here follow, alphabetically).
 ORDER = ("data faults", "crash/kill", "concurrent writers", "disk full / OS errors", "damaged stores", "untrusted files",

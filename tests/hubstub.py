@@ -10,15 +10,17 @@ that ``huggingface_hub`` 2.4's download functions use (read from ``hf_api.py``, 
     GET  /{org}/{name}/resolve/{rev}/{path}                        file bytes, honours Range: bytes=N-
     HEAD|GET /datasets/{org}/{name}/resolve/{rev}/{path}           the same for dataset repos
 
-HEAD/GET answers carry ``ETag`` (the file's sha256, like an LFS file), ``X-Repo-Commit`` (the repo's
+HEAD/GET answers carry ``ETag`` and ``X-Linked-Etag`` (the file's sha256, like an LFS file), ``X-Repo-Commit`` (the repo's
 40-hex commit), ``Content-Length`` and ``Accept-Ranges: bytes``; a Range request gets ``206`` with
 ``Content-Range``. Unknown repos answer 404 ``X-Error-Code: RepoNotFound``, unknown files 404
 ``EntryNotFound``, unknown revisions 404 ``RevisionNotFound`` — the codes the client maps to its errors.
 
 Fault injection (for resume tests): :attr:`HubStub.drop_once` — paths whose next full GET sends the
 headers and half the bytes, then closes the connection; :attr:`HubStub.trickle` — path → bytes/s
-served slowly (so a client process can be killed mid-file). :attr:`HubStub.requests` logs
-``(method, url_path, range_header)`` of every request.
+served slowly (so a client process can be killed mid-file); :attr:`HubStub.hostile` — URL path prefix →
+a hostile answer (:data:`HOSTILE_ANSWERS`: an HTML page, JSON of the wrong shape, an endless body), with
+:attr:`HubStub.sent` counting the bytes of each endless body sent before the client hung up.
+:attr:`HubStub.requests` logs ``(method, url_path, range_header)`` of every request.
 
 Content: :func:`osv5m_repo` builds a miniature ``osv5m/osv5m`` dataset repo in the published layout
 (``test.csv``, ``train.csv`` with the real header, ``images/<split>/00.zip`` ``01.zip`` of generated
@@ -73,6 +75,16 @@ class HubStub:
     drop_once: set[str] = field(default_factory=set)
     trickle: dict[str, float] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    hostile: dict[str, str] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
+    #: where an endless body stops anyway (so a client without a bound still ends)
+    endless_limit: int = 256 * 2**20
+    #: a Range answer starts this many bytes before the asked start (as block-aligned caches may)
+    range_slack: int = 0
+    #: advertise every file as Xet-backed, as the real hub does (``xetHash`` in the file list, ``X-Xet-Hash``
+    #: and ``X-Xet-Refresh-Route`` on ``resolve``) — there is no Xet server behind it: a client that takes
+    #: the Xet path fails, one that reads ``resolve`` over HTTP gets the bytes
+    xet: bool = False
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -205,7 +217,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.log(method, path, self.headers.get("Range"))
         parts = [p for p in path.split("/") if p]
         head = method == "HEAD"
+        mode = next((m for prefix, m in self.hub.hostile.items() if path.startswith(prefix)), None)
         try:
+            if mode is not None:
+                return self._hostile(mode, path)
             if parts[:1] == ["api"] and len(parts) >= 4 and parts[1] in ("models", "datasets"):
                 return self._api(parts, parse_qs(url.query), head)
             rtype = "model"
@@ -216,6 +231,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "EntryNotFound", f"no route for {path}", head=head)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def _hostile(self, mode: str, path: str) -> None:
+        if mode == "html":
+            return self._send(200, b"<!DOCTYPE html><html><body>Please sign in to the proxy</body></html>",
+                              {"Content-Type": "text/html"})
+        if mode in HOSTILE_JSON:
+            return self._json(HOSTILE_JSON[mode])
+        if mode not in ("endless-json", "endless-body"):
+            raise ValueError(f"unknown hostile mode {mode!r}")
+        # chunked, never ending (up to hub.endless_limit): a broken proxy or a hostile hub
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json" if mode == "endless-json" else "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        piece = (b'[' + b'{"type": "file", "path": "x", "size": 1},' * 1600) if mode == "endless-json" else b"\0" * 65536
+        sent = 0
+        try:
+            while sent < self.hub.endless_limit:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent += len(piece)
+                with self.hub._lock:
+                    self.hub.sent[path] = sent
+                if mode == "endless-json":
+                    piece = piece[1:] if piece.startswith(b"[") else piece
+            self.wfile.write(b"0\r\n\r\n")
+        finally:
+            self.close_connection = True
 
     def _api(self, parts: list[str], query: dict, head: bool) -> None:
         rtype = parts[1][:-1]
@@ -251,6 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
                     b = repo.files[p]
                     entries.append({"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest(),
                                     "lfs": {"oid": repo.etags[p], "size": len(b), "pointerSize": 134}})
+                    if self.hub.xet:
+                        entries[-1]["xetHash"] = hashlib.sha256(b"xet" + b).hexdigest()
             return self._json(entries, head=head)
         self._error(404, "EntryNotFound", f"no api route {'/'.join(parts)}", head=head)
 
@@ -261,8 +305,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fpath not in repo.files:
             return self._error(404, "EntryNotFound", f"{fpath} not found in {repo_id}", head=head)
         data = repo.files[fpath]
-        headers = {"ETag": f'"{repo.etags[fpath]}"', "X-Repo-Commit": repo.sha, "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {"ETag": f'"{repo.etags[fpath]}"', "X-Linked-Etag": f'"{repo.etags[fpath]}"', "X-Repo-Commit": repo.sha,
+                   "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        if self.hub.xet:
+            headers["X-Xet-Hash"] = hashlib.sha256(b"xet" + data).hexdigest()
+            headers["X-Xet-Refresh-Route"] = f"{self.hub.endpoint}/api/{rtype}s/{repo_id}/xet-read-token/{repo.sha}"
         start, status = 0, 200
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
@@ -275,6 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            start = max(0, start - self.hub.range_slack)
             data, status = data[start:end], 206
             headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{len(repo.files[fpath])}"
         if head:
@@ -314,6 +362,16 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(0.05)
             return
         self.wfile.write(data)
+
+
+#: JSON answers of the wrong shape, by :attr:`HubStub.hostile` mode.
+HOSTILE_JSON = {
+    "json-list": [1, 2, 3],  # repo info that is not an object
+    "json-no-sha": {"id": "x", "siblings": []},  # repo info without a commit
+    "json-object": {"files": []},  # a file list that is not a list
+    "json-no-size": [{"type": "file", "path": "test.csv"}],
+    "json-escape": [{"type": "file", "path": "../../outside.txt", "size": 3}],
+}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Downloads from the Hugging Face hub through ``huggingface_hub`` (the ecosystem's own client).
+"""Downloads from the Hugging Face hub: OSV5M and model snapshots, resumable across kills.
 
 * :func:`download_osv5m` — the dataset repo ``osv5m/osv5m`` in its published layout
   (``test.csv``, ``train.csv``, ``images/<split>/NN.zip``) into a root that
@@ -7,15 +7,37 @@
 * :func:`download_model` — a model snapshot (an alias of :data:`geosolver.encoders.ENCODER_ALIASES`
   or any hub id) into the HF cache or a directory, so later runs work with ``HF_HUB_OFFLINE=1``.
 
-How it works: one ``repo_info`` (short timeout: no network fails in seconds with one line saying what
-to do) gives the commit; ``list_repo_tree`` gives every file with its size (``--dry-run`` prints it);
-then each selected file goes through ``hf_hub_download(revision=<commit>, local_dir=ROOT)``:
-a file already there with the same commit is returned without a request, so a second run fetches
-nothing; a dropped connection is resumed with an HTTP Range request inside the client. A process that
-is *killed* restarts the file it was fetching from zero (huggingface_hub 2.4 downloads into a
-process-unique temporary file), files already finished are kept — resume is per file. Leftover
-temporary files of killed runs are removed at the next start (runs on one root are serialised by a
-lock). One progress bar counts bytes of the whole download with rate and ETA.
+How it works (huggingface_hub gives the endpoint, token headers, HTTP session and error classes):
+
+1. *Listing.* ``GET /api/{type}s/{repo}[/revision/{rev}]`` gives the commit and ``GET
+   .../tree/{commit}?recursive=true`` (paged by ``Link``) every file with its size and the hub's checksum
+   (``lfs.oid``: the file's sha256, the value the hub also sends as ``X-Linked-Etag``; the git blob sha1
+   for small non-LFS files). Both answers are read with a byte cap
+   (:data:`geosolver.hubhttp.MAX_JSON_BYTES`) and a deadline and checked for shape: an HTML page, JSON
+   of the wrong shape or an endless answer is one :class:`HubError` line, never a traceback or
+   unbounded memory.
+2. *What is there.* A file is present when it has the listed size and checksum: the one recorded beside
+   it (huggingface_hub's own ``.cache/huggingface/download/<path>.metadata``, so ``hf download`` /
+   ``snapshot_download`` and geosolver recognise each other's files) or, with no record, hashed once.
+   A zip also counts as present when it was extracted: by ``--extract`` (a marker file) or by the
+   dataset authors' script (zip gone, its download record kept, images in ``images/<split>/``).
+   ``--dry-run``, the progress total and the summary all count the same "to fetch" list.
+3. *Transfer.* Each missing file is fetched with plain GETs of the hub's ``resolve`` URL pinned to the
+   commit, into ``<path>.<checksum>.partial`` that is **kept** when the run dies (SIGKILL, Ctrl-C, a
+   dropped connection); the next attempt — in the same run after a dropped connection, or the next run
+   after a kill — asks for ``Range: bytes=<partial size>-``. A body is read to at most the listed size,
+   each network read written out as it arrives. The finished file is hashed (resumed bytes included)
+   against the hub's checksum before it is moved into place; a mismatch discards the partial and
+   fetches the file once more from byte 0. Runs on one root are serialised by a lock.
+
+Xet: huggingface_hub's own downloader takes the Xet path (``hf_xet``) for Xet-backed files when
+``hf_xet`` is installed; that path writes a process-unique temporary file that is deleted when the run
+stops (no resume across a kill) and reports progress per file. geosolver does not use it: it always
+fetches over HTTP from the ``resolve`` URL, which the hub serves for Xet-backed files too (a redirect to
+its Xet bridge), so progress, idempotency, resume and the sha256 check are the same whether ``hf_xet``
+is installed or not. Not testable offline: that the real hub's Xet bridge answers a Range request with
+``206`` — if it answered ``200`` the transfer notices and restarts that file from byte 0 (correct,
+only not resumed).
 
 Every failure is a :class:`HubError` (a :class:`~geosolver.errors.GeosolverError`): one line, exit 2.
 """
@@ -23,20 +45,37 @@ Every failure is a :class:`HubError` (a :class:`~geosolver.errors.GeosolverError
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, NamedTuple, Sequence
+from urllib.parse import quote
 
 from geosolver.errors import GeosolverError
+from geosolver.hubhttp import (  # noqa: F401 — HubError, RemoteFile, human_bytes, endpoint: part of this module's API
+    HubError,
+    RemoteFile,
+    endpoint,
+    fetch_file,
+    file_checksum,
+    get_json,
+    human_bytes,
+    hub_error,
+    offline_flag,
+    partial_path,
+    partial_size,
+)
 
 log = logging.getLogger("geosolver.hub")
 
@@ -47,21 +86,13 @@ DEFAULT_TIMEOUT_S = 10.0
 #: Written into ``images/<split>/NN/`` when ``NN.zip`` was extracted (and removed).
 EXTRACTED_MARKER = ".geosolver-extracted.json"
 LOCK_NAME = ".geosolver-download.lock"
+#: Most pages of the file list followed (the hub sends 1000 entries a page).
+MAX_TREE_PAGES = 2000
 #: Model files never needed to load a CLIP with transformers/torch.
 MODEL_IGNORE = (
     r".*\.h5$", r".*\.msgpack$", r".*\.onnx(_data)?$", r".*\.ot$", r".*\.tflite$", r".*\.mlmodel$", r".*\.gguf$",
     r"^(onnx|coreml|openvino|tf|flax)/.*", r"^\.gitattributes$",
 )
-
-
-class HubError(GeosolverError):
-    """The hub cannot be reached, or a repository, revision or file is not there (one line, exit 2)."""
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
 
 
 @dataclass
@@ -89,181 +120,224 @@ class DownloadResult:
     fetched: list[str] = field(default_factory=list)
     extracted: list[str] = field(default_factory=list)
     bytes_total: int = 0
-    bytes_to_fetch: int = 0
+    bytes_to_fetch: int = 0  # the files to fetch, in full
+    bytes_partial: int = 0  # of which already on disk in partial files of an interrupted run (resumed)
+    bytes_received: int = 0  # what this run received
     seconds: float = 0.0
     dry_run: bool = False
-    removed_partials: tuple[int, int] = (0, 0)  # (files, bytes) left by a killed run, removed
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    removed_partials: tuple[int, int] = (0, 0)  # (files, bytes) left by a killed huggingface_hub download, removed
 
 
 # ----------------------------------------------------------------------------------------------
 # talking to the hub
 # ----------------------------------------------------------------------------------------------
-def endpoint() -> str:
-    """The hub endpoint the client uses (``HF_ENDPOINT``, default https://huggingface.co)."""
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _offline_flag() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
+def _shape(obj) -> str:
+    """A short description of a JSON value for an error line."""
+    s = json.dumps(obj)
+    return f"{type(obj).__name__} {s[:80]}{'…' if len(s) > 80 else ''}"
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
-
-def _hub_error(e: BaseException, what: str, hint: str) -> HubError:
-    """Map a ``huggingface_hub`` / HTTP failure to one :class:`HubError` line."""
-    import httpx2
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(e, OfflineModeIsEnabled) or _offline_flag():
-        return HubError(f"{what}: HF_HUB_OFFLINE=1 is set, so nothing can be downloaded; unset it (or set "
-                        f"HF_HUB_OFFLINE=0) on a machine that can reach {endpoint()}. {hint}")
-    if isinstance(e, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError, ConnectionError)):
-        return HubError(f"{what}: cannot reach the Hugging Face hub at {endpoint()} ({type(e).__name__}: "
-                        f"{_first_line(e)}). Check the network / proxy (HTTPS_PROXY) or point HF_ENDPOINT at a "
-                        f"mirror, then run the same command again. {hint}")
-    if isinstance(e, GatedRepoError):
-        return HubError(f"{what}: the repository is gated: accept its terms on the hub and log in (`hf auth login` "
-                        f"or HF_TOKEN)")
-    if isinstance(e, RevisionNotFoundError):
-        return HubError(f"{what}: no such revision on the hub ({_first_line(e)})")
-    if isinstance(e, RepositoryNotFoundError):
-        return HubError(f"{what}: no such repository on the hub (or it is private: log in with `hf auth login` "
-                        f"or set HF_TOKEN)")
-    if isinstance(e, RemoteEntryNotFoundError):
-        return HubError(f"{what}: a file listed by the hub is missing ({_first_line(e)}); run again later")
-    if isinstance(e, HfHubHTTPError):
-        return HubError(f"{what}: the hub answered an error: {_first_line(e)}")
-    if isinstance(e, OSError):
-        return HubError(f"{what}: {type(e).__name__}: {_first_line(e)}")
-    return HubError(f"{what}: {type(e).__name__}: {_first_line(e)}")
+def _tree_files(page, what: str) -> list[RemoteFile]:
+    """The files of one page of the hub's file list, checked for shape (paths stay inside the repository)."""
+    if not isinstance(page, list):
+        raise HubError(f"{what}: the hub's file list is not a JSON list (got {_shape(page)})")
+    out = []
+    for e in page:
+        path = e.get("path") if isinstance(e, dict) else None
+        if not isinstance(path, str) or e.get("type") not in ("file", "directory"):
+            raise HubError(f"{what}: the hub's file list has an entry that is not a file or folder: {_shape(e)}")
+        if e["type"] != "file":
+            continue
+        parts = PurePosixPath(path).parts
+        if not parts or path.startswith("/") or ".." in parts or "\\" in path or "\0" in path:
+            raise HubError(f"{what}: the hub's file list names a path outside the repository: {path!r}")
+        size = e.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise HubError(f"{what}: the hub's file list gives {path} no valid size: {_shape(e)}")
+        lfs = e.get("lfs")
+        etag = lfs.get("oid") if isinstance(lfs, dict) else e.get("oid")
+        etag = etag if isinstance(etag, str) and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag) else ""
+        out.append(RemoteFile(path, size, etag))
+    return out
 
 
 def list_repo(repo_id: str, repo_type: str = "model", revision: str | None = None,
               timeout: float = DEFAULT_TIMEOUT_S, hint: str = "") -> Listing:
-    """The repository's commit and every file with its size, from the hub's own file list.
+    """The repository's commit and every file with its size and checksum, from the hub's own file list.
 
     Raises:
-        HubError: offline, unreachable (after at most ``timeout`` s), no such repo / revision.
+        HubError: offline, unreachable (after at most ``timeout`` s), no such repo / revision, an answer
+        that is not the hub's (HTML, wrong JSON, endless).
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
-
     what = f"{repo_type} {repo_id}" + (f"@{revision}" if revision else "")
     for noisy in ("httpx2", "httpx", "httpcore"):  # one line per request at INFO: keep the bar readable
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(noisy).level))
-    if _offline_flag():
-        raise _hub_error(RuntimeError("offline"), what, hint)
-    api = HfApi()
+    if offline_flag():
+        raise hub_error(RuntimeError("offline"), what, hint)
+    api = f"{endpoint()}/api/{repo_type}s/{repo_id}"
     try:
-        info = api.repo_info(repo_id, repo_type=repo_type, revision=revision, timeout=timeout)
-        sha = info.sha
-        files = [RemoteFile(f.path, int(f.size or 0))
-                 for f in api.list_repo_tree(repo_id, repo_type=repo_type, revision=sha, recursive=True)
-                 if isinstance(f, RepoFile)]
+        info, _ = get_json(api + (f"/revision/{quote(revision, safe='')}" if revision else ""), what, timeout)
+        sha = info.get("sha") if isinstance(info, dict) else None
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise HubError(f"{what}: the hub did not say which commit it serves (expected a JSON object with a "
+                           f"40-hex 'sha', got {_shape(info)})")
+        files: list[RemoteFile] = []
+        url, params = f"{api}/tree/{sha}", {"recursive": "true", "expand": "false"}
+        for _ in range(MAX_TREE_PAGES):
+            page, url = get_json(url, what, timeout, params)
+            files += _tree_files(page, what)
+            params = None  # the next page's URL carries them
+            if not url:
+                break
+        else:
+            raise HubError(f"{what}: the hub's file list goes on past {MAX_TREE_PAGES} pages; stopped reading")
+    except HubError:
+        raise
     except Exception as e:  # noqa: BLE001 — every failure becomes one line
-        raise _hub_error(e, what, hint) from None
-    if not sha:
-        raise HubError(f"{what}: the hub did not say which commit it serves")
+        raise hub_error(e, what, hint) from None
     return Listing(repo_id, repo_type, revision or "main", sha, sorted(files, key=lambda f: f.path))
 
 
-def _forwarding_tqdm(bar, lock: threading.Lock):
-    """A tqdm stand-in for ``hf_hub_download(tqdm_class=...)`` that adds each file's bytes to ``bar``."""
-
-    class _Forward:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def update(self, n=1):
-            if n:
-                with lock:
-                    bar.update(n)
-
-        def close(self):
-            pass
-
-        def __getattr__(self, name):  # set_postfix_str, update_transfer, refresh, ...
-            return lambda *a, **k: None
-
-    return _Forward
+# ----------------------------------------------------------------------------------------------
+# what is already there: checksums and huggingface_hub's local download records
+# ----------------------------------------------------------------------------------------------
+class _Record(NamedTuple):
+    commit: str
+    etag: str
+    timestamp: float
 
 
-def _fetch(listing: Listing, files: Sequence[RemoteFile], *, local_dir: Path | None, cache_dir: str | None,
-           workers: int, progress: bool, desc: str, on_done=None, total: int | None = None) -> list[str]:
-    """``hf_hub_download`` every file (pinned to the listing's commit) with one bytes bar; returns the paths."""
-    from huggingface_hub import hf_hub_download
+def _record_path(root: Path, rel: str) -> Path:
+    """Where huggingface_hub records a file it downloaded into ``root`` (``hf download --local-dir``,
+    ``snapshot_download(local_dir=...)``; geosolver writes the same records)."""
+    return root / ".cache" / "huggingface" / "download" / f"{rel}.metadata"
+
+
+def _read_record(root: Path, rel: str) -> _Record | None:
+    """The record (commit, checksum, time) of ``rel``, read without writing anything; ``None`` if absent or unreadable."""
+    try:
+        commit, etag, ts = _record_path(root, rel).read_text().splitlines()[:3]
+        return _Record(commit.strip(), etag.strip(), float(ts))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_record(root: Path, rel: str, commit: str, etag: str) -> None:
+    from huggingface_hub._local_folder import write_download_metadata  # the client's own record format
+
+    write_download_metadata(root, rel, commit, etag)
+
+
+def _file_matches(root: Path, f: RemoteFile, sha: str, record: bool) -> bool:
+    """``root/f.path`` is ``f``: the listed size and the hub's checksum (from the record beside it while the
+    file is unchanged since, else hashed — and recorded when ``record``)."""
+    p = root / f.path
+    try:
+        st = p.stat()
+    except OSError:
+        return False
+    if not p.is_file() or st.st_size != f.size:
+        return False
+    rec = _read_record(root, f.path)
+    if rec is not None and st.st_mtime - 1 <= rec.timestamp:  # the file is the one recorded
+        return rec.etag == f.etag if f.etag else rec.commit == sha
+    if not f.etag:
+        return True  # no checksum to compare: the size is all there is
+    if file_checksum(p, f.etag) != f.etag:
+        return False
+    if record:
+        _write_record(root, f.path, sha, f.etag)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# transfers (hubhttp: GET / Range into a kept partial file, bounded, checked against the hub's checksum)
+# ----------------------------------------------------------------------------------------------
+def _resolve_url(listing: Listing, path: str) -> str:
+    from huggingface_hub import hf_hub_url
+
+    return hf_hub_url(listing.repo_id, path, repo_type=listing.repo_type, revision=listing.sha)
+
+
+@dataclass
+class _Place:
+    """Where a file's partial goes and what to do with it once complete (local folder or HF cache)."""
+
+    partial: Callable[[RemoteFile], Path]
+    finish: Callable[[RemoteFile, Path], Path]
+
+
+def _fetch(listing: Listing, files: Sequence[RemoteFile], place: _Place, *, workers: int, progress: bool,
+           desc: str, res: DownloadResult, on_done: Callable[[RemoteFile, Path], None] | None = None) -> None:
+    """Fetch ``files`` (``workers`` at a time) with one bytes bar; on any failure or Ctrl-C the others stop
+    and every partial file is kept for the next run."""
     from geosolver.progress import tqdm
 
-    total = sum(f.size for f in files) if total is None else total  # bytes expected to move
-    lock = threading.Lock()
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress,
-               dynamic_ncols=True, miniters=1)
-    fwd = _forwarding_tqdm(bar, lock)
+    lock, stop = threading.Lock(), threading.Event()
+    bar = tqdm(total=res.bytes_to_fetch, initial=res.bytes_partial, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, miniters=1)
 
-    def one(f: RemoteFile) -> str:
-        p = hf_hub_download(listing.repo_id, f.path, repo_type=listing.repo_type, revision=listing.sha,
-                            local_dir=str(local_dir) if local_dir is not None else None, cache_dir=cache_dir,
-                            tqdm_class=fwd)
+    def counted(n: int) -> None:
+        with lock:
+            res.bytes_received += max(n, 0)
+            bar.update(n)
+
+    def one(f: RemoteFile) -> None:
+        part = place.partial(f)
+        fetch_file(_resolve_url(listing, f.path), f, part, counted, stop)
+        dest = place.finish(f, part)
         if on_done is not None:
-            on_done(f, Path(p))
-        return p
+            on_done(f, dest)
 
     what = f"{listing.repo_type} {listing.repo_id}"
-    out: list[str] = []
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [pool.submit(one, f) for f in files]
             try:
                 for fut in futures:
-                    out.append(fut.result())
+                    fut.result()
             except BaseException:
+                stop.set()
                 for fut in futures:
                     fut.cancel()
                 raise
+    except KeyboardInterrupt:
+        log.warning("interrupted: %s received; the partial files are kept, run the same command again to resume",
+                    human_bytes(res.bytes_received))
+        raise
     except GeosolverError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise _hub_error(e, what, "Files already finished are kept; run the same command again to resume.") from None
+        raise hub_error(e, what, "Finished and partial files are kept; run the same command again to resume.") from None
     finally:
         bar.close()
-    return out
 
 
-def _plan(dest: Path, listing: Listing, selected: list[RemoteFile], present: list[str],
-          dry_run: bool) -> tuple[DownloadResult, list[RemoteFile]]:
-    """What a download of ``selected`` into ``dest`` has to do: the result so far and the files still to fetch."""
+def _plan(dest: Path, listing: Listing, selected: list[RemoteFile], present: list[str], dry_run: bool,
+          partial: Callable[[RemoteFile], Path]) -> tuple[DownloadResult, list[RemoteFile]]:
+    """What a download of ``selected`` into ``dest`` has to do: the result so far and the files still to
+    fetch — the one list that ``--dry-run``, the progress total and the summary count."""
     todo = [f for f in selected if f.path not in present]
     res = DownloadResult(dest, listing.sha, selected, present=present, bytes_total=sum(f.size for f in selected),
-                         bytes_to_fetch=sum(f.size for f in todo), dry_run=dry_run)
+                         bytes_to_fetch=sum(f.size for f in todo),
+                         bytes_partial=sum(min(partial_size(partial(f)), f.size) for f in todo), dry_run=dry_run)
     return res, todo
+
+
+def _local_place(root: Path, sha: str) -> _Place:
+    """Files at ``root/<path>``, partials in ``root/.cache/huggingface/download/``, huggingface_hub's record written."""
+    parts = root / ".cache" / "huggingface" / "download"
+
+    def finish(f: RemoteFile, part: Path) -> Path:
+        dest = root / f.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, dest)
+        _write_record(root, f.path, sha, f.etag)
+        for stale in part.parent.glob(glob.escape(part.name.rsplit(".", 2)[0]) + ".*.partial"):  # older contents
+            stale.unlink(missing_ok=True)
+        return dest
+
+    return _Place(lambda f: partial_path(parts, f.path, f.etag), finish)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,22 +372,35 @@ def _extracted_dir(root: Path, rel: str) -> Path:
     return p.with_suffix("")  # images/test/00.zip -> images/test/00/
 
 
-def _is_extracted(root: Path, f: RemoteFile) -> bool:
+def _has_images(folder: Path) -> bool:
+    from geosolver.data.common import IMAGE_EXTENSIONS
+
+    if not folder.is_dir():
+        return False
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*"))
+
+
+def _is_extracted(root: Path, f: RemoteFile, sha: str, images: Callable[[Path], bool] = _has_images) -> bool:
+    """``f`` (an image zip) was extracted and removed: by ``--extract`` (its marker, same size and checksum)
+    or by the dataset authors' script (snapshot_download, each zip extracted into ``images/<split>/`` and
+    deleted): the zip is gone, huggingface_hub's download record of it names this content, and the
+    folder holds images."""
     marker = _extracted_dir(root, f.path) / EXTRACTED_MARKER
-    if not marker.is_file():
+    if marker.is_file():
+        try:
+            m = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(m, dict) and m.get("size") == f.size and m.get("etag", f.etag) == f.etag
+    if (root / f.path).exists():
         return False
-    try:
-        return json.loads(marker.read_text()).get("size") == f.size
-    except (OSError, ValueError):
+    rec = _read_record(root, f.path)
+    if rec is None or not (rec.etag == f.etag if f.etag else rec.commit == sha):
         return False
+    return images((root / f.path).parent)
 
 
-def _is_present(root: Path, f: RemoteFile) -> bool:
-    p = root / f.path
-    return (p.is_file() and p.stat().st_size == f.size) or (f.path.endswith(".zip") and _is_extracted(root, f))
-
-
-def extract_zip(zip_path: Path, sha: str = "") -> Path:
+def extract_zip(zip_path: Path, sha: str = "", etag: str = "") -> Path:
     """Unpack ``.../NN.zip`` into ``.../NN/`` (via a temporary folder, so a killed extraction is redone),
     write the marker, remove the zip. Members with absolute paths or ``..`` are refused."""
     dest = zip_path.with_suffix("")
@@ -331,7 +418,7 @@ def extract_zip(zip_path: Path, sha: str = "") -> Path:
     except zipfile.BadZipFile as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise HubError(f"{zip_path}: not a valid zip ({e}); delete it and run again") from None
-    (tmp / EXTRACTED_MARKER).write_text(json.dumps({"zip": zip_path.name, "size": size, "commit": sha}))
+    (tmp / EXTRACTED_MARKER).write_text(json.dumps({"zip": zip_path.name, "size": size, "commit": sha, "etag": etag}))
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
@@ -357,8 +444,9 @@ def _root_lock(root: Path):
 
 
 def _remove_partials(root: Path) -> tuple[int, int]:
-    """Delete ``*.incomplete`` files killed runs left in ``ROOT/.cache/huggingface/download``; returns
-    ``(files, bytes)`` removed."""
+    """Delete the ``*.incomplete`` files a killed huggingface_hub download (``hf download``, an older
+    geosolver) left in ``ROOT/.cache/huggingface/download`` — process-unique, so never resumable —, and
+    half-extracted folders; returns ``(files, bytes)`` removed. geosolver's own ``*.partial`` files stay."""
     freed = n = 0
     cache = root / ".cache" / "huggingface" / "download"
     if cache.is_dir():
@@ -387,9 +475,10 @@ def download_osv5m(
 ) -> DownloadResult:
     """Download OSV5M (``split``: ``test``, ``train`` or ``all``) into ``root`` in its published layout.
 
-    Resumable and idempotent: files already complete are not fetched again (no request at all when the
-    hub still serves the same commit). ``shards``: only the first N image zips of each split.
-    ``extract``: unpack each zip to ``images/<split>/NN/`` and remove it (the reader reads either).
+    Resumable and idempotent: files already complete are not fetched again (no request beyond the file
+    list), a file the hub changed is (whatever its size), an interrupted file resumes from its partial
+    bytes. ``shards``: only the first N image zips of each split. ``extract``: unpack each zip to
+    ``images/<split>/NN/`` and remove it (the reader reads either).
 
     Raises:
         HubError: no network, hub errors, not enough disk space, another download running on ``root``.
@@ -401,13 +490,25 @@ def download_osv5m(
             f"here; nothing was written to {root}.")
     listing = list_repo(repo_id, "dataset", revision, timeout=timeout, hint=hint)
     selected = osv5m_selection(listing, split, shards)
-    res, todo = _plan(root, listing, selected, [f.path for f in selected if _is_present(root, f)], dry_run)
+    place = _local_place(root, listing.sha)
+    seen: dict[Path, bool] = {}
+
+    def images(folder: Path) -> bool:  # one walk per split folder, not one per zip
+        if folder not in seen:
+            seen[folder] = _has_images(folder)
+        return seen[folder]
+
+    def present(f: RemoteFile) -> bool:
+        return _file_matches(root, f, listing.sha, record=not dry_run) or (
+            f.path.endswith(".zip") and _is_extracted(root, f, listing.sha, images))
+
+    res, todo = _plan(root, listing, selected, [f.path for f in selected if present(f)], dry_run, place.partial)
     if dry_run:
         return res
     t0 = time.time()
     with _root_lock(root):
         res.removed_partials = _remove_partials(root)
-        need = res.bytes_to_fetch * (2 if extract else 1)
+        need = (res.bytes_to_fetch - res.bytes_partial) + (res.bytes_to_fetch if extract else 0)
         free = shutil.disk_usage(root).free
         if need > free:
             raise HubError(f"{root}: {human_bytes(need)} needed ({'download + extraction' if extract else 'download'}), "
@@ -417,19 +518,15 @@ def download_osv5m(
         def done(f: RemoteFile, p: Path) -> None:
             if extract and f.path.endswith(".zip"):
                 with ext_lock:
-                    extract_zip(p, listing.sha)
+                    extract_zip(p, listing.sha, f.etag)
                     res.extracted.append(f.path)
 
-        # Every selected file goes through the client (a present one costs no request at this commit),
-        # so a file changed on the hub since the last run is fetched again.
-        kept = [f for f in selected if not (f.path.endswith(".zip") and _is_extracted(root, f))]
-        _fetch(listing, kept, local_dir=root, cache_dir=None, workers=workers, progress=progress,
-               desc=f"osv5m {split}", on_done=done, total=res.bytes_to_fetch)
+        _fetch(listing, todo, place, workers=workers, progress=progress, desc=f"osv5m {split}", res=res, on_done=done)
         if extract:  # zips that were already downloaded (an earlier run without --extract)
             for f in selected:
                 z = root / f.path
                 if f.path.endswith(".zip") and z.is_file() and f.path not in res.extracted:
-                    extract_zip(z, listing.sha)
+                    extract_zip(z, listing.sha, f.etag)
                     res.extracted.append(f.path)
     res.fetched = [f.path for f in todo]
     res.seconds = time.time() - t0
@@ -475,6 +572,32 @@ def cached_model(repo_id: str, revision: str = "main") -> Path | None:
         return None
 
 
+def _cache_place(storage: Path, sha: str) -> _Place:
+    """The HF cache layout: the file as ``blobs/<checksum>``, linked from ``snapshots/<commit>/<path>``
+    (what ``from_pretrained`` and ``snapshot_download(local_files_only=True)`` read); partials in ``blobs/``."""
+
+    def blob(f: RemoteFile) -> Path:
+        return storage / "blobs" / (f.etag or hashlib.sha1(f"{sha}/{f.path}".encode()).hexdigest())
+
+    def finish(f: RemoteFile, part: Path) -> Path:
+        os.replace(part, blob(f))
+        return _link_snapshot(storage, sha, f, blob(f))
+
+    return _Place(lambda f: blob(f).with_name(blob(f).name + ".partial"), finish)
+
+
+def _link_snapshot(storage: Path, sha: str, f: RemoteFile, blob: Path) -> Path:
+    pointer = storage / "snapshots" / sha / f.path
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_symlink() or pointer.exists():
+        pointer.unlink()
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except OSError:  # no symlinks on this file system: a copy, as huggingface_hub does
+        shutil.copyfile(blob, pointer)
+    return pointer
+
+
 def download_model(
     name: str,
     local_dir: str | os.PathLike | None = None,
@@ -485,7 +608,8 @@ def download_model(
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> DownloadResult:
     """Download a model snapshot into ``local_dir`` or the HF cache; ``result.path`` is what to pass as
-    ``--model`` (a cached one also loads by its name with ``HF_HUB_OFFLINE=1``).
+    ``--model`` (a cached one also loads by its name with ``HF_HUB_OFFLINE=1``). Resumable and idempotent
+    as :func:`download_osv5m`.
 
     Raises:
         HubError: see :func:`list_repo`; when the hub cannot be reached but the model is already in the
@@ -507,23 +631,27 @@ def download_model(
     selected = model_selection(listing)
     if local_dir is not None:
         dest = Path(os.path.abspath(local_dir))
-        present = [f.path for f in selected if _is_present(dest, f)]
+        place = _local_place(dest, listing.sha)
+        present = [f.path for f in selected if _file_matches(dest, f, listing.sha, record=not dry_run)]
     else:
         storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
         dest = storage / "snapshots" / listing.sha
-        present = [f.path for f in selected if (dest / f.path).is_file()]
-    res, todo = _plan(dest, listing, selected, present, dry_run)
+        place = _cache_place(storage, listing.sha)
+        # a blob of the same content (cached under an earlier commit of the repo) only needs its link
+        present = [f.path for f in selected if (dest / f.path).is_file()
+                   or (f.etag and partial_size(storage / "blobs" / f.etag) == f.size)]
+    res, todo = _plan(dest, listing, selected, present, dry_run, place.partial)
     if dry_run:
         return res
     t0 = time.time()
-    if local_dir is not None:
-        with _root_lock(dest):
+    with _root_lock(dest if local_dir is not None else storage / "blobs"):
+        if local_dir is not None:
             res.removed_partials = _remove_partials(dest)
-            _fetch(listing, selected, local_dir=dest, cache_dir=None, workers=workers, progress=progress, desc=repo_id,
-                   total=res.bytes_to_fetch)
-    else:
-        _fetch(listing, selected, local_dir=None, cache_dir=constants.HF_HUB_CACHE, workers=workers,
-               progress=progress, desc=repo_id, total=res.bytes_to_fetch)
+        _fetch(listing, todo, place, workers=workers, progress=progress, desc=repo_id, res=res)
+    if local_dir is None:
+        for f in selected:  # files whose content was cached under an earlier commit
+            if not (dest / f.path).is_file():
+                _link_snapshot(storage, listing.sha, f, storage / "blobs" / f.etag)
         ref = storage / "refs" / listing.revision  # so `from_pretrained(repo_id)` finds it offline
         ref.parent.mkdir(parents=True, exist_ok=True)
         if not ref.is_file() or ref.read_text() != listing.sha:

@@ -10,7 +10,7 @@ from geosolver.cli.args import positive_float, positive_int
 def register(sub) -> None:
     p = sub.add_parser(
         "download", help="download OSV5M or a model from the Hugging Face hub (resumable)",
-        description="Download through huggingface_hub. Resumable and idempotent: a second run fetches nothing.",
+        description="Download from the Hugging Face hub. Resumable and idempotent: a second run fetches nothing; a run that was killed, interrupted (Ctrl-C) or cut off resumes each unfinished file from its partial bytes (HTTP Range), and every file is checked against the hub's sha256 before it is put in place.",
     )
     dsub = p.add_subparsers(dest="download_command", metavar="WHAT")
 
@@ -18,7 +18,8 @@ def register(sub) -> None:
         "osv5m", help="the OSV5M dataset (osv5m/osv5m) in its published layout",
         description="Download osv5m/osv5m into ROOT: test.csv / train.csv and images/<split>/NN.zip, where "
         "`geosolver embed --dataset osv5m --root ROOT` and read_dataset('osv5m', ROOT, split=...) read them "
-        "(zips are read in place; --extract unpacks them).",
+        "(zips are read in place; --extract unpacks them). Zips already unpacked, by --extract or by the dataset "
+        "authors' script (snapshot_download, then each zip extracted into images/<split>/ and deleted), count as present.",
     )
     o.add_argument("--root", required=True, help="dataset root directory (created)")
     o.add_argument("--split", choices=("test", "train", "all"), default="test", help="which split(s) (default test)")
@@ -52,20 +53,23 @@ def register(sub) -> None:
 
 
 def _summary(res, what: str) -> None:
+    """What was (``--dry-run``: would be) fetched: the same file list the transfer and its bar count."""
     from geosolver.hub import file_table, human_bytes
 
+    n_todo = len(res.selected) - len(res.present)
+    resumed = f", {human_bytes(res.bytes_partial)} of it already in partial files (resumed)" if res.bytes_partial else ""
     if res.dry_run:
         print(file_table(res.selected, res.present))
         print(f"{what} @ {res.sha[:12]}: {len(res.selected)} file(s), {human_bytes(res.bytes_total)} in all; "
-              f"{len(res.selected) - len(res.present)} to fetch ({human_bytes(res.bytes_to_fetch)}), "
+              f"{n_todo} to fetch ({human_bytes(res.bytes_to_fetch)}{resumed}), "
               f"{len(res.present)} already present in {res.path}")
         return
-    rate = f" ({human_bytes(res.bytes_to_fetch / res.seconds)}/s)" if res.fetched and res.seconds > 0 else ""
-    print(f"{what} @ {res.sha[:12]}: fetched {len(res.fetched)} file(s), {human_bytes(res.bytes_to_fetch)} in "
-          f"{res.seconds:.1f}s{rate}; {len(res.present)} already present"
+    rate = f" ({human_bytes(res.bytes_received / res.seconds)}/s)" if res.bytes_received and res.seconds > 0 else ""
+    print(f"{what} @ {res.sha[:12]}: fetched {len(res.fetched)} file(s), {human_bytes(res.bytes_to_fetch)}{resumed}; "
+          f"received {human_bytes(res.bytes_received)} in {res.seconds:.1f}s{rate}; {len(res.present)} already present"
           + (f"; extracted {len(res.extracted)} zip(s)" if res.extracted else "")
-          + (f"; removed {res.removed_partials[0]} partial file(s) ({human_bytes(res.removed_partials[1])}) from a killed run"
-             if res.removed_partials[0] else ""))
+          + (f"; removed {res.removed_partials[0]} partial file(s) ({human_bytes(res.removed_partials[1])}) of an "
+             f"interrupted huggingface_hub download" if res.removed_partials[0] else ""))
 
 
 def run_osv5m(args: argparse.Namespace) -> int:

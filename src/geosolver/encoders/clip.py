@@ -116,9 +116,10 @@ def load_from_hub(key: str, repo: str, tried: list[str], device: torch.device, d
         cached = False
     cache_dir = constants.HF_HUB_CACHE
     offline_fix = (
-        f"download it where the hub is reachable (`hf download {repo} --local-dir DIR`), copy DIR here and run with "
-        f"HF_HUB_OFFLINE=1 --model DIR; or use an offline encoder: histogram, efficientnet-lite0@S "
-        f"(EfficientNet-Lite0 at S px, e.g. efficientnet-lite0@224)"
+        f"download it where the hub is reachable (`geosolver download model {repo} --local-dir DIR`), copy DIR here "
+        f"and run with HF_HUB_OFFLINE=1 --model DIR; for kNN only, an offline encoder needs no download: histogram, "
+        f"efficientnet-lite0@S (EfficientNet-Lite0 at S px, e.g. efficientnet-lite0@224) — they have no text tower, "
+        f"so no zero-shot or text prior"
     )
     local_only = constants.is_offline_mode()
     if local_only and not cached:
