@@ -242,6 +242,31 @@ def test_clip_texts(tiny_enc):
     assert np.allclose(t[0], t[2], atol=1e-6) and not np.allclose(t[0], t[1], atol=1e-3)
 
 
+def test_text_interface_of_clip_and_of_encoders_without_text(tiny_enc, tiny_clip_dir):
+    from transformers import AutoTokenizer, CLIPModel
+
+    assert tiny_enc.has_text
+    assert tiny_enc.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)  # CLIP's initial temperature 0.07
+    # embed_texts = transformers' projected text features, L2-normalised
+    prompts = ["a street in norway", "oslo"]
+    model, tok = CLIPModel.from_pretrained(tiny_clip_dir).eval(), AutoTokenizer.from_pretrained(tiny_clip_dir)
+    with torch.no_grad():
+        out = model.get_text_features(**tok(prompts, padding=True, return_tensors="pt"))
+    ref = getattr(out, "pooler_output", out).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.abs(tiny_enc.embed_texts(prompts) - ref).max() < 1e-5
+    fp = tiny_enc.text_fingerprint()
+    assert len(fp) == 64 and fp == tiny_enc.text_fingerprint()
+    bare = Encoder()  # the base class: no text tower unless a backend says so
+    bare.name, bare.backend = "bare", "none"
+    for enc in (load_encoder("histogram", device="cpu"), bare):
+        assert not enc.has_text
+        for ask in (lambda: enc.embed_texts(["x"]), enc.text_fingerprint, lambda: enc.logit_scale):
+            with pytest.raises(EncoderError) as e:
+                ask()
+            assert f"encoder {enc.name!r} ({enc.backend}) has no text tower" == str(e.value)
+
+
 def test_clip_save_roundtrip_loads_in_plain_transformers(tiny_enc, tmp_path, image_files):
     from transformers import CLIPModel
 

@@ -35,9 +35,10 @@ Representative point of a label (what a prediction returns as lat/lon), never in
 
 Text embeddings (:func:`text_embeddings`) are computed once per (text tower, level, prompts,
 label keys, autocast dtype) and cached at ``geodata.cache_dir() / "text-embeddings" /
-"{level}-{sha16}.npy"``, where the sha covers a fingerprint of the text tower's weights (full bytes
-of ``text_projection`` and the token embedding, plus name, shape, sums and a strided sample of
-every other text parameter). A corrupt, wrongly shaped or non-finite cache file is recomputed
+"{level}-{sha16}.npy"``, where the sha covers the encoder's ``text_fingerprint()`` (for a CLIP:
+its text weights and vocabulary, :meth:`geosolver.encoders.clip.ClipEncoder.text_fingerprint`).
+Only the encoder's text interface is used (``has_text``, ``embed_texts``, ``text_fingerprint``,
+``logit_scale``; :class:`geosolver.encoders.Encoder`). A corrupt, wrongly shaped or non-finite cache file is recomputed
 with a logged warning.
 
 :class:`ZeroShot` turns an encoder and a level into probabilities and predictions; with
@@ -50,7 +51,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import string
 from dataclasses import dataclass, field, fields
@@ -460,7 +460,7 @@ def _label_set(level: str, min_population: int) -> LabelSet:
 
 # ----------------------------------------------------------------------------- text embeddings
 def _encoder_label(encoder) -> str:
-    return f"{getattr(encoder, 'name', type(encoder).__name__)!r} ({getattr(encoder, 'backend', '?')})"
+    return f"{encoder.name!r} ({encoder.backend})"
 
 
 def _no_text_tower(encoder, why: str | None = None) -> ZeroShotError:
@@ -471,41 +471,11 @@ def _no_text_tower(encoder, why: str | None = None) -> ZeroShotError:
 
 
 def _text_fingerprint(encoder) -> str:
-    """sha256 of the text tower's weights — full bytes of ``text_projection`` and the token
-    embedding; name, shape, sum, sum of squares and a strided sample of every other text parameter —
-    and of the tokenizer's vocabulary."""
-    import torch
-
-    h = hashlib.sha256()
-    model = getattr(encoder, "model", None)
-    text_model = getattr(model, "text_model", None)
-    proj = getattr(model, "text_projection", None)
-    if text_model is None or proj is None:
-        h.update(json.dumps(encoder.identity(), sort_keys=True, default=str).encode())
-        return h.hexdigest()
-    full = {"text_projection.weight", "text_model.embeddings.token_embedding.weight"}
-    params = [("text_projection." + n, t) for n, t in proj.named_parameters()]
-    params += [("text_model." + n, t) for n, t in text_model.named_parameters()]
-    with torch.no_grad():
-        for name, t in params:
-            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-            if name in full:
-                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-                continue
-            flat = t.detach().reshape(-1).double()
-            stats = torch.stack([flat.sum(), (flat * flat).sum()]).cpu().numpy()
-            step = max(1, flat.numel() // 1024)
-            h.update(stats.tobytes())
-            h.update(flat[::step].float().cpu().numpy().tobytes())
-    h.update(f"|dtype={getattr(encoder, 'dtype', '')}|dim={getattr(encoder, 'dim', '')}".encode())
-    try:  # same weights, another vocabulary: other text embeddings
-        tokenizer = getattr(encoder, "tokenizer", None)
+    """``encoder.text_fingerprint()``, its failure (e.g. no tokenizer) as one :class:`ZeroShotError` line."""
+    try:
+        return encoder.text_fingerprint()
     except EncoderError as err:
         raise _no_text_tower(encoder, str(err)) from None
-    vocab = getattr(tokenizer, "get_vocab", None)
-    if vocab is not None:
-        h.update(json.dumps(sorted(vocab().items()), ensure_ascii=False).encode())
-    return h.hexdigest()
 
 
 def _cache_path(encoder, labels: LabelSet, prompts: Sequence[str]):
@@ -540,7 +510,7 @@ def text_embeddings(encoder, labels: LabelSet, template: str | None = None) -> n
     """Text embeddings of ``labels.prompts(template)``, computed once and cached on disk.
 
     Args:
-        encoder: a CLIP :class:`~geosolver.encoders.Encoder` (with ``embed_texts``).
+        encoder: an :class:`~geosolver.encoders.Encoder` with a text tower (``has_text``).
         labels: the labels.
         template: see :meth:`LabelSet.prompts`.
 
@@ -553,7 +523,7 @@ def text_embeddings(encoder, labels: LabelSet, template: str | None = None) -> n
     from geosolver.files import atomic_write_npy
 
     prompts = labels.prompts(template)
-    if getattr(encoder, "backend", None) != "clip":
+    if not encoder.has_text:
         raise _no_text_tower(encoder)
     dim = int(encoder.dim)
     path = _cache_path(encoder, labels, prompts)
@@ -631,12 +601,12 @@ class ZeroShot:
     """Zero-shot geolocation with a CLIP encoder's text tower.
 
     Args:
-        encoder: a CLIP encoder (``backend == "clip"`` with a working ``embed_texts``).
+        encoder: an encoder with a text tower (``encoder.has_text``, e.g. a CLIP).
         level: ``"countries"``, ``"regions"`` or ``"cities"``.
         template: a prompt template for ``level`` (default ``DEFAULT_TEMPLATES[level]``), or a
             mapping level → template (hierarchical mode takes the countries template from it).
         temperature: softmax temperature; ``None`` uses the model's own learned scale
-            ``exp(logit_scale)`` (≈100 for trained CLIPs), else the scale is ``1/temperature``.
+            ``encoder.logit_scale`` (≈100 for trained CLIPs), else the scale is ``1/temperature``.
         hierarchical: score countries first, then the labels of the ``top_countries`` best
             countries (needs level regions or cities).
         top_countries: countries kept in hierarchical mode.
@@ -660,7 +630,7 @@ class ZeroShot:
         labels: LabelSet | None = None,
     ):
         _check_level(level)
-        if getattr(encoder, "backend", None) != "clip":
+        if not encoder.has_text:
             raise _no_text_tower(encoder)
         if hierarchical and level == "countries":
             raise ZeroShotError("hierarchical zero-shot needs level regions or cities (it scores countries first)")
@@ -703,10 +673,10 @@ class ZeroShot:
     @staticmethod
     def _scale(encoder, temperature) -> float:
         if temperature is None:
-            ls = getattr(getattr(encoder, "model", None), "logit_scale", None)
-            if ls is None:
-                raise ZeroShotError(f"{_encoder_label(encoder)} has no logit_scale; pass a temperature")
-            scale = float(np.exp(float(ls.detach().float().cpu().reshape(-1)[0])))
+            try:
+                scale = float(encoder.logit_scale)
+            except EncoderError as err:
+                raise ZeroShotError(f"{_encoder_label(encoder)} has no logit scale ({err}); pass a temperature") from None
         else:
             try:
                 t = float(temperature)
