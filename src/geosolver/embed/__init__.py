@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from geosolver.embed.chunks import ChunkOutput, commit, iter_chunks
-from geosolver.embed.decode import error_text, load_pixels
+from geosolver.embed.decode import default_num_workers, error_text, load_pixels
 from geosolver.embed.job import DEFAULT_SHARD_SIZE, ChunkPlan, check_table, open_store, table_fingerprint
 from geosolver.encoders import Encoder, EncoderSpec, load_encoder
 from geosolver.errors import EmbedError, StoreError
@@ -71,12 +71,6 @@ class EmbedResult:
     @property
     def images_per_s(self) -> float:
         return self.rows_embedded / self.seconds if self.seconds > 0 else float("nan")
-
-
-def default_num_workers(device_type: str) -> int:
-    """Decode workers by device: up to 16 feeding a GPU, up to 4 (one core left) on a CPU."""
-    n = os.cpu_count() or 1
-    return min(16, max(1, n - 1)) if device_type == "cuda" else max(1, min(4, n - 1))
 
 
 def rank_from_env(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
