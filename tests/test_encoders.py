@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import io
 import pickle
 
@@ -101,7 +102,7 @@ def test_preprocess_pads_black_when_image_smaller_than_crop():
 def test_preprocess_reads_saved_processor_config(tmp_path):
     hf = _hf_processor(80, 72)
     hf.save_pretrained(tmp_path)
-    pre = ResizeCropNormalize.from_pretrained_dir(tmp_path)
+    pre = ResizeCropNormalize.from_processor_config(json.loads((tmp_path / "preprocessor_config.json").read_text()))
     assert (pre.size, pre.crop_h, pre.crop_w, pre.resample) == (80, 72, 72, int(Image.Resampling.BICUBIC))
     img = _rng_image(123, 99, 1)
     assert np.abs(pre(img) - hf(images=img, return_tensors="np")["pixel_values"][0]).max() < PIXEL_EXACT_TOL
