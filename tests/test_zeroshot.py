@@ -36,15 +36,12 @@ T_REGION = "{region} {country}"
 T_CITY = "{city} {region}"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GEOSOLVER_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("geosolver_cache")
 
 
-@pytest.fixture(scope="module")
-def enc(tiny_clip_dir):
-    return load_encoder(tiny_clip_dir, device="cpu")
+@pytest.fixture
+def enc(tiny_clip):
+    return tiny_clip
 
 
 def _count_calls(monkeypatch, encoder) -> list[int]:
@@ -196,14 +193,14 @@ def test_subset():
 
 
 # ----------------------------------------------------------------------------- text embeddings + cache
-def test_text_embeddings_are_cached(enc, monkeypatch, _cache):
+def test_text_embeddings_are_cached(enc, monkeypatch, geosolver_cache):
     c = label_set("countries")
     calls = _count_calls(monkeypatch, enc)
     a = text_embeddings(enc, c, T_COUNTRY)
     assert a.shape == (len(c), enc.dim) and a.dtype == np.float32
     assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
     assert calls == [len(c)]
-    files = list((_cache / "text-embeddings").glob("countries-*.npy"))
+    files = list((geosolver_cache / "text-embeddings").glob("countries-*.npy"))
     assert len(files) == 1 and len(files[0].stem.split("-")[1]) == 16
     b = text_embeddings(enc, c, T_COUNTRY)
     assert calls == [len(c)]  # no second call
@@ -214,7 +211,7 @@ def test_text_embeddings_are_cached(enc, monkeypatch, _cache):
     # another template is another cache entry
     d = text_embeddings(enc, c, "{country}.")
     assert calls == [len(c)] and not np.allclose(a, d)
-    assert len(list((_cache / "text-embeddings").glob("countries-*.npy"))) == 2
+    assert len(list((geosolver_cache / "text-embeddings").glob("countries-*.npy"))) == 2
 
 
 def test_changed_text_weights_recompute(tiny_clip_dir, monkeypatch):
@@ -240,11 +237,9 @@ def test_changed_text_weights_recompute(tiny_clip_dir, monkeypatch):
     assert len(calls) == 3
 
 
-def test_the_same_weights_with_another_vocabulary_do_not_share_a_cache_entry(tiny_clip_dir, tmp_path, monkeypatch):
-    import json
+def test_the_same_weights_with_another_vocabulary_do_not_share_a_cache_entry(tiny_clip_dir, tmp_path, geosolver_cache):
     import shutil
 
-    monkeypatch.setenv("GEOSOLVER_CACHE_DIR", str(tmp_path / "cache"))
     other = tmp_path / "other-vocab"
     shutil.copytree(tiny_clip_dir, other)
     tok = json.loads((other / "tokenizer.json").read_text())
@@ -254,15 +249,15 @@ def test_the_same_weights_with_another_vocabulary_do_not_share_a_cache_entry(tin
     c = label_set("countries").subset(np.arange(40))
     a = text_embeddings(load_encoder(tiny_clip_dir, device="cpu"), c, T_COUNTRY)
     b = text_embeddings(load_encoder(str(other), device="cpu"), c, T_COUNTRY)
-    assert len(list((tmp_path / "cache" / "text-embeddings").glob("*.npy"))) == 2
+    assert len(list((geosolver_cache / "text-embeddings").glob("*.npy"))) == 2
     assert not np.allclose(a, b)  # names ending in a/e ("Angola", "France") tokenise differently
 
 
 @pytest.mark.parametrize("damage", ["garbage", "shape", "nan"])
-def test_bad_cache_file_is_recomputed(enc, monkeypatch, _cache, caplog, damage):
+def test_bad_cache_file_is_recomputed(enc, monkeypatch, geosolver_cache, caplog, damage):
     c = label_set("countries").subset(np.arange(30))
     a = text_embeddings(enc, c, T_COUNTRY)
-    (path,) = (_cache / "text-embeddings").glob("countries-*.npy")
+    (path,) = (geosolver_cache / "text-embeddings").glob("countries-*.npy")
     if damage == "garbage":
         path.write_bytes(b"\x93NUMPY not really")
     elif damage == "shape":
