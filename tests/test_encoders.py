@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geosolver.encoders import ENCODER_ALIASES, Encoder, EncoderError, ResizeCropNormalize, load_encoder
+from geosolver.encoders import ENCODER_ALIASES, Encoder, EncoderError, ResizeCropNormalize, has_text_tower, load_encoder
 from geosolver.images import open_image, to_rgb
 
 torch.set_num_threads(1)
@@ -253,10 +253,11 @@ def test_text_interface_of_clip_and_of_encoders_without_text(tiny_clip, tiny_cli
     assert np.abs(tiny_clip.embed_texts(prompts) - ref).max() < 1e-5
     fp = tiny_clip.text_fingerprint()
     assert len(fp) == 64 and fp == tiny_clip.text_fingerprint()
+    assert has_text_tower(tiny_clip.identity())
     bare = Encoder()  # the base class: no text tower unless a backend says so
     bare.name, bare.backend = "bare", "none"
     for enc in (load_encoder("histogram", device="cpu"), bare):
-        assert not enc.has_text
+        assert not enc.has_text and not has_text_tower({"backend": enc.backend})
         for ask in (lambda: enc.embed_texts(["x"]), enc.text_fingerprint, lambda: enc.logit_scale):
             with pytest.raises(EncoderError) as e:
                 ask()
