@@ -62,3 +62,20 @@ def tiny_clip_dir(tmp_path_factory) -> str:
 
     torch.set_num_threads(1)
     return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_dir):
+    """The tiny CLIP of :func:`tiny_clip_dir`, loaded once on the CPU (float32). Tests that change
+    its weights load their own copy."""
+    from geosolver.encoders import load_encoder
+
+    return load_encoder(tiny_clip_dir, device="cpu", precision="fp32")
+
+
+@pytest.fixture
+def geosolver_cache(tmp_path, monkeypatch):
+    """A fresh ``GEOSOLVER_CACHE_DIR`` (text embeddings, label sets on disk, downloads) for one test."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("GEOSOLVER_CACHE_DIR", str(path))
+    return path

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import multiprocessing
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -16,9 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers_data import (  # noqa: E402
+from helpers_data import (
     OSV5M_COLUMNS,
     assert_color,
     make_exif_photos,
@@ -28,9 +25,9 @@ from helpers_data import (  # noqa: E402
     make_webdataset,
 )
 
-from geosolver.data import DATASET_KINDS, DatasetError, read_dataset  # noqa: E402
-from geosolver.errors import GeosolverError  # noqa: E402
-from geosolver.images import ImageReadError, open_image, read_bytes, tar_source  # noqa: E402
+from geosolver.data import DATASET_KINDS, DatasetError, read_dataset
+from geosolver.errors import GeosolverError
+from geosolver.images import ImageReadError, open_image, read_bytes, tar_source
 
 JPEG_TOL = 4  # levels: a solid-colour JPEG at quality 95 decodes within a few levels
 

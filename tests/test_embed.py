@@ -131,3 +131,13 @@ def test_sigkill_then_resume_gives_identical_store(tmp_path, tiny_clip_dir):
     pd.testing.assert_frame_equal(a.failures, b.failures)
     assert len(b) == n - 2 and b.metadata["id"].is_unique
     assert sorted(os.listdir(ref)) == sorted(os.listdir(killed))
+
+
+def test_default_num_workers_by_device_and_role(monkeypatch):
+    from geosolver.embed.decode import default_num_workers
+
+    for cores, embed_cpu, embed_gpu, train_cpu, train_gpu in [(1, 1, 1, 0, 1), (2, 1, 1, 1, 1), (8, 4, 7, 2, 7), (64, 4, 16, 2, 8)]:
+        monkeypatch.setattr("os.cpu_count", lambda: cores)
+        got = (default_num_workers("cpu"), default_num_workers("cuda"),
+               default_num_workers("cpu", training=True), default_num_workers("cuda", training=True))
+        assert got == (embed_cpu, embed_gpu, train_cpu, train_gpu), cores

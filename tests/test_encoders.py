@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import io
 import pickle
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geosolver.encoders import ENCODER_ALIASES, Encoder, EncoderError, ResizeCropNormalize, load_encoder
+from geosolver.encoders import ENCODER_ALIASES, Encoder, EncoderError, ResizeCropNormalize, has_text_tower, load_encoder
 from geosolver.images import open_image, to_rgb
 
 torch.set_num_threads(1)
@@ -101,7 +102,7 @@ def test_preprocess_pads_black_when_image_smaller_than_crop():
 def test_preprocess_reads_saved_processor_config(tmp_path):
     hf = _hf_processor(80, 72)
     hf.save_pretrained(tmp_path)
-    pre = ResizeCropNormalize.from_pretrained_dir(tmp_path)
+    pre = ResizeCropNormalize.from_processor_config(json.loads((tmp_path / "preprocessor_config.json").read_text()))
     assert (pre.size, pre.crop_h, pre.crop_w, pre.resample) == (80, 72, 72, int(Image.Resampling.BICUBIC))
     img = _rng_image(123, 99, 1)
     assert np.abs(pre(img) - hf(images=img, return_tensors="np")["pixel_values"][0]).max() < PIXEL_EXACT_TOL
@@ -137,11 +138,6 @@ def test_preprocessor_is_picklable():
 
 # ============================================================================ tiny CLIP
 @pytest.fixture(scope="module")
-def tiny_enc(tiny_clip_dir) -> Encoder:
-    return load_encoder(tiny_clip_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def image_files(tmp_path_factory) -> list[str]:
     d = tmp_path_factory.mktemp("imgs")
     paths = []
@@ -167,19 +163,19 @@ def _reference_clip_embeddings(model_dir: str, paths: list[str]) -> np.ndarray:
     return feats / np.linalg.norm(feats, axis=1, keepdims=True)
 
 
-def test_clip_identity_and_attributes(tiny_enc, tiny_clip_dir):
+def test_clip_identity_and_attributes(tiny_clip, tiny_clip_dir):
     # conftest builds: 32 px input, 16-d projection, shortest_edge 32 bicubic + crop 32
-    assert (tiny_enc.dim, tiny_enc.image_size, tiny_enc.min_side) == (16, 32, 32)
-    assert tiny_enc.device == torch.device("cpu") and tiny_enc.dtype == torch.float32
-    ident = tiny_enc.identity()
+    assert (tiny_clip.dim, tiny_clip.image_size, tiny_clip.min_side) == (16, 32, 32)
+    assert tiny_clip.device == torch.device("cpu") and tiny_clip.dtype == torch.float32
+    ident = tiny_clip.identity()
     assert set(ident) == {"name", "revision", "dim", "preprocessing", "backend"}
     assert (ident["name"], ident["revision"], ident["dim"], ident["backend"]) == (tiny_clip_dir, "local", 16, "clip")
     assert "32" in ident["preprocessing"] and "bicubic" in ident["preprocessing"]
-    assert all(p.dtype == torch.float32 for p in tiny_enc.model.parameters())
+    assert all(p.dtype == torch.float32 for p in tiny_clip.model.parameters())
 
 
-def test_clip_embeddings_unit_norm_and_match_transformers(tiny_enc, tiny_clip_dir, image_files):
-    emb = tiny_enc.embed_images(image_files, batch_size=3)
+def test_clip_embeddings_unit_norm_and_match_transformers(tiny_clip, tiny_clip_dir, image_files):
+    emb = tiny_clip.embed_images(image_files, batch_size=3)
     assert emb.shape == (len(image_files), 16) and emb.dtype == np.float32
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     ref = _reference_clip_embeddings(tiny_clip_dir, image_files)
@@ -188,69 +184,95 @@ def test_clip_embeddings_unit_norm_and_match_transformers(tiny_enc, tiny_clip_di
     assert np.abs(emb[0] - emb[1]).max() > 1e-2
 
 
-def test_clip_batch_size_does_not_change_results(tiny_enc, image_files):
-    a = tiny_enc.embed_images(image_files, batch_size=1)
-    b = tiny_enc.embed_images(image_files, batch_size=4)
-    c = tiny_enc.embed_images(image_files, batch_size=64)
+def test_clip_batch_size_does_not_change_results(tiny_clip, image_files):
+    a = tiny_clip.embed_images(image_files, batch_size=1)
+    b = tiny_clip.embed_images(image_files, batch_size=4)
+    c = tiny_clip.embed_images(image_files, batch_size=64)
     assert np.abs(a - b).max() < 1e-5 and np.abs(a - c).max() < 1e-5
 
 
-def test_clip_tta_d4_equals_mean_of_manually_transformed_copies(tiny_enc):
+def test_clip_tta_d4_equals_mean_of_manually_transformed_copies(tiny_clip):
     # Square images at exactly the model size: preprocessing does no resampling, so transforming the
     # PIL image equals transforming the pixel tensor.
     T = Image.Transpose
     d4 = [None, T.ROTATE_90, T.ROTATE_180, T.ROTATE_270, T.FLIP_LEFT_RIGHT, T.FLIP_TOP_BOTTOM, T.TRANSPOSE, T.TRANSVERSE]
     imgs = [_rng_image(32, 32, seed=s) for s in (5, 6)]
-    got = tiny_enc.embed_images(imgs, tta="d4")
+    got = tiny_clip.embed_images(imgs, tta="d4")
     for img, g in zip(imgs, got):
-        views = tiny_enc.embed_images([img if t is None else img.transpose(t) for t in d4])
+        views = tiny_clip.embed_images([img if t is None else img.transpose(t) for t in d4])
         mean = views.mean(0)
         expected = mean / np.linalg.norm(mean)
         assert np.abs(g - expected).max() < 1e-5
         # the views really differ, so TTA is not the identity
         assert np.abs(views[0] - views[1]).max() > 1e-3
-    flip = tiny_enc.embed_images(imgs[:1], tta="flip")[0]
-    two = tiny_enc.embed_images([imgs[0], imgs[0].transpose(T.FLIP_LEFT_RIGHT)]).mean(0)
+    flip = tiny_clip.embed_images(imgs[:1], tta="flip")[0]
+    two = tiny_clip.embed_images([imgs[0], imgs[0].transpose(T.FLIP_LEFT_RIGHT)]).mean(0)
     assert np.abs(flip - two / np.linalg.norm(two)).max() < 1e-5
 
 
-def test_clip_reduced_precision_autocast_stays_close(tiny_clip_dir, tiny_enc, image_files):
+def test_clip_reduced_precision_autocast_stays_close(tiny_clip_dir, tiny_clip, image_files):
     # The same autocast path CUDA takes, exercised with bfloat16 on CPU: weights stay float32,
     # output is float32 unit rows, close to the float32 result (bf16 has ~3 significant digits).
     enc = load_encoder(tiny_clip_dir, device="cpu", precision="bf16")
     assert enc.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in enc.model.parameters())
     low = enc.embed_images(image_files)
     assert low.dtype == np.float32 and np.allclose(np.linalg.norm(low, axis=1), 1, atol=1e-5)
-    cos = (low * tiny_enc.embed_images(image_files)).sum(1)
+    cos = (low * tiny_clip.embed_images(image_files)).sum(1)
     assert cos.min() > 0.98
 
 
-def test_clip_features_have_gradients(tiny_enc, image_files):
-    px = np.stack([tiny_enc.preprocess(open_image(p)) for p in image_files[:2]])
-    f = tiny_enc.features(torch.from_numpy(px))
-    assert f.shape == (2, tiny_enc.dim) and f.requires_grad
+def test_clip_features_have_gradients(tiny_clip, image_files):
+    px = np.stack([tiny_clip.preprocess(open_image(p)) for p in image_files[:2]])
+    f = tiny_clip.features(torch.from_numpy(px))
+    assert f.shape == (2, tiny_clip.dim) and f.requires_grad
     f.pow(2).sum().backward()
-    grads = [p.grad for p in tiny_enc.model.vision_model.parameters() if p.grad is not None]
+    grads = [p.grad for p in tiny_clip.model.vision_model.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
-    tiny_enc.model.zero_grad(set_to_none=True)
+    tiny_clip.model.zero_grad(set_to_none=True)
 
 
-def test_clip_texts(tiny_enc):
-    t = tiny_enc.embed_texts(["a street in norway", "a beach in brazil", "a street in norway"])
-    assert t.shape == (3, tiny_enc.dim)
+def test_clip_texts(tiny_clip):
+    t = tiny_clip.embed_texts(["a street in norway", "a beach in brazil", "a street in norway"])
+    assert t.shape == (3, tiny_clip.dim)
     assert np.allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
     assert np.allclose(t[0], t[2], atol=1e-6) and not np.allclose(t[0], t[1], atol=1e-3)
 
 
-def test_clip_save_roundtrip_loads_in_plain_transformers(tiny_enc, tmp_path, image_files):
+def test_text_interface_of_clip_and_of_encoders_without_text(tiny_clip, tiny_clip_dir):
+    from transformers import AutoTokenizer, CLIPModel
+
+    assert tiny_clip.has_text
+    assert tiny_clip.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)  # CLIP's initial temperature 0.07
+    # embed_texts = transformers' projected text features, L2-normalised
+    prompts = ["a street in norway", "oslo"]
+    model, tok = CLIPModel.from_pretrained(tiny_clip_dir).eval(), AutoTokenizer.from_pretrained(tiny_clip_dir)
+    with torch.no_grad():
+        out = model.get_text_features(**tok(prompts, padding=True, return_tensors="pt"))
+    ref = getattr(out, "pooler_output", out).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.abs(tiny_clip.embed_texts(prompts) - ref).max() < 1e-5
+    fp = tiny_clip.text_fingerprint()
+    assert len(fp) == 64 and fp == tiny_clip.text_fingerprint()
+    assert has_text_tower(tiny_clip.identity())
+    bare = Encoder()  # the base class: no text tower unless a backend says so
+    bare.name, bare.backend = "bare", "none"
+    for enc in (load_encoder("histogram", device="cpu"), bare):
+        assert not enc.has_text and not has_text_tower({"backend": enc.backend})
+        for ask in (lambda: enc.embed_texts(["x"]), enc.text_fingerprint, lambda: enc.logit_scale):
+            with pytest.raises(EncoderError) as e:
+                ask()
+            assert f"encoder {enc.name!r} ({enc.backend}) has no text tower" == str(e.value)
+
+
+def test_clip_save_roundtrip_loads_in_plain_transformers(tiny_clip, tmp_path, image_files):
     from transformers import CLIPModel
 
     out = tmp_path / "saved"
-    tiny_enc.save(out)
+    tiny_clip.save(out)
     assert isinstance(CLIPModel.from_pretrained(out), CLIPModel)
     again = load_encoder(out, device="cpu")
-    assert np.abs(again.embed_images(image_files) - tiny_enc.embed_images(image_files)).max() < 1e-6
-    assert again.preprocessor == tiny_enc.preprocessor
+    assert np.abs(again.embed_images(image_files) - tiny_clip.embed_images(image_files)).max() < 1e-6
+    assert again.preprocessor == tiny_clip.preprocessor
 
 
 def test_wrong_names_raise_encoder_error_naming_what_was_tried(tmp_path):

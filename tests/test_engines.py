@@ -36,13 +36,8 @@ def dataset(tmp_path_factory) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_clip_dir):
-    import torch
-
-    from geosolver.encoders import load_encoder
-
-    torch.set_num_threads(1)
-    return load_encoder(tiny_clip_dir, device="cpu", precision="fp32")
+def encoder(tiny_clip):
+    return tiny_clip
 
 
 @pytest.fixture(scope="module")

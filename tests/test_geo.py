@@ -57,6 +57,18 @@ def test_geoscore_and_accuracy():
     assert m["geoscore"] == pytest.approx(np.mean([5000 * math.exp(-k / 1492.7) for k in km]))
 
 
+def test_accuracy_counts_a_distance_exactly_at_the_threshold():
+    """'at or below': an error equal to the threshold is a hit."""
+    acc = geo.accuracy_at([1.0, 25.0, 200.0, 750.0, 2500.0])
+    assert acc == {"acc@1km": 1 / 5, "acc@25km": 2 / 5, "acc@200km": 3 / 5, "acc@750km": 4 / 5, "acc@2500km": 1.0}
+    # one degree of the equator is 6371 km * pi / 180 = 111.19492664455873 km, and so is its haversine
+    one_degree = 6371.0 * math.pi / 180.0
+    d = geo.haversine(0.0, 0.0, 0.0, 1.0)
+    assert float(d) == one_degree
+    assert geo.accuracy_at(d, [one_degree]) == {f"acc@{one_degree:g}km": 1.0}
+    assert geo.accuracy_at(d, [111.19]) == {"acc@111.19km": 0.0}
+
+
 def test_spherical_mean_across_antimeridian_and_pole():
     lat, lon = geo.spherical_mean([10.0, 10.0], [179.0, -179.0])
     assert abs(abs(lon) - 180.0) < 1e-6 and lat == pytest.approx(10.0, abs=0.01)

@@ -7,18 +7,15 @@ from __future__ import annotations
 import io
 import json
 import random
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from helpers_data import encode_image, make_jpeg
 
-from helpers_data import encode_image, make_jpeg  # noqa: E402
-
-from geosolver.data import read_dataset  # noqa: E402
-from geosolver.errors import CoordinateError, DatasetError  # noqa: E402
+from geosolver.data import read_dataset
+from geosolver.errors import CoordinateError, DatasetError
 
 CSV_READERS = ("folder", "osv5m")
 

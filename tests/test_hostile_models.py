@@ -5,7 +5,6 @@ minute of retry warnings."""
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from geosolver.cli import main as cli_main
 from geosolver.encoders import EncoderError, load_encoder
 from geosolver.store import write_store
 
-sys.path.insert(0, str(Path(__file__).parent))
-from helpers_data import make_folder_dataset  # noqa: E402
+from helpers_data import make_folder_dataset
 
 FAST_S = 15  # a generous bound: an unreachable hub is reported after one short probe, not ~50 s of retries
 

@@ -6,25 +6,18 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from helpers_data import encode_image
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers_data import encode_image  # noqa: E402
-
-from geosolver.data import read_dataset  # noqa: E402
-from geosolver.data.common import LAT_NAMES, LON_NAMES  # noqa: E402
-from geosolver.errors import CoordinateError, DatasetError  # noqa: E402
-from geosolver.geo import (  # noqa: E402
+from geosolver.data import read_dataset
+from geosolver.data.common import LAT_NAMES, LON_NAMES
+from geosolver.errors import CoordinateError, DatasetError
+from geosolver.geo import (
     EARTH_RADIUS_KM,
     GEOSCORE_MAX,
     geoscore,
@@ -32,6 +25,10 @@ from geosolver.geo import (  # noqa: E402
     spherical_mean,
     validate_coords,
 )
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

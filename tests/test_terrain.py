@@ -1,4 +1,4 @@
-"""terrain: tile rendering (antimeridian, poles, augmentation) and the world builder (splits, determinism)."""
+"""terrain: tile rendering (antimeridian, poles, augmentation, known places) and the world builder (splits, sources,\nTerrainConfig -> run -> TerrainWorld, the CLI derived from the config)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_augmentation_hides_the_source_window():
 def worlds(tmp_path_factory):
     root = tmp_path_factory.mktemp("worlds")
     out = {}
-    for name, split, seed in [("a", "random", 0), ("a2", "random", 0), ("b", "random", 1), ("h", "held-out-cells", 0)]:
+    for name, split, seed in [("a", "random", 0), ("b", "random", 1), ("h", "held-out-cells", 0)]:
         out[name] = (root / name, terrain.build_world(root / name, 200, 50, split=split, seed=seed, progress=False))
     return out
 
@@ -109,15 +109,27 @@ def test_points_are_on_land_near_populated_places(worlds):
             assert (reverse_geocode(m["lat"].to_numpy(), m["lon"].to_numpy())["place_km"] < 60).all()
 
 
-def test_world_is_deterministic_per_seed(worlds):
-    (ra, _), (ra2, _), (rb, _) = worlds["a"], worlds["a2"], worlds["b"]
-    for f in ("gallery.csv", "queries.csv"):
-        assert (ra / f).read_text() == (ra2 / f).read_text()
-        assert (ra / f).read_text() != (rb / f).read_text()
-    ga = pd.read_csv(ra / "gallery.csv")
-    np.testing.assert_array_equal(_load_tiles(ra, ga), _load_tiles(ra2, ga))
-    gb = pd.read_csv(rb / "gallery.csv")
+def test_another_seed_draws_other_places(worlds):
+    (ra, _), (rb, _) = worlds["a"], worlds["b"]
+    ga, gb = pd.read_csv(ra / "gallery.csv"), pd.read_csv(rb / "gallery.csv")
     assert np.abs(ga["lat"] - gb["lat"]).max() > 1.0
+
+
+@pytest.mark.parametrize("lat, lon, land_cover, climate, share", [
+    (23.4, 10.0, "barren", "BWh", 1.0),                           # central Sahara: hot desert
+    (75.0, -40.0, "snow and ice", "EF", 1.0),                     # Greenland ice sheet: ice cap
+    (-5.0, -65.0, "evergreen broadleaf forest", "Af", 0.85),       # western Amazon: rainforest
+])
+def test_a_tile_shows_the_known_land_cover_and_climate_of_its_place(lat, lon, land_cover, climate, share):
+    """Places whose land cover and climate are known without the rasters: their plain tile is (mostly)
+    the colour 0.7 x IGBP palette + 0.3 x Koppen palette of those classes."""
+    lc = geodata.LAND_COVER_NAMES.index(land_cover)
+    kg = geodata.CLIMATE_NAMES.index(climate)
+    colour = np.rint(0.7 * geodata.IGBP_PALETTE[lc].astype(float) + 0.3 * geodata.KOPPEN_PALETTE[kg])
+    tile = terrain.render_tiles([lat], [lon], augment=False)[0].reshape(-1, 3).astype(float)
+    assert (np.abs(tile - colour).max(axis=1) <= 1).mean() >= share
+    assert np.atleast_1d(geodata.land_cover_name(lat, lon))[0] == land_cover
+    assert np.atleast_1d(geodata.climate_name(lat, lon))[0] == climate
 
 
 def test_no_query_tile_is_a_gallery_tile(worlds):
@@ -186,6 +198,36 @@ def test_cli_build_and_read_back(tmp_path, capsys):
     ds = data.read_dataset("folder", root=out, csv=out / "gallery.csv")
     assert len(ds) == 30
     np.testing.assert_allclose(ds["lat"].to_numpy(), pd.read_csv(out / "gallery.csv")["lat"].to_numpy())
+
+
+def test_config_run_result(tmp_path):
+    cfg = terrain.TerrainConfig(str(tmp_path / "w"), n_gallery=6, n_queries=2, seed=5, tile_size=16, window_px=8, progress=False)
+    w = terrain.run(cfg)
+    assert isinstance(w, terrain.TerrainWorld) and w.out == tmp_path / "w"
+    assert (w.counts["gallery"], w.counts["queries"]) == (6, 2) and w.seconds["total"] > 0
+    assert w.manifest == json.loads((tmp_path / "w" / "world.json").read_text())
+    assert w.manifest["settings"]["window_deg"] == pytest.approx(8 * 0.05)
+    assert Image.open(tmp_path / "w" / pd.read_csv(tmp_path / "w" / "gallery.csv")["path"][0]).size == (16, 16)
+
+
+def test_cli_options_are_the_config_fields(capsys):
+    from geosolver.cli import build_parser
+    from geosolver.cli.args import config_from_args
+
+    parse = build_parser({"terrain"}).parse_args
+    args = parse(["terrain", "build", "--out", "o", "--gallery", "3", "--queries", "1", "--window", "8", "--cell-size", "0.5",
+                  "--split", "held-out-cells", "--queries-from", "land", "--no-progress", "--overwrite"])
+    assert config_from_args(terrain.TerrainConfig, args) == terrain.TerrainConfig(
+        "o", 3, 1, split="held-out-cells", queries_from="land", window_px=8, cell_size=0.5, progress=False, overwrite=True)
+    # the defaults of a bare command line are the documented ones
+    bare = config_from_args(terrain.TerrainConfig, parse(["terrain", "build", "--out", "o", "--gallery", "2", "--queries", "1"]))
+    assert (bare.split, bare.seed, bare.tile_size, bare.window_px, bare.cell_size, bare.holdout_fraction) == ("random", 0, 64, 32, 2.0, 0.2)
+    assert (bare.jitter_km, bare.progress, bare.overwrite) == (7.0, True, False)
+    for bad in (["--gallery", "0", "--queries", "1"], ["--gallery", "2"], ["--gallery", "2", "--queries", "1", "--jitter-km", "3"]):
+        with pytest.raises(SystemExit) as e:
+            parse(["terrain", "build", "--out", "o", *bad])
+        assert e.value.code == 2
+    capsys.readouterr()
 
 
 def test_gallery_only_world(tmp_path):

@@ -11,7 +11,7 @@ This module imports numpy only; the torch variant of haversine imports torch laz
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -214,22 +214,9 @@ def grid_cell_label(lat, lon, size_deg: float = 1.0) -> list[str]:
     ]
 
 
-def pairwise_haversine(lat_a, lon_a, lat_b, lon_b) -> np.ndarray:
-    """Distance matrix in km, shape ``(len(a), len(b))``; inputs in degrees (validated)."""
-    la, loa = validate_coords(np.atleast_1d(lat_a), np.atleast_1d(lon_a), "set a")
-    lb, lob = validate_coords(np.atleast_1d(lat_b), np.atleast_1d(lon_b), "set b")
-    return haversine(la[:, None], loa[:, None], lb[None, :], lob[None, :], check=False)
-
-
 def random_points_on_sphere(n: int, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points uniform on the sphere's surface, as ``(lat, lon)`` in degrees."""
     rng = np.random.default_rng(rng)
     z = rng.uniform(-1.0, 1.0, n)
     lon = rng.uniform(-180.0, 180.0, n)
     return np.degrees(np.arcsin(z)), lon
-
-
-def iter_chunks(n: int, size: int) -> Iterable[slice]:
-    """Slices covering ``range(n)`` in chunks of ``size``."""
-    for s in range(0, n, size):
-        yield slice(s, min(n, s + size))

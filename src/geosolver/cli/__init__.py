@@ -19,41 +19,68 @@ from geosolver.errors import UserError  # re-exported: raise it for a nonsensica
 
 __all__ = ["UserError", "build_parser", "main"]
 
-# Order here is the order of `geosolver --help`.
-COMMAND_MODULES = [
-    "geosolver.cli.demo_cmd",
-    "geosolver.cli.embed_cmd",
-    "geosolver.cli.info_cmd",
-    "geosolver.cli.index_cmd",
-    "geosolver.cli.locate_cmd",
-    "geosolver.cli.evaluate_cmd",
-    "geosolver.cli.analyze_cmd",
-    "geosolver.cli.enrich_cmd",
-    "geosolver.cli.curate_cmd",
-    "geosolver.cli.terrain_cmd",
-    "geosolver.cli.train_cmd",
-    "geosolver.cli.serve_cmd",
-    "geosolver.cli.download_cmd",
-    "geosolver.cli.study_cmd",
-]
+#: every sub-command: ``(name, module, one-line summary)``, in the order of ``geosolver --help``. The
+#: summary lets ``geosolver --help`` list the commands without importing them (their parsers pull in
+#: numpy, pandas or transformers); ``tests/test_cli_startup.py`` checks it equals each parser's help.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("demo", "geosolver.cli.demo_cmd", "run the whole pipeline on an offline terrain world and write demo/report.html"),
+    ("embed", "geosolver.cli.embed_cmd", "embed a dataset (OSV5M, folder+CSV, EXIF photos, webdataset) into a store"),
+    ("info", "geosolver.cli.info_cmd", "print what an embedding store holds"),
+    ("index", "geosolver.cli.index_cmd", "build a kNN index (faiss) over an embedding store"),
+    ("locate", "geosolver.cli.locate_cmd", "geolocate photos against a gallery store, or zero-shot against place names"),
+    ("evaluate", "geosolver.cli.evaluate_cmd", "locate every query of a store in a gallery and report Geoscore etc."),
+    ("compare", "geosolver.cli.evaluate_cmd", "several evaluation runs in one table"),
+    ("analyze", "geosolver.cli.analyze_cmd", "how well do encoders' embeddings reflect geography? (plots, correlations, diagnostics)"),
+    ("enrich", "geosolver.cli.enrich_cmd", "add offline geographic metadata (country, climate, land cover, land, cell) to a store"),
+    ("curate", "geosolver.cli.curate_cmd", "curate a small, representative gallery from a store"),
+    ("terrain", "geosolver.cli.terrain_cmd", "build the offline terrain world (a folder + CSV dataset of rendered map tiles)"),
+    ("train", "geosolver.cli.train_cmd", "fine-tune an encoder so similarity falls with distance (distance-consistency, "
+     "geo-contrastive, rank-n-contrast, soft-contrastive)"),
+    ("serve", "geosolver.cli.serve_cmd", "web app: drop a photo, see the guess on a map (+ JSON API)"),
+    ("download", "geosolver.cli.download_cmd", "download OSV5M or a model from the Hugging Face hub (resumable)"),
+    ("study", "geosolver.cli.study_cmd", "the founding study on OSV5M: encoders, analysis, curation, fine-tuning, one report"),
+)
+#: the command modules, each once, in order.
+COMMAND_MODULES = list(dict.fromkeys(module for _, module, _ in COMMANDS))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
+    """The ``geosolver`` parser.
+
+    Args:
+        commands: names of the sub-commands to build in full (their module's ``register``);
+            every other one gets a bare entry with its summary, enough for ``geosolver --help``.
+            ``None``: all of them (what the tests and the docs inspect).
+    """
     from geosolver import __version__
 
     p = argparse.ArgumentParser(prog="geosolver", description="Geolocate photos by retrieval over image embeddings.")
     p.add_argument("--version", action="version", version=f"geosolver {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    full = {module for name, module, _ in COMMANDS if commands is None or name in commands}
+    registered: set[str] = set()
+    for name, module, summary in COMMANDS:
+        if module not in full:
+            sub.add_parser(name, help=summary, add_help=False)
+            continue
+        if module in registered:  # a module that registers several commands (evaluate + compare)
+            continue
         try:
-            mod = importlib.import_module(name)
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name == name:  # command not built yet in this checkout
+            if e.name == module:  # command not built yet in this checkout
                 continue
             raise
         mod.register(sub)
+        registered.add(module)
     return p
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv``: the first word that is not a top-level option (the
+    top-level options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def os_error_line(e: OSError) -> str:
@@ -70,7 +97,8 @@ def os_error_line(e: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser({_command_in(argv)} - {None})  # only the named command's parser is built
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

@@ -70,3 +70,43 @@ def add_overwrite_option(p: argparse.ArgumentParser) -> None:
     """``--overwrite`` for a command that writes a run folder (:class:`geosolver.rundir.RunDir`);
     :func:`geosolver.cli.main` applies it to every run folder the command opens."""
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """Add one option per field of the dataclass ``config_cls``, from each field's ``metadata``:
+    ``help``; ``flag`` (default ``--field-name``; ``None``: not on the command line); ``kind`` (the
+    name of a value type of this module, or ``"float"``/``"int"``); ``choices``. A field without a
+    default is required; a boolean flips its default (``False`` → ``--name``, ``True`` → ``--no-name``)."""
+    import dataclasses
+
+    types = {"float": float, "int": int, "positive_int": positive_int, "non_negative_int": non_negative_int,
+             "positive_float": positive_float, "non_negative_float": non_negative_float}
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata
+        name = f.name.replace("_", "-")
+        if f.default is not dataclasses.MISSING and isinstance(f.default, bool):
+            flag = meta.get("flag", f"--no-{name}" if f.default else f"--{name}")
+            if flag is not None:
+                parser.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true", help=meta.get("help"))
+            continue
+        flag = meta.get("flag", f"--{name}")
+        if flag is None:
+            continue
+        kw = {"dest": f.name, "help": meta.get("help")}
+        if "kind" in meta:
+            kw["type"] = types[meta["kind"]]
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
+        if f.default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default
+        parser.add_argument(flag, **kw)
+
+
+def config_from_args(config_cls, args: argparse.Namespace):
+    """The ``config_cls`` of parsed arguments: the fields the command line sets, defaults for the rest."""
+    import dataclasses
+
+    given = vars(args)
+    return config_cls(**{f.name: given[f.name] for f in dataclasses.fields(config_cls) if f.name in given})

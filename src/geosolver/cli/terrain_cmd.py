@@ -1,15 +1,15 @@
-"""``geosolver terrain build``: render a terrain world (map tiles of real land cover + climate)."""
+"""``geosolver terrain build``: render a terrain world (map tiles of real land cover + climate); the options
+are :class:`~geosolver.terrain.config.TerrainConfig`'s fields."""
 
 from __future__ import annotations
 
 import argparse
 
-from geosolver.cli.args import non_negative_int, positive_float, positive_int
+from geosolver.cli.args import add_config_arguments, config_from_args
+from geosolver.terrain.config import TerrainConfig
 
 
 def register(sub) -> None:
-    from geosolver.terrain import GALLERY_SOURCES, QUERY_DISTRIBUTIONS, SPLITS
-
     p = sub.add_parser(
         "terrain",
         help="build the offline terrain world (a folder + CSV dataset of rendered map tiles)",
@@ -18,37 +18,15 @@ def register(sub) -> None:
     )
     tsub = p.add_subparsers(dest="terrain_command", metavar="ACTION", required=True)
     b = tsub.add_parser("build", help="render gallery and query tiles and write gallery.csv / queries.csv")
-    b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--gallery", type=positive_int, required=True, help="number of gallery tiles")
-    b.add_argument("--queries", type=positive_int, required=True, help="number of query tiles")
-    b.add_argument("--split", choices=SPLITS, default="random",
-                   help="random: queries drawn like the gallery; held-out-cells: queries only from grid cells absent from the gallery")
-    b.add_argument("--queries-from", choices=QUERY_DISTRIBUTIONS, default="population",
-                   help="population: query points near GeoNames places, like the gallery (default); land: uniform over "
-                   "land area; settlements: uniform over land within 25 km of a GeoNames place (a near-roads proxy)")
-    b.add_argument("--gallery-from", choices=GALLERY_SOURCES, default="geonames",
-                   help="geonames: gallery points near GeoNames places (default); mp16: real MP-16 photo coordinates "
-                   "from the GeoCLIP wheel (fetched once with pip into the cache dir)")
-    b.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the tile positions (default 0)")
-    b.add_argument("--tile-size", type=positive_int, default=64, help="tile side in pixels (default 64)")
-    b.add_argument("--window", type=positive_int, default=32, help="tile coverage in 0.05-degree source pixels (default 32 = 1.6 deg)")
-    b.add_argument("--cell-size", type=positive_float, default=2.0, help="grid cell side in degrees (labels, held-out split)")
-    b.add_argument("--holdout-fraction", type=float, default=0.2, help="share of populated cells held out (held-out-cells)")
-    b.add_argument("--overwrite", action="store_true", help="write into a folder that already holds a world")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(b, TerrainConfig)
     b.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from geosolver.terrain import build_world
+    from geosolver.terrain import run as build
 
-    w = build_world(
-        args.out, args.gallery, args.queries, split=args.split, seed=args.seed, tile_size=args.tile_size,
-        window_px=args.window, progress=not args.no_progress, cell_size=args.cell_size,
-        holdout_fraction=args.holdout_fraction, overwrite=args.overwrite,
-        queries_from=args.queries_from, gallery_from=args.gallery_from,
-    )
-    c, s = w["counts"], w["seconds"]
+    w = build(config_from_args(TerrainConfig, args))
+    c, s = w.counts, w.seconds
     print(f"terrain world in {args.out}: {c['gallery']} gallery + {c['queries']} query tiles "
           f"({args.split}; queries from {args.queries_from}, gallery from {args.gallery_from}; {c['gallery_cells']} gallery cells, {c['query_cells']} query cells, "
           f"{c['gallery_countries']} gallery countries) in {s['total']:.1f} s (tiles {s['tiles']:.1f} s)")

@@ -28,12 +28,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
 from geosolver.embed.chunks import ChunkOutput, commit, iter_chunks
-from geosolver.embed.decode import error_text, load_pixels
+from geosolver.embed.decode import default_num_workers, error_text, load_pixels
 from geosolver.embed.job import DEFAULT_SHARD_SIZE, ChunkPlan, check_table, open_store, table_fingerprint
 from geosolver.encoders import Encoder, EncoderSpec, load_encoder
 from geosolver.errors import EmbedError, StoreError
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 ENGINES = ("local", "ranks", "ray")
 
 __all__ = [
-    "DEFAULT_SHARD_SIZE", "ENGINES", "ChunkOutput", "ChunkPlan", "EmbedError", "EmbedResult", "default_num_workers",
+    "DEFAULT_SHARD_SIZE", "ENGINES", "ChunkOutput", "ChunkPlan", "EmbedError", "EmbedJob", "EmbedResult", "default_num_workers",
     "embed", "error_text", "load_pixels", "merge", "rank_from_env", "table_fingerprint",
 ]
 
@@ -71,12 +71,6 @@ class EmbedResult:
     @property
     def images_per_s(self) -> float:
         return self.rows_embedded / self.seconds if self.seconds > 0 else float("nan")
-
-
-def default_num_workers(device_type: str) -> int:
-    """Decode workers by device: up to 16 feeding a GPU, up to 4 (one core left) on a CPU."""
-    n = os.cpu_count() or 1
-    return min(16, max(1, n - 1)) if device_type == "cuda" else max(1, min(4, n - 1))
 
 
 def rank_from_env(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
@@ -162,20 +156,94 @@ def embed(
         raise EmbedError(f"batch size must be >= 1, got {batch_size}")
     if num_workers is not None and int(num_workers) < 0:
         raise EmbedError(f"num_workers must be >= 0, got {num_workers}")
-    table = check_table(table)
+    job = EmbedJob(check_table(table), out, int(batch_size), num_workers, shard_size, tta, progress, config, skipped)
     if engine == "ranks":
-        return _embed_ranks(table, encoder, out, rank, world_size, local_rank, batch_size, num_workers, shard_size, tta,
-                            progress, config, skipped, merge_when_done, wait_s)
+        return _embed_ranks(job, encoder, rank, world_size, local_rank, merge_when_done, wait_s)
     with write_lock(out):  # one job per store: a second `embed` on the same --out gets one clear line
         if engine == "ray":
-            return _embed_ray(table, encoder, out, batch_size, num_workers, shard_size, tta, progress, config, skipped,
-                              ray_address, ray_actors)
-        return _embed_local(table, encoder, out, batch_size, num_workers, shard_size, tta, progress, config, skipped)
+            return _embed_ray(job, encoder, ray_address, ray_actors)
+        return _embed_local(job, encoder)
 
 
-def _embed_ranks(table, encoder, out, rank, world_size, local_rank, batch_size, num_workers, shard_size, tta, progress,
-                 config, skipped, merge_when_done, wait_s) -> EmbedResult:
-    """Resolve this rank (arguments or torchrun's environment) and its device, then run it."""
+@dataclass(frozen=True)
+class EmbedJob:
+    """One :func:`embed` call's settings, what every engine receives (see :func:`embed` for each)."""
+
+    table: pd.DataFrame
+    out: str | os.PathLike
+    batch_size: int = 64
+    num_workers: int | None = None
+    shard_size: int | None = None
+    tta: str | None = None
+    progress: bool = True
+    config: dict[str, Any] | None = None
+    skipped: pd.DataFrame | None = None
+
+    def open(self, identity: dict, config: dict[str, Any] | None, **kw) -> tuple[StoreWriter, ChunkPlan]:
+        """:func:`~geosolver.embed.job.open_store` for this job (``kw``: create, exclusive, wait_s)."""
+        return open_store(self.out, identity, self.table, self.shard_size, self.tta, config, self.skipped, **kw)
+
+
+#: an executor: ``(chunks, bar) -> ChunkOutput`` per chunk, in any order; it only chooses where a chunk runs.
+Executor = Callable[[list, Any], Iterable[ChunkOutput]]
+
+
+@dataclass
+class _Tally:
+    """What the driver loop did: embedded rows, failures, seconds."""
+
+    rows: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+
+    def last_run(self, **extra) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 3), "rows": self.rows, "failures": self.failures, **extra}
+
+    def result(self, job: EmbedJob, store: EmbeddingStore, resumed_from: int) -> EmbedResult:
+        if self.failures:
+            log.warning("%d image(s) could not be embedded; see %s", self.failures, os.path.join(os.fspath(job.out), "failures.parquet"))
+        return EmbedResult(store=store, rows_embedded=self.rows, failures=self.failures, seconds=self.seconds, resumed_from=resumed_from)
+
+
+def _drive(job: EmbedJob, writer: StoreWriter, chunks: list, run: Executor, bar_total: int, bar_initial: int, desc: str,
+           merge_each: bool = True, position: int | None = None) -> _Tally:
+    """The one driver loop: ``run`` embeds ``chunks`` wherever it likes; each result is committed
+    here as its shard (and the manifest merged after it when ``merge_each``)."""
+    tally = _Tally()
+    t0 = time.perf_counter()
+    with _bar(bar_total, bar_initial, job.progress, desc, position) as bar:
+        for res in run(chunks, bar):
+            commit(writer, job.table, res)
+            if merge_each:
+                writer.merge()
+            tally.rows += len(res.ok_rows)
+            tally.failures += len(res.failures)
+    tally.seconds = time.perf_counter() - t0
+    return tally
+
+
+def _in_process(job: EmbedJob, plan: ChunkPlan, enc: Encoder, workers: int) -> Executor:
+    """Executor: this process decodes (``workers`` DataLoader workers) and embeds."""
+    return lambda chunks, bar: iter_chunks(job.table, plan, chunks, enc, job.batch_size, workers, job.tta, bar)
+
+
+def _embed_local(job: EmbedJob, encoder) -> EmbedResult:
+    """This process runs every chunk still to do, merging the manifest after each."""
+    enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder)
+    workers = default_num_workers(enc.device.type) if job.num_workers is None else int(job.num_workers)
+    writer, plan = job.open(enc.identity(), job.config)
+    todo = [c for c in range(plan.n_chunks) if c not in writer.committed()]
+    done_inputs = plan.n_inputs - plan.inputs(todo)
+    if done_inputs:
+        log.info("resuming %s: %d of %d input rows already committed", job.out, done_inputs, plan.n_inputs)
+    tally = _drive(job, writer, todo, _in_process(job, plan, enc, workers), plan.n_inputs, done_inputs, "embed")
+    store = writer.finalize(expect_chunks=plan.n_chunks, last_run=tally.last_run())
+    return tally.result(job, store, done_inputs)
+
+
+def _embed_ranks(job: EmbedJob, encoder, rank, world_size, local_rank, merge_when_done: bool, wait_s: float) -> EmbedResult:
+    """Rank ``rank`` of ``world_size`` (arguments or torchrun's environment) embeds chunks
+    ``c ≡ rank (mod world_size)`` on its own device; rank 0 merges."""
     if rank is None or world_size is None:
         env = rank_from_env()
         if env is None:
@@ -186,31 +254,46 @@ def _embed_ranks(table, encoder, out, rank, world_size, local_rank, batch_size, 
     if not isinstance(encoder, Encoder):
         spec = encoder if isinstance(encoder, EncoderSpec) else EncoderSpec(str(encoder))
         encoder = load_encoder(spec.on(device=_rank_device(spec.device, rank if local_rank is None else local_rank)))
-    return _embed_rank(table, encoder, out, rank, world_size, batch_size, num_workers or 0, shard_size, tta,
-                       progress, config, skipped, merge_when_done, wait_s)
+    world = int(world_size)
+    cfg = {**(job.config or {}), "engine": "ranks", "world_size": world}
+    writer, plan = job.open(encoder.identity(), cfg, create=rank == 0, exclusive=False, wait_s=wait_s)
+    done = writer.committed()
+    mine = [c for c in range(plan.n_chunks) if c % world == rank and c not in done]
+    tally = _drive(job, writer, mine, _in_process(job, plan, encoder, job.num_workers or 0), plan.inputs(mine), 0,
+                   f"embed rank {rank}/{world}", merge_each=False, position=rank)
+    if rank == 0 and merge_when_done:
+        deadline = time.monotonic() + wait_s
+        while len(writer.committed()) < plan.n_chunks and time.monotonic() < deadline:
+            time.sleep(0.5)
+        store = writer.finalize(expect_chunks=plan.n_chunks, last_run=tally.last_run(world_size=world))
+    else:
+        store = EmbeddingStore(job.out)
+    return tally.result(job, store, plan.inputs(done))
 
 
-def _embed_local(table, encoder, out, batch_size, num_workers, shard_size, tta, progress, config, skipped) -> EmbedResult:
-    """This process runs every chunk still to do, merging the manifest after each."""
-    enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder)
-    workers = default_num_workers(enc.device.type) if num_workers is None else int(num_workers)
-    writer, plan = open_store(out, enc.identity(), table, shard_size, tta, config, skipped)
+def _embed_ray(job: EmbedJob, encoder, ray_address, ray_actors) -> EmbedResult:
+    """Ray actors embed whole chunks (each with its own encoder); the driver commits them."""
+    from geosolver.embed.ray_engine import run_chunks_on_ray
+
+    spec = encoder.spec if isinstance(encoder, Encoder) else (encoder if isinstance(encoder, EncoderSpec) else EncoderSpec(str(encoder)))
+    if spec is None:
+        raise EmbedError("engine 'ray' needs an encoder loaded by load_encoder (or an EncoderSpec) so actors can load it")
+    driver = encoder if isinstance(encoder, Encoder) else load_encoder(spec.on(device="cpu", precision="fp32"))
+    writer, plan = job.open(driver.identity(), {**(job.config or {}), "engine": "ray"})
     todo = [c for c in range(plan.n_chunks) if c not in writer.committed()]
+    actors = [0]
+
+    def on_ray(chunks, bar):
+        for res, n_actors in run_chunks_on_ray(job.table, plan, chunks, spec, job.batch_size, job.num_workers or 0, job.tta,
+                                               ray_address, ray_actors):
+            actors[0] = n_actors
+            bar.update(res.hi - res.lo)
+            yield res
+
     done_inputs = plan.n_inputs - plan.inputs(todo)
-    if done_inputs:
-        log.info("resuming %s: %d of %d input rows already committed", out, done_inputs, plan.n_inputs)
-    t0 = time.perf_counter()
-    n_ok = n_fail = 0
-    with _bar(plan.n_inputs, done_inputs, progress, "embed") as bar:
-        for res in iter_chunks(table, plan, todo, enc, batch_size, workers, tta, bar):
-            commit(writer, table, res)
-            writer.merge()
-            n_ok += len(res.ok_rows)
-            n_fail += len(res.failures)
-    secs = time.perf_counter() - t0
-    store = writer.finalize(expect_chunks=plan.n_chunks, last_run={"seconds": round(secs, 3), "rows": n_ok, "failures": n_fail})
-    _warn_failures(n_fail, out)
-    return EmbedResult(store=store, rows_embedded=n_ok, failures=n_fail, seconds=secs, resumed_from=done_inputs)
+    tally = _drive(job, writer, todo, on_ray, plan.n_inputs, done_inputs, "embed (ray)")
+    store = writer.finalize(expect_chunks=plan.n_chunks, last_run=tally.last_run(engine="ray", actors=actors[0]))
+    return tally.result(job, store, done_inputs)
 
 
 def merge(out: str | os.PathLike) -> EmbeddingStore:
@@ -234,64 +317,3 @@ def _bar(total: int, initial: int, progress: bool, desc: str, position: int | No
     from geosolver.progress import tqdm
 
     return tqdm(total=total, initial=initial, unit="img", disable=not progress, dynamic_ncols=True, desc=desc, position=position)
-
-
-def _warn_failures(n_fail: int, out) -> None:
-    if n_fail:
-        log.warning("%d image(s) could not be embedded; see %s", n_fail, os.path.join(os.fspath(out), "failures.parquet"))
-
-
-def _embed_rank(table, enc: Encoder, out, rank: int, world: int, batch_size: int, num_workers: int, shard_size, tta,
-                progress: bool, config, skipped, merge_when_done: bool, wait_s: float) -> EmbedResult:
-    """Rank ``rank`` of ``world`` embeds chunks ``c ≡ rank (mod world)``; rank 0 merges."""
-    cfg = {**(config or {}), "engine": "ranks", "world_size": int(world)}
-    writer, plan = open_store(out, enc.identity(), table, shard_size, tta, cfg, skipped, create=rank == 0,
-                              exclusive=False, wait_s=wait_s)
-    done = writer.committed()
-    mine = [c for c in range(plan.n_chunks) if c % world == rank and c not in done]
-    t0 = time.perf_counter()
-    n_ok = n_fail = 0
-    with _bar(plan.inputs(mine), 0, progress, f"embed rank {rank}/{world}", position=rank) as bar:
-        for res in iter_chunks(table, plan, mine, enc, batch_size, num_workers, tta, bar):
-            commit(writer, table, res)
-            n_ok += len(res.ok_rows)
-            n_fail += len(res.failures)
-    secs = time.perf_counter() - t0
-    if rank == 0 and merge_when_done:
-        deadline = time.monotonic() + wait_s
-        while len(writer.committed()) < plan.n_chunks and time.monotonic() < deadline:
-            time.sleep(0.5)
-        store = writer.finalize(expect_chunks=plan.n_chunks, last_run={"seconds": round(secs, 3), "rows": n_ok, "failures": n_fail, "world_size": world})
-    else:
-        store = EmbeddingStore(out)
-    _warn_failures(n_fail, out)
-    return EmbedResult(store=store, rows_embedded=n_ok, failures=n_fail, seconds=secs, resumed_from=plan.inputs(done))
-
-
-def _embed_ray(table, encoder, out, batch_size: int, num_workers, shard_size, tta, progress: bool, config, skipped,
-               ray_address, ray_actors) -> EmbedResult:
-    """Ray actors embed whole chunks (each with its own encoder); the driver commits them."""
-    from geosolver.embed.ray_engine import run_chunks_on_ray
-
-    spec = encoder.spec if isinstance(encoder, Encoder) else (encoder if isinstance(encoder, EncoderSpec) else EncoderSpec(str(encoder)))
-    if spec is None:
-        raise EmbedError("engine 'ray' needs an encoder loaded by load_encoder (or an EncoderSpec) so actors can load it")
-    driver = encoder if isinstance(encoder, Encoder) else load_encoder(spec.on(device="cpu", precision="fp32"))
-    cfg = {**(config or {}), "engine": "ray"}
-    writer, plan = open_store(out, driver.identity(), table, shard_size, tta, cfg, skipped)
-    todo = [c for c in range(plan.n_chunks) if c not in writer.committed()]
-    t0 = time.perf_counter()
-    n_ok = n_fail = 0
-    actors = 0
-    with _bar(plan.n_inputs, plan.n_inputs - plan.inputs(todo), progress, "embed (ray)") as bar:
-        for res, actors in run_chunks_on_ray(table, plan, todo, spec, batch_size, num_workers or 0, tta, ray_address, ray_actors):
-            commit(writer, table, res)
-            writer.merge()
-            n_ok += len(res.ok_rows)
-            n_fail += len(res.failures)
-            bar.update(res.hi - res.lo)
-    secs = time.perf_counter() - t0
-    store = writer.finalize(expect_chunks=plan.n_chunks, last_run={"seconds": round(secs, 3), "rows": n_ok, "failures": n_fail,
-                                                                     "engine": "ray", "actors": actors})
-    _warn_failures(n_fail, out)
-    return EmbedResult(store=store, rows_embedded=n_ok, failures=n_fail, seconds=secs, resumed_from=plan.n_inputs - plan.inputs(todo))

@@ -8,11 +8,24 @@ string for its row, never a crashed job.
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from geosolver.images import open_image
+
+
+def default_num_workers(device_type: str, training: bool = False) -> int:
+    """Decode workers when none are given, for the process that feeds a model on ``device_type``.
+
+    Embedding: up to 16 feeding a GPU, up to 4 (one core left) on a CPU. Training (``training``):
+    up to 8 next to a GPU, at most 2 next to CPU training, whose own compute needs the cores.
+    """
+    n = os.cpu_count() or 1
+    if training:
+        return min(8, max(1, n - 1)) if device_type == "cuda" else min(2, max(0, n - 1))
+    return min(16, max(1, n - 1)) if device_type == "cuda" else max(1, min(4, n - 1))
 
 
 def load_pixels(source, preprocessor, min_side: int | None) -> np.ndarray:

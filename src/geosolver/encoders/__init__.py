@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from geosolver.encoders.names import _KNOWN_NAMES, DEFAULT_ENCODER, ENCODER_ALIASES, MODEL_HELP, PRECISIONS, TTA_MODES
 from geosolver.encoders.preprocess import ResizeCropNormalize
@@ -54,11 +54,24 @@ __all__ = [
     "Encoder",
     "EncoderError",
     "ResizeCropNormalize",
+    "TEXT_BACKENDS",
+    "has_text_tower",
     "load_encoder",
     "resolve_device",
     "resolve_dtype",
     "tta_views",
 ]
+
+
+#: backends whose encoders have a text tower (:attr:`Encoder.has_text`).
+TEXT_BACKENDS = ("clip",)
+
+
+def has_text_tower(identity: Mapping[str, Any]) -> bool:
+    """Whether the encoder that ``identity`` describes (:meth:`Encoder.identity`, e.g. a store
+    manifest's ``encoder``) has a text tower — without loading it. A loaded encoder says
+    :attr:`Encoder.has_text`."""
+    return identity.get("backend") in TEXT_BACKENDS
 
 
 @dataclass(frozen=True)

@@ -248,9 +248,44 @@ class Encoder:
                 bar.close()
         return out
 
+    # ---------------------------------------------------------------- text tower (optional)
+    #: whether this encoder has a text tower embedding prompts into its image space (a CLIP).
+    #: Backends that set it implement :meth:`embed_texts`, :meth:`text_fingerprint` and
+    #: :attr:`logit_scale`; on the others the three raise :class:`EncoderError` naming the encoder.
+    has_text: bool = False
+
+    def _no_text(self) -> EncoderError:
+        return EncoderError(f"encoder {self.name!r} ({self.backend}) has no text tower")
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Text embeddings ``(n, dim)`` in the image space (CLIP only)."""
-        raise EncoderError(f"encoder {self.name!r} ({self.backend}) has no text tower")
+        """Text embeddings of ``texts`` in the image space.
+
+        Returns:
+            float32 ``(len(texts), dim)``, rows L2-normalised (comparable with :meth:`embed_pixels`).
+
+        Raises:
+            EncoderError: the encoder has no (usable) text tower.
+        """
+        raise self._no_text()
+
+    def text_fingerprint(self) -> str:
+        """A hex digest that changes whenever :meth:`embed_texts` could return something else
+        (text weights, vocabulary, autocast dtype): the key of text-embedding caches.
+
+        Raises:
+            EncoderError: the encoder has no (usable) text tower.
+        """
+        raise self._no_text()
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's own learned scale of image–text cosines (``exp`` of CLIP's ``logit_scale``,
+        ≈100 for trained CLIPs).
+
+        Raises:
+            EncoderError: the encoder has no text tower.
+        """
+        raise self._no_text()
 
     def save(self, path: str | os.PathLike) -> None:
         """Save so that ``load_encoder(path)`` reloads the same encoder."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -166,6 +167,7 @@ class ClipEncoder(Encoder):
     """
 
     backend = "clip"
+    has_text = True
 
     def __init__(self, source: str, name: str, device: torch.device, dtype: torch.dtype, local_files_only: bool = False):
         from transformers import CLIPModel
@@ -212,7 +214,7 @@ class ClipEncoder(Encoder):
 
             try:
                 with _quiet_hub():
-                    self._tokenizer = AutoTokenizer.from_pretrained(self._source, local_files_only=getattr(self, "_local_files_only", False))
+                    self._tokenizer = AutoTokenizer.from_pretrained(self._source, local_files_only=self._local_files_only)
             except Exception as e:  # noqa: BLE001 — any failure means: no tokenizer
                 raise EncoderError(f"{self.name}: no tokenizer could be loaded ({type(e).__name__}: {e})") from None
             # without its vocabulary files, transformers builds a tokenizer that knows only its special tokens:
@@ -246,6 +248,39 @@ class ClipEncoder(Encoder):
                 e = _pooled(self.model.get_text_features(**tok)).float()
             out[start : start + len(e)] = torch.nn.functional.normalize(e, dim=-1).cpu().numpy()
         return out
+
+    def text_fingerprint(self) -> str:
+        """sha256 of the text tower's weights — full bytes of ``text_projection`` and the token
+        embedding; name, shape, sum, sum of squares and a strided sample of every other text
+        parameter —, of the autocast dtype and dimension, and of the tokenizer's vocabulary.
+
+        Raises:
+            EncoderError: no tokenizer could be loaded.
+        """
+        h = hashlib.sha256()
+        full = {"text_projection.weight", "text_model.embeddings.token_embedding.weight"}
+        params = [("text_projection." + n, t) for n, t in self.model.text_projection.named_parameters()]
+        params += [("text_model." + n, t) for n, t in self.model.text_model.named_parameters()]
+        with torch.no_grad():
+            for name, t in params:
+                h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+                if name in full:
+                    h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+                    continue
+                flat = t.detach().reshape(-1).double()
+                stats = torch.stack([flat.sum(), (flat * flat).sum()]).cpu().numpy()
+                step = max(1, flat.numel() // 1024)
+                h.update(stats.tobytes())
+                h.update(flat[::step].float().cpu().numpy().tobytes())
+        h.update(f"|dtype={self.dtype}|dim={self.dim}".encode())
+        # same weights, another vocabulary: other text embeddings
+        h.update(json.dumps(sorted(self.tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+        return h.hexdigest()
+
+    @property
+    def logit_scale(self) -> float:
+        """``exp(model.logit_scale)``: CLIP's learned scale of image–text cosines."""
+        return float(np.exp(float(self.model.logit_scale.detach().float().cpu().reshape(-1)[0])))
 
     def save(self, path: str | os.PathLike) -> None:
         """``save_pretrained`` of model, image processor and tokenizer (if any): plain

@@ -23,11 +23,8 @@ The output is a float32 array ``(3, crop_h, crop_w)``, channels first, C-contigu
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -125,12 +122,6 @@ class ResizeCropNormalize:
         resample = int(cfg.get("resample", int(Image.Resampling.BICUBIC)))
         return cls(size=size, crop_h=crop_h, crop_w=crop_w, mean=mean, std=std, scale=scale, resample=resample, squash=squash)  # type: ignore[arg-type]
 
-    @classmethod
-    def from_pretrained_dir(cls, path: str | os.PathLike) -> "ResizeCropNormalize":
-        """Read ``preprocessor_config.json`` from a ``save_pretrained`` directory."""
-        with open(Path(path) / "preprocessor_config.json") as f:
-            return cls.from_processor_config(json.load(f))
-
     # ---------------------------------------------------------------- properties
     @property
     def image_size(self) -> int:
@@ -206,8 +197,3 @@ class ResizeCropNormalize:
         chw *= self._mul
         chw += self._add
         return chw
-
-
-def clip_preprocessor_from_processor(processor: Any) -> ResizeCropNormalize:
-    """Build from a loaded ``transformers`` image processor (``CLIPImageProcessor``)."""
-    return ResizeCropNormalize.from_processor_config(processor.to_dict())

@@ -45,8 +45,9 @@ from __future__ import annotations
 import functools
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -55,11 +56,11 @@ from geosolver import geodata
 from geosolver.errors import TerrainError
 from geosolver.geo import EARTH_RADIUS_KM, grid_cell, grid_cell_label, wrap_lon
 from geosolver.rundir import RunDir
+from geosolver.terrain.config import GALLERY_SOURCES, QUERY_DISTRIBUTIONS, SETTLEMENT_KM, SPLITS, TerrainConfig
 
-SPLITS = ("random", "held-out-cells")
-QUERY_DISTRIBUTIONS = ("population", "land", "settlements")
-GALLERY_SOURCES = ("geonames", "mp16")
-SETTLEMENT_KM = 25.0
+__all__ = ["GALLERY_SOURCES", "QUERY_DISTRIBUTIONS", "SETTLEMENT_KM", "SPLITS", "TerrainConfig", "TerrainWorld",
+           "build_world", "render_tiles", "run", "sample_area", "sample_mp16", "sample_points"]
+
 CSV_COLUMNS = ("id", "path", "lat", "lon", "country", "land_cover", "climate", "cell")
 LAND_COVER_WEIGHT = 0.7
 NOT_COMPARABLE_NOTE = (
@@ -360,24 +361,37 @@ def _write_tiles(out: Path, meta: pd.DataFrame, rng: np.random.Generator, render
         bar.update(len(tiles))
 
 
-def build_world(
-    out: str | os.PathLike,
-    n_gallery: int,
-    n_queries: int,
-    split: str = "random",
-    seed: int = 0,
-    tile_size: int = 64,
-    window_px: int = 32,
-    progress: bool = True,
-    cell_size: float = 2.0,
-    holdout_fraction: float = 0.2,
-    jitter_km: float = 7.0,
-    max_shift_deg: float = 0.8,
-    noise_sigma: float = 6.0,
-    overwrite: bool = False,
-    queries_from: str = "population",
-    gallery_from: str = "geonames",
-) -> dict:
+@dataclass
+class TerrainWorld:
+    """What :func:`run` built.
+
+    Attributes:
+        out: the world's folder (``gallery.csv``, ``queries.csv``, ``images/``, ``world.json``).
+        manifest: the ``world.json`` content: ``settings``, ``counts``, ``seconds``, ``files``, ``note``,
+            ``attribution``.
+    """
+
+    out: Path
+    manifest: dict[str, Any]
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        """Tiles, cells and countries of the gallery and the queries (``manifest["counts"]``)."""
+        return self.manifest["counts"]
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Wall time of sampling, metadata, tiles and in total (``manifest["seconds"]``)."""
+        return self.manifest["seconds"]
+
+
+def build_world(out: str | os.PathLike, n_gallery: int, n_queries: int, **settings: Any) -> dict:
+    """``run(TerrainConfig(out, n_gallery, n_queries, **settings)).manifest``: the short spelling
+    the benchmarks and the demo use."""
+    return run(TerrainConfig(os.fspath(out), n_gallery, n_queries, **settings)).manifest
+
+
+def run(cfg: TerrainConfig) -> TerrainWorld:
     """Build a terrain world as a folder + CSV dataset.
 
     Writes ``OUT/images/{gallery,queries}/<id>.png``, ``OUT/gallery.csv`` and
@@ -389,55 +403,54 @@ def build_world(
     ``geosolver.data.read_dataset("folder", root=OUT, csv=OUT / "gallery.csv")``.
 
     Args:
-        out: output folder (created).
-        n_gallery, n_queries: number of gallery and query tiles (≥ 0, not both 0).
-        split: ``"random"``: queries are drawn like the gallery. ``"held-out-cells"``: a random
-            ``holdout_fraction`` of the populated ``cell_size``° cells is held out; gallery points
-            come only from the other cells and queries only from the held-out ones.
-        seed: everything (points, augmentation) is a deterministic function of it.
-        tile_size: tile side in pixels.
-        window_px: tile coverage in 0.05° source pixels (32 → 1.6°).
-        progress: show a tqdm bar.
-        cell_size: grid cell side in degrees (labels and held-out split).
-        holdout_fraction: share of populated cells held out (``held-out-cells`` only).
-        jitter_km: Gaussian displacement of points from their GeoNames place, km.
-        max_shift_deg: largest tile-centre shift, degrees.
-        noise_sigma: pixel noise, grey levels.
-        overwrite: allow writing into a folder that already holds a world.
-        queries_from: where query points come from (:data:`QUERY_DISTRIBUTIONS`):
-            ``"population"`` (GeoNames places, like the default gallery: today's behaviour),
-            ``"land"`` (uniform over land area where the rasters have data) or ``"settlements"``
-            (uniform over land within 25 km of a GeoNames place; see the module docstring).
-            With ``held-out-cells`` the area-uniform draws are restricted to the held-out cells.
-        gallery_from: ``"geonames"`` (default) or ``"mp16"`` (real MP-16 photo coordinates,
-            :mod:`geosolver.mp16`; downloaded once with pip, then cached). Points in the sea or
-            outside raster coverage are dropped; ``world.json`` ``counts.mp16`` says how many.
+        cfg: the settings (:class:`TerrainConfig`); its fields:
+
+            out: output folder (created).
+            n_gallery, n_queries: number of gallery and query tiles (≥ 0, not both 0).
+            split: ``"random"``: queries are drawn like the gallery. ``"held-out-cells"``: a random
+                ``holdout_fraction`` of the populated ``cell_size``° cells is held out; gallery points
+                come only from the other cells and queries only from the held-out ones.
+            seed: everything (points, augmentation) is a deterministic function of it.
+            tile_size: tile side in pixels.
+            window_px: tile coverage in 0.05° source pixels (32 → 1.6°).
+            progress: show a tqdm bar.
+            cell_size: grid cell side in degrees (labels and held-out split).
+            holdout_fraction: share of populated cells held out (``held-out-cells`` only).
+            jitter_km: Gaussian displacement of points from their GeoNames place, km.
+            max_shift_deg: largest tile-centre shift, degrees.
+            noise_sigma: pixel noise, grey levels.
+            overwrite: allow writing into a folder that already holds a world.
+            queries_from: where query points come from (:data:`QUERY_DISTRIBUTIONS`):
+                ``"population"`` (GeoNames places, like the default gallery: today's behaviour),
+                ``"land"`` (uniform over land area where the rasters have data) or ``"settlements"``
+                (uniform over land within 25 km of a GeoNames place; see the module docstring).
+                With ``held-out-cells`` the area-uniform draws are restricted to the held-out cells.
+            gallery_from: ``"geonames"`` (default) or ``"mp16"`` (real MP-16 photo coordinates,
+                :mod:`geosolver.mp16`; downloaded once with pip, then cached). Points in the sea or
+                outside raster coverage are dropped; ``world.json`` ``counts.mp16`` says how many.
 
     Returns:
-        The ``world.json`` content as a dict.
+        :class:`TerrainWorld`: where it is, and the ``world.json`` content.
+
+    Raises:
+        TerrainError: a bad setting (:meth:`TerrainConfig.check`), or ``out`` already holds a world
+            and ``overwrite`` is not set.
     """
     from geosolver.progress import tqdm
 
-    if split not in SPLITS:
-        raise TerrainError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-    if n_gallery < 0 or n_queries < 0 or n_gallery + n_queries == 0:
-        raise TerrainError(f"need n_gallery >= 0, n_queries >= 0 and not both 0; got {n_gallery}, {n_queries}")
-    if queries_from not in QUERY_DISTRIBUTIONS:
-        raise TerrainError(f"unknown queries_from {queries_from!r}; choose one of {list(QUERY_DISTRIBUTIONS)}")
-    if gallery_from not in GALLERY_SOURCES:
-        raise TerrainError(f"unknown gallery_from {gallery_from!r}; choose one of {list(GALLERY_SOURCES)}")
-    if not (0.0 < holdout_fraction < 1.0):
-        raise TerrainError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    out = Path(out)
-    if (out / "world.json").exists() and not overwrite:
+    cfg.check()
+    n_gallery, n_queries, split, seed, cell_size = cfg.n_gallery, cfg.n_queries, cfg.split, cfg.seed, cfg.cell_size
+    queries_from, gallery_from, holdout_fraction, jitter_km = cfg.queries_from, cfg.gallery_from, cfg.holdout_fraction, cfg.jitter_km
+    out = Path(cfg.out)
+    if (out / "world.json").exists() and not cfg.overwrite:
         raise TerrainError(f"{out} already holds a terrain world (world.json); pick another --out or pass overwrite")
-    run = RunDir(out, "terrain build", overwrite=overwrite or None)
+    rundir = RunDir(out, "terrain build", overwrite=cfg.overwrite or None)
     t0 = time.perf_counter()
     settings = {
         "n_gallery": int(n_gallery), "n_queries": int(n_queries), "split": split, "seed": int(seed),
-        "tile_size": int(tile_size), "window_px": int(window_px), "window_deg": window_px * geodata.GRID_DEG,
+        "tile_size": int(cfg.tile_size), "window_px": int(cfg.window_px), "window_deg": cfg.window_px * geodata.GRID_DEG,
         "cell_size": float(cell_size), "holdout_fraction": float(holdout_fraction) if split == "held-out-cells" else None,
-        "jitter_km": float(jitter_km), "max_shift_deg": float(max_shift_deg), "noise_sigma": float(noise_sigma),
+        "jitter_km": float(cfg.jitter_km), "max_shift_deg": float(cfg.max_shift_deg), "noise_sigma": float(cfg.noise_sigma),
         "land_cover_weight": LAND_COVER_WEIGHT,
     }
     # the defaults add no keys, so a default world's files stay byte-identical to earlier versions
@@ -493,16 +506,16 @@ def build_world(
 
     for sub in ("gallery", "queries"):
         (out / "images" / sub).mkdir(parents=True, exist_ok=True)
-    render_kw = dict(tile_size=tile_size, window_px=window_px, max_shift_deg=max_shift_deg, noise_sigma=noise_sigma)
+    render_kw = dict(tile_size=cfg.tile_size, window_px=cfg.window_px, max_shift_deg=cfg.max_shift_deg, noise_sigma=cfg.noise_sigma)
     t1 = time.perf_counter()
-    with tqdm(total=len(gallery) + len(queries), desc="terrain tiles", unit="tile", disable=not progress) as bar:
+    with tqdm(total=len(gallery) + len(queries), desc="terrain tiles", unit="tile", disable=not cfg.progress) as bar:
         _write_tiles(out, gallery, rng_gal, render_kw, 1024, bar)
         _write_tiles(out, queries, rng_q, render_kw, 1024, bar)
     t_tiles = time.perf_counter() - t1
 
     csv_kw = dict(index=False, float_format="%.6f")
-    run.write_text("gallery.csv", gallery.to_csv(**csv_kw))
-    run.write_text("queries.csv", queries.to_csv(**csv_kw))
+    rundir.write_text("gallery.csv", gallery.to_csv(**csv_kw))
+    rundir.write_text("queries.csv", queries.to_csv(**csv_kw))
     world = {
         "kind": "geosolver terrain world",
         "settings": settings,
@@ -519,6 +532,6 @@ def build_world(
         from geosolver.mp16 import ATTRIBUTION as MP16_ATTRIBUTION
 
         world["attribution"]["mp16"] = MP16_ATTRIBUTION
-    run.write_json("world.json", world)
-    run.write_config({**settings, "out": str(out)})
-    return world
+    rundir.write_json("world.json", world)
+    rundir.write_config({**settings, "out": str(out)})
+    return TerrainWorld(out, world)
