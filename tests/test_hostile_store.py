@@ -172,8 +172,8 @@ META_DAMAGE = {  # what a hand-edited or foreign shard parquet can hold -> (a fr
     "lat stored as text": (lambda m: m.assign(lat=m["lat"].astype(str)), "values, not numbers (degrees)", True),
     "no lat column": (lambda m: m.drop(columns=["lat"]), "lacks column(s) ['lat']", True),
     "fewer rows than the shard": (lambda m: m.iloc[:2], "has 2 rows, manifest says 5", True),
-    "lat 200": (lambda m: m.assign(lat=[200.0] + list(m["lat"][1:])), "1 invalid value(s)", False),
-    "NaN coordinates": (lambda m: m.assign(lon=[np.nan] + list(m["lon"][1:])), "1 invalid value(s)", False),
+    "lat 200": (lambda m: m.assign(lat=[200.0] + list(m["lat"][1:])), "1 invalid value(s); first at index 0: lat=200.0,", False),
+    "NaN coordinates": (lambda m: m.assign(lon=[np.nan] + list(m["lon"][1:])), "lon=nan", False),
 }
 
 
