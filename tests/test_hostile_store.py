@@ -167,29 +167,49 @@ def _rewrite_meta(store_dir, fn, shard="shard-00001"):
     fn(pd.read_parquet(p)).to_parquet(p, index=False)
 
 
-META_DAMAGE = {  # what a hand-edited or foreign shard parquet can hold -> a fragment of the one line
-    "lat stored as text": (lambda m: m.assign(lat=m["lat"].astype(str)), "values, not numbers (degrees)"),
-    "no lat column": (lambda m: m.drop(columns=["lat"]), "lacks column(s) ['lat']"),
-    "fewer rows than the shard": (lambda m: m.iloc[:2], "has 2 rows, manifest says 5"),
-    "lat 200": (lambda m: m.assign(lat=[200.0] + list(m["lat"][1:])), "1 invalid value(s)"),
-    "NaN coordinates": (lambda m: m.assign(lon=[np.nan] + list(m["lon"][1:])), "1 invalid value(s)"),
+META_DAMAGE = {  # what a hand-edited or foreign shard parquet can hold -> (a fragment of the one line,
+    # refused by plain `info` too: structure is checked on load, coordinate ranges when coordinates are read)
+    "lat stored as text": (lambda m: m.assign(lat=m["lat"].astype(str)), "values, not numbers (degrees)", True),
+    "no lat column": (lambda m: m.drop(columns=["lat"]), "lacks column(s) ['lat']", True),
+    "fewer rows than the shard": (lambda m: m.iloc[:2], "has 2 rows, manifest says 5", True),
+    "lat 200": (lambda m: m.assign(lat=[200.0] + list(m["lat"][1:])), "1 invalid value(s); first at index 0: lat=200.0,", False),
+    "NaN coordinates": (lambda m: m.assign(lon=[np.nan] + list(m["lon"][1:])), "lon=nan", False),
 }
 
 
 @pytest.mark.parametrize("kind", list(META_DAMAGE))
 def test_damaged_shard_metadata_is_one_line_on_open_and_on_verify(kind, tmp_path, capsys):
     _store(tmp_path / "s")
-    fn, fragment = META_DAMAGE[kind]
+    fn, fragment, on_load = META_DAMAGE[kind]
     _rewrite_meta(tmp_path / "s", fn)
-    for argv in (["info", str(tmp_path / "s")], ["info", str(tmp_path / "s"), "--verify"],
+    for argv in (["info", str(tmp_path / "s")] if on_load else [],
+                 ["info", str(tmp_path / "s"), "--verify"],
                  ["evaluate", "--queries", str(tmp_path / "s"), "--gallery", str(tmp_path / "s"), "--out", str(tmp_path / "r")]):
+        if not argv:
+            continue
         rc = cli_main(argv)
         out = capsys.readouterr()
         assert rc == 2 and "Traceback" not in out.out + out.err, argv
         text = out.err if argv[-1] != "--verify" else out.out
         assert "shard-00001.parquet" in text and fragment in text, (argv, text)
     with pytest.raises(StoreError, match="shard-00001.parquet"):
-        EmbeddingStore(tmp_path / "s").coords()
+        EmbeddingStore(tmp_path / "s").coords()  # what locate, serve, evaluate and analyze read
+
+
+def test_a_gallery_with_lat_200_is_refused_by_locate_instead_of_guessing(tmp_path, capsys):
+    from geosolver.encoders import load_encoder
+    from helpers_data import make_jpeg
+
+    enc = load_encoder("histogram")
+    n = 6
+    meta = pd.DataFrame({"id": [f"i{k}" for k in range(n)], "lat": np.linspace(-40, 40, n), "lon": np.linspace(-100, 100, n)})
+    write_store(tmp_path / "g", np.random.default_rng(0).standard_normal((n, enc.dim)).astype(np.float32), meta, enc.identity(),
+                shard_size=3)
+    _rewrite_meta(tmp_path / "g", lambda m: m.assign(lat=[200.0] * len(m)))
+    photo = make_jpeg(tmp_path / "p.jpg")
+    rc = cli_main(["locate", str(photo), "--gallery", str(tmp_path / "g"), "--model", "histogram", "--strategy", "nn"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "shard-00001.parquet" in err and "lat=" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_garbage_parquet_is_one_line_when_the_metadata_is_read(tmp_path, capsys):

@@ -276,6 +276,7 @@ def test_bad_cache_file_is_recomputed(enc, monkeypatch, geosolver_cache, caplog,
 
 
 def test_many_prompts_show_a_progress_bar_and_batch(enc, monkeypatch, capsys):
+    monkeypatch.setattr("geosolver.progress.stderr_is_terminal", lambda: True)  # bars show on a terminal only
     r = label_set("regions").subset(np.arange(300))
     calls = _count_calls(monkeypatch, enc)
     text_embeddings(enc, r, T_REGION)

@@ -44,7 +44,7 @@ def validate_coords(lat, lon, what: str = "coordinates") -> tuple[np.ndarray, np
     bad = ~np.isfinite(lat_a) | ~np.isfinite(lon_a) | (np.abs(lat_a) > 90.0) | (np.abs(lon_a) > 180.0)
     if bad.any():
         idx = np.argwhere(np.atleast_1d(bad))[0][0] if lat_a.ndim else 0
-        la, lo = np.atleast_1d(lat_a)[idx], np.atleast_1d(lon_a)[idx]
+        la, lo = float(np.atleast_1d(lat_a)[idx]), float(np.atleast_1d(lon_a)[idx])  # lat=200.0, not np.float64(200.0)
         n = int(np.count_nonzero(bad))
         raise CoordinateError(
             f"{what}: {n} invalid value(s); first at index {idx}: lat={la!r}, lon={lo!r} "

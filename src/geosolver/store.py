@@ -54,14 +54,20 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(n, eps)
 
 
-def check_metadata(meta: pd.DataFrame, where: str) -> None:
-    """Raise :class:`StoreError` unless ``meta`` has ``id``/``lat``/``lon`` with valid coordinates."""
+def check_columns(meta: pd.DataFrame, where: str) -> None:
+    """Raise :class:`StoreError` unless ``meta`` has ``id``/``lat``/``lon`` with numeric coordinates."""
     missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
     if missing:
         raise StoreError(f"{where}: metadata lacks column(s) {missing}; has {list(meta.columns)}")
     for c in ("lat", "lon"):
         if not pd.api.types.is_numeric_dtype(meta[c]) or pd.api.types.is_bool_dtype(meta[c]):
             raise StoreError(f"{where}: column {c!r} holds {meta[c].dtype} values, not numbers (degrees)")
+
+
+def check_metadata(meta: pd.DataFrame, where: str) -> None:
+    """Raise :class:`StoreError` unless ``meta`` has ``id``/``lat``/``lon`` with valid coordinates
+    (finite, lat in [-90, 90], lon in [-180, 180])."""
+    check_columns(meta, where)
     if len(meta):
         from geosolver.geo import CoordinateError, validate_coords
 
@@ -496,6 +502,7 @@ class EmbeddingStore:
         self.shards = [ShardInfo.from_json(s) for s in self.manifest["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
         self._meta: pd.DataFrame | None = None
+        self._coords_checked = False
         self._mm: dict[int, np.ndarray] = {}
 
     # -- basic facts ----------------------------------------------------------------------
@@ -532,8 +539,9 @@ class EmbeddingStore:
         return self._meta
 
     def shard_metadata(self, i: int) -> pd.DataFrame:
-        """Shard ``i``'s metadata, checked: readable, the manifest's row count, numeric in-range
-        ``lat``/``lon`` and an ``id`` column.
+        """Shard ``i``'s metadata, checked: readable, the manifest's row count, an ``id`` column and
+        numeric ``lat``/``lon`` (their ranges: :meth:`coords` and :meth:`verify`; Play mode skips
+        the rows without valid coordinates itself).
 
         Raises:
             StoreError: the parquet is missing or unreadable, or its rows or columns are damaged;
@@ -550,13 +558,24 @@ class EmbeddingStore:
             raise StoreError(f"{pq} cannot be read ({type(e).__name__}: {first}); {hint}") from None
         if len(meta) != self.shards[i].rows:
             raise StoreError(f"{pq} has {len(meta)} rows, manifest says {self.shards[i].rows}; {hint}")
-        check_metadata(meta, str(pq))
+        check_columns(meta, str(pq))
         return meta
 
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(lat, lon)`` float64 arrays in degrees, in store order."""
+        """``(lat, lon)`` float64 arrays in degrees, in store order, every one checked.
+
+        Raises:
+            StoreError: a coordinate is NaN, infinite or out of range (a damaged or hand-edited
+                shard: a guess voted from it would be confidently wrong); names the shard's parquet.
+        """
         m = self.metadata
-        return m["lat"].to_numpy(np.float64), m["lon"].to_numpy(np.float64)
+        lat, lon = m["lat"].to_numpy(np.float64), m["lon"].to_numpy(np.float64)
+        if not self._coords_checked:
+            for i, s in enumerate(self.shards):
+                lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+                check_metadata(m.iloc[lo:hi], f"{self.path / (s.name + '.parquet')}")
+            self._coords_checked = True
+        return lat, lon
 
     @property
     def failures(self) -> pd.DataFrame:
@@ -669,7 +688,9 @@ class EmbeddingStore:
                 except StoreError as e:
                     problems.append(str(e).split("; run `geosolver info")[0])
             try:
-                ids.append(self.shard_metadata(i)["id"].astype(str))
+                meta = self.shard_metadata(i)
+                check_metadata(meta, str(self.path / f"{s.name}.parquet"))
+                ids.append(meta["id"].astype(str))
             except StoreError as e:
                 problems.append(str(e).split("; run `geosolver info")[0])
         if ids:

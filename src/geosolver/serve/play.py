@@ -231,7 +231,7 @@ def open_play(queries: "str | EmbeddingStore", encoder_identity: dict, round_ttl
     store = check_queries(queries, encoder_identity)
     try:
         meta = store.metadata
-    except (OSError, ValueError) as e:  # a damaged shard .parquet (pyarrow's errors are ValueErrors)
+    except (OSError, ValueError, StoreError) as e:  # a damaged shard .parquet (store.metadata says which)
         raise ServeError(f"--play {store.path}: the query store's metadata cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     if "source" not in meta.columns:
         raise ServeError(f"--play {store.path}: the query store has no `source` column: the photos cannot be shown")
