@@ -479,7 +479,7 @@ def _synthetic_log(path: Path, weights: dict) -> list[dict]:
 
 
 def test_training_plot_shows_each_term_as_it_enters_the_total(tmp_path):
-    from geosolver.train.loop import loss_series, plot_training, read_train_log
+    from geosolver.train.plots import loss_series, plot_training, read_train_log
 
     weights = {"contrastive": 0.0, "consistency": 1.0, "uniformity": 0.0, "distill": 0.1}
     recs = _synthetic_log(tmp_path / "train_log.jsonl", weights)

@@ -47,7 +47,7 @@ from geosolver.errors import CollapseError, TrainError, TrainSetupError
 from geosolver.files import jsonable
 from geosolver.geo import grid_cell, validate_coords
 from geosolver.rundir import RunDir
-from geosolver.train.config import OBJECTIVE_NAMES as OBJECTIVE_ORDER
+from geosolver.train.checkpoint import CHECKPOINT, check_out, read_checkpoint, resume, save_checkpoint
 from geosolver.train.config import ObjectiveWeights, TrainConfig
 from geosolver.train.objectives import TargetCurve, combined_loss
 from geosolver.train.params import (
@@ -62,7 +62,8 @@ from geosolver.train.params import (
     trainable_parameters,
 )
 from geosolver.train.pixels import Pixels, TrainInputs, TrunkCache
-from geosolver.train.sampler import CellGroupBatchSampler
+from geosolver.train.plots import plot_training
+from geosolver.train.sampler import CellGroupBatchSampler, SamplerPosition
 from geosolver.train.validate import ValidationSet, collapse_reason
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ class TrainResult:
         out: output directory; model_dir: ``OUT/model``.
         steps: optimiser steps done; best_step: step of the saved weights (0 = the base model).
         initial_metrics, best_metrics, final_metrics: validation numbers (empty without validation).
-        seconds: wall time.
+        seconds: wall time (a resumed run: with the time spent before its checkpoint).
         encoder: the trained encoder in memory (best weights, LoRA merged).
+        resumed_at: the checkpoint's step this run went on from (0: started from the base model).
     """
 
     out: Path
@@ -91,6 +93,7 @@ class TrainResult:
     final_metrics: dict
     seconds: float
     encoder: Encoder | None = field(default=None, repr=False)
+    resumed_at: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,8 +121,12 @@ def train(config: TrainConfig, table: pd.DataFrame | None = None, encoder: Encod
     cfg = config
     cfg.check()
     weights = cfg.weights()
+    resume_from = check_out(cfg)  # before any work: refuse a folder that is not this run's
     run = RunDir(cfg.out, "train")
     rt = setup(cfg)
+    if rt.main:
+        run.write_config(asdict(cfg))  # claims the folder at once: a re-run after a kill resumes here
+    state = read_checkpoint(resume_from, cfg) if resume_from is not None else None
     data, rows = read_data(cfg, table)
     enc = load_model(cfg, encoder, rt)
     check_has_weights(enc)  # before any image is embedded
@@ -133,20 +140,25 @@ def train(config: TrainConfig, table: pd.DataFrame | None = None, encoder: Encod
     effective = effective_config(cfg, weights, rt, enc, rows)
     if rt.main:
         run.write_config(effective)
-    with TrainLog(run / TRAIN_LOG if rt.main else None) as train_log:
+    with TrainLog(run / TRAIN_LOG if rt.main else None, keep_bytes=state["log_bytes"] if state else None) as train_log:
         trainer = Trainer(
             cfg=cfg, weights=weights, rt=rt, inputs=inputs, targets=targets, surgery=surgery,
             module=module, opt=opt, sched=sched, validator=Validator.build(cfg, data, rows, inputs),
             train_log=train_log, history=History(best_state=snapshot(surgery.params)),
             lat=torch.tensor(data.lat), lon=torch.tensor(data.lon), t0=t0,
             flip_gen=torch.Generator().manual_seed(cfg.seed + 2 + rt.rank),
+            train_rows=len(rows.train), checkpoint=run / CHECKPOINT if cfg.save_every else None,
         )
-        trainer.fit(inputs.batches(make_sampler(cfg, data, rows), rows.train, rt.rank, rt.world))
+        if state is not None:
+            resume(trainer, state, resume_from)
+            log.info("resuming %s at step %d of %d", cfg.out, trainer.step, cfg.steps)
+        resumed_at = trainer.step
+        trainer.fit(inputs.batches(make_sampler(cfg, data, rows), rows.train, rt.rank, rt.world, trainer.position))
     model_dir = save_model(trainer, run)
     h = trainer.history
     if rt.main:
-        write_outputs(run, effective, trainer, time.time() - t0)
-    result = TrainResult(run.path, model_dir, trainer.step, h.best_step, h.initial, h.best, h.last, time.time() - t0, enc)
+        write_outputs(run, effective, trainer, time.time() - trainer.t0)
+    result = TrainResult(run.path, model_dir, trainer.step, h.best_step, h.initial, h.best, h.last, time.time() - trainer.t0, enc, resumed_at)
     if h.collapsed is not None:
         raise CollapseError(
             f"training stopped at step {trainer.step}: the embedding space collapsed ({h.collapsed}); "
@@ -526,15 +538,33 @@ class History:
 
 class TrainLog:
     """``train_log.jsonl``: one JSON record per line (``type`` ``step`` or ``eval``), flushed as
-    written; ``path`` None (processes other than the main one) writes nothing."""
+    written; ``path`` None (processes other than the main one) writes nothing.
 
-    def __init__(self, path: Path | None):
-        self.f = open(path, "w") if path is not None else None
+    ``keep_bytes``: a resumed run keeps the log's first ``keep_bytes`` bytes (the records up to its
+    checkpoint; :meth:`tell` gave the number) and appends after them.
+    """
+
+    def __init__(self, path: Path | None, keep_bytes: int | None = None):
+        self.f = None
+        if path is None:
+            return
+        if keep_bytes is None or not path.is_file():
+            self.f = open(path, "wb")
+            return
+        if path.stat().st_size < keep_bytes:
+            log.warning("%s is shorter than at the checkpoint; its later records are lost", path)
+        self.f = open(path, "r+b")
+        self.f.truncate(min(keep_bytes, path.stat().st_size))
+        self.f.seek(0, os.SEEK_END)
 
     def write(self, rec: dict) -> None:
         if self.f is not None:
-            self.f.write(json.dumps(jsonable(rec)) + "\n")
+            self.f.write((json.dumps(jsonable(rec)) + "\n").encode())
             self.f.flush()
+
+    def tell(self) -> int:
+        """Bytes written so far (0 for processes that write nothing)."""
+        return self.f.tell() if self.f is not None else 0
 
     def __enter__(self) -> TrainLog:
         return self
@@ -552,7 +582,9 @@ class Trainer:
     """The pieces of a run, built by the stages above, and the loop over them.
 
     ``module`` is what gradients flow through (the encoder's features or the head; DDP-wrapped
-    under ``accelerate launch``); ``lat``/``lon`` ``(n,)`` degrees of every table row.
+    under ``accelerate launch``); ``lat``/``lon`` ``(n,)`` degrees of every table row;
+    ``train_rows`` how many there are to train on; ``checkpoint`` where :meth:`fit` saves every
+    ``cfg.save_every`` steps (None: nowhere); ``position`` the sampler position of the batches taken.
     """
 
     cfg: TrainConfig
@@ -571,16 +603,22 @@ class Trainer:
     lon: torch.Tensor
     flip_gen: torch.Generator
     t0: float
+    train_rows: int
+    checkpoint: Path | None = None
     step: int = 0
+    position: SamplerPosition = field(default_factory=SamplerPosition)
 
     def fit(self, batches) -> None:
-        """Validate at step 0, take ``cfg.steps`` steps (validating every ``eval_every``), validate
-        at the end; stops early when the space collapses."""
+        """Validate at step 0, take the steps up to ``cfg.steps`` (validating every ``eval_every``,
+        saving a checkpoint every ``save_every`` and at the last step), validate at the end; stops
+        early when the space collapses. A resumed trainer goes on from :attr:`step`."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self.evaluate()
-        bar = tqdm(total=cfg.steps, desc=f"train {cfg.train}", unit="step", disable=not (cfg.progress and self.rt.main))
+        if self.step == 0:
+            self.evaluate()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.train}", unit="step",
+                   disable=not (cfg.progress and self.rt.main))
         # The model stays in eval mode while training: frozen BatchNorm statistics, no dropout or
         # stochastic depth — small same-cell batches would corrupt BN statistics, and the function
         # trained is then exactly the one that embeds.
@@ -592,6 +630,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self.evaluate()
+                if self.checkpoint is not None and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                    save_checkpoint(self, self.checkpoint)
             if self.history.collapsed is None and self.history.last.get("step") != self.step:
                 self.evaluate()
         finally:
@@ -663,7 +703,7 @@ def effective_config(cfg: TrainConfig, weights: ObjectiveWeights, rt: Runtime, e
         **asdict(cfg),
         "weights": asdict(weights),
         "lr_effective": cfg.learning_rate(),
-        "device": str(rt.device),
+        "device_used": str(rt.device),
         "mixed_precision": rt.mixed,
         "num_processes": rt.world,
         "encoder": enc.identity(),
@@ -705,88 +745,3 @@ def write_outputs(run: RunDir, effective: dict, trainer: Trainer, seconds: float
         "final_metrics": h.last, "collapsed": h.collapsed, "seconds": round(seconds, 2),
     }
     run.write_config(effective, result=result)
-
-
-def read_train_log(log_path: Path) -> tuple[list[dict], list[dict]]:
-    """The ``step`` and ``eval`` records of a ``train_log.jsonl``, in order."""
-    steps, evals = [], []
-    with open(log_path) as f:
-        for line in f:
-            rec = json.loads(line)
-            (steps if rec.get("type") == "step" else evals if rec.get("type") == "eval" else []).append(rec)
-    return steps, evals
-
-
-def loss_series(steps: list[dict], weights: dict[str, float] | None) -> dict[str, list[float]]:
-    """What the loss panel of ``training.png`` draws: label → one value per step record.
-
-    ``"total"`` first, then each term **as it enters the total**, ``weight × term``, labelled
-    ``"0.1 × distill"`` (``"consistency"`` for a weight of 1), so the terms add up to the total. Without
-    ``weights`` (an old log with no ``config.json``) the raw terms, labelled ``"(unweighted)"``.
-    NaN is written as null in the log and comes back as NaN.
-    """
-    num = lambda v: math.nan if v is None else float(v)  # noqa: E731
-    out = {"total": [num(r.get("loss")) for r in steps]}
-    names = {k for r in steps for k in r.get("parts", {})}
-    order = lambda n: (OBJECTIVE_ORDER.index(n) if n in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER), n)  # noqa: E731
-    for name in sorted(names, key=order):
-        raw = [num(r.get("parts", {}).get(name)) for r in steps]
-        if weights is None or name not in weights:
-            out[f"{name} (unweighted)"] = raw
-        else:
-            w = float(weights[name])
-            out[name if w == 1 else f"{w:g} × {name}"] = [w * v for v in raw]
-    return out
-
-
-def _run_weights(log_path: Path) -> dict[str, float] | None:
-    """The loss weights of the run that wrote ``log_path`` (its ``config.json``), or None."""
-    try:
-        w = json.loads((Path(log_path).parent / "config.json").read_text()).get("weights")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return w if isinstance(w, dict) else None
-
-
-def plot_training(log_path: Path, out_png: Path, weights: dict[str, float] | None = None) -> None:
-    """``training.png``: training losses (top: the total and each term weighted as it enters the
-    total, see :func:`loss_series`) and validation metrics (bottom) against the step.
-
-    ``weights``: the run's loss weights; default: ``weights`` of ``config.json`` next to the log.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    steps, evals = read_train_log(log_path)
-    if weights is None:
-        weights = _run_weights(log_path)
-    num = lambda v: np.nan if v is None else v  # noqa: E731 — NaN is written as null
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    if steps:
-        x = [r["step"] for r in steps]
-        for label, ys in loss_series(steps, weights).items():
-            if label == "total":
-                axes[0].plot(x, ys, label="total", color="k", lw=1)
-            else:
-                axes[0].plot(x, ys, label=label, lw=0.8)
-        axes[0].legend(fontsize=8)
-    axes[0].set_ylabel("training loss")
-    if evals:
-        x = [r["step"] for r in evals]
-        if "geoscore" in evals[0]:
-            axes[1].plot(x, [num(r["geoscore"]) for r in evals], "o-", color="C2")
-        axes[1].set_ylabel("val Geoscore")
-        for key, c in (("spearman", "C0"), ("mean_cosine", "C1")):
-            axes[2].plot(x, [num(r[key]) for r in evals], "o-", color=c, label=key)
-        ax2 = axes[2].twinx()
-        ax2.plot(x, [num(r["effective_rank"]) for r in evals], "s--", color="C3", label="effective rank")
-        ax2.set_ylabel("effective rank")
-        axes[2].legend(loc="upper left", fontsize=8)
-        ax2.legend(loc="upper right", fontsize=8)
-    axes[2].set_xlabel("step")
-    axes[2].set_ylabel("Spearman / mean cosine")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
