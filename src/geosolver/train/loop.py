@@ -2,6 +2,8 @@
 
 One run, read top to bottom in :func:`train`:
 
+0. :func:`~geosolver.train.checkpoint.check_out` — before any work: a new ``--out``, this run's
+   own folder (resumed from ``checkpoint.pt`` if there is one), or one line refusing it;
 1. :func:`setup` — ``accelerate`` (devices, ranks, mixed precision), the seed;
 2. :func:`read_data` — the dataset table, validation queries held out, a validation gallery
    picked among the training rows;
@@ -9,18 +11,21 @@ One run, read top to bottom in :func:`train`:
    the frozen-trunk cache with ``--cache-trunk``;
 4. :func:`base_targets` — what the **frozen base model** says (embedded once): the target curve
    μ(d) (distance-consistency) and every training image's embedding (distillation);
-5. :func:`choose_trainable` — model surgery: freeze / unfreeze / add LoRA (``train`` mode),
-   gradient checkpointing;
+5. :func:`~geosolver.train.params.choose_trainable` — model surgery: freeze / unfreeze / add
+   LoRA (``train`` mode), gradient checkpointing;
 6. :func:`make_optimiser` — AdamW with warm-up + cosine decay;
 7. :meth:`Trainer.fit` — batches from :class:`~geosolver.train.sampler.CellGroupBatchSampler`
    (groups of images from one grid cell, so near pairs exist), random horizontal flips, bf16
-   autocast on GPU (:meth:`Trainer.step`); every ``eval_every`` steps (and at step 0)
+   autocast on GPU (:meth:`Trainer.train_step`); every ``eval_every`` steps (and at step 0)
    :meth:`Trainer.evaluate`: validation Geoscore, Spearman, mean cosine, effective rank; the best
-   weights (by Geoscore) are kept; training **stops** when the space collapses;
+   weights (by Geoscore) are kept; training **stops** when the space collapses; every
+   ``save_every`` steps ``OUT/checkpoint.pt`` (:mod:`geosolver.train.checkpoint`: a resumed run
+   goes on from there with the same batches, flips and optimiser state);
 8. :func:`save_model` + :func:`write_outputs` — ``OUT/model`` (best weights; LoRA merged; loadable
    by ``transformers.CLIPModel.from_pretrained`` and ``load_encoder``), ``train_log.jsonl``,
-   ``config.json``, ``target_curve.json``, ``training.png`` (through :class:`~geosolver.rundir.RunDir`);
-   then :class:`~geosolver.errors.CollapseError` if the run collapsed.
+   ``config.json``, ``target_curve.json``, ``training.png`` (:mod:`geosolver.train.plots`; all
+   through :class:`~geosolver.rundir.RunDir`); then :class:`~geosolver.errors.CollapseError` if
+   the run collapsed.
 
 Runs in one process on CPU or GPU; under ``accelerate launch`` each process takes its share of
 the batches and DDP averages the gradients.
@@ -43,7 +48,7 @@ import pandas as pd
 import torch
 
 from geosolver.encoders import Encoder
-from geosolver.errors import CollapseError, TrainError, TrainSetupError
+from geosolver.errors import CollapseError, TrainError
 from geosolver.files import jsonable
 from geosolver.geo import grid_cell, validate_coords
 from geosolver.rundir import RunDir
@@ -51,15 +56,15 @@ from geosolver.train.checkpoint import CHECKPOINT, check_out, read_checkpoint, r
 from geosolver.train.config import ObjectiveWeights, TrainConfig
 from geosolver.train.objectives import TargetCurve, combined_loss
 from geosolver.train.params import (
-    add_lora,
+    Surgery,
+    check_has_weights,
+    choose_trainable,
     count_parameters,
+    disable_checkpointing,
     merge_lora,
     missing_train_extra,
-    no_weights_message,
     restore,
-    select_trainable,
     snapshot,
-    trainable_parameters,
 )
 from geosolver.train.pixels import Pixels, TrainInputs, TrunkCache
 from geosolver.train.plots import plot_training
@@ -392,69 +397,6 @@ def curve_record(cfg: TrainConfig, curve: TargetCurve, n_train: int) -> dict:
     """``target_curve.json``: the curve, how many images it was fitted on, its source file."""
     fitted_on = None if cfg.target_curve else int(min(cfg.curve_sample, n_train))
     return {**curve.to_dict(), "fitted_on": fitted_on, "source": cfg.target_curve}
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. model surgery: what is trained
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Surgery:
-    """What is trained.
-
-    Attributes:
-        params: name → trainable parameter.
-        peft_model: the LoRA wrapper (merged on save), or None.
-        ckpt_layers: the layers that recompute their forward pass in backward (gradient checkpointing).
-    """
-
-    params: dict[str, torch.nn.Parameter]
-    peft_model: Any | None
-    ckpt_layers: list[torch.nn.Module]
-
-
-def check_has_weights(enc: Encoder) -> None:
-    """Raise :class:`TrainSetupError` for an encoder with no weights at all (``histogram``)."""
-    if next(enc.model.parameters(), None) is None:
-        what = f"the {enc.name} encoder" + (" (a fixed colour count)" if getattr(enc, "backend", "") == "histogram" else "")
-        raise TrainSetupError(no_weights_message(what))
-
-
-def choose_trainable(cfg: TrainConfig, enc: Encoder) -> Surgery:
-    """Freeze the model and unfreeze the ``cfg.train`` part (or add LoRA adapters); turn on
-    gradient checkpointing when asked."""
-    check_has_weights(enc)
-    peft_model = None
-    if cfg.train == "lora":
-        peft_model = add_lora(enc.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    else:
-        select_trainable(enc.model, cfg.train, cfg.blocks)
-    ckpt_layers = enable_checkpointing(enc.model) if cfg.gradient_checkpointing else []
-    params = trainable_parameters(enc.model)
-    if not params:
-        raise TrainSetupError(f"--train {cfg.train} leaves nothing to train in {enc.name}; choose another --train mode")
-    return Surgery(params, peft_model, ckpt_layers)
-
-
-def enable_checkpointing(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Turn on gradient checkpointing (transformers models); returns the checkpointed layers.
-
-    HF checkpoints a layer only in training mode; the model otherwise stays in eval mode (see
-    :meth:`Trainer.fit`), so the checkpointed layers alone get their ``training`` flag set before
-    each step.
-    """
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    elif hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        log.warning("%s does not support gradient checkpointing; ignored", type(model).__name__)
-    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
-
-
-def disable_checkpointing(model: torch.nn.Module) -> None:
-    disable = getattr(model, "activation_checkpointing_disable", None) or getattr(model, "gradient_checkpointing_disable", None)
-    if disable is not None:
-        disable()
 
 
 # ----------------------------------------------------------------------------------------------
