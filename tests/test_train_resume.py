@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers_data import make_folder_dataset
+from PIL import Image
 
 from geosolver.cli import main as cli_main
 from geosolver.train import TrainConfig, train
@@ -27,9 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, Path]:
-    """48 solid-colour PNGs with coordinates (``helpers_data``); returns ``(root, csv)``."""
+    """48 PNGs with coordinates (``helpers_data``), each image's left quarter inverted so that a
+    horizontal flip changes it (a resumed run must replay the same flips); returns ``(root, csv)``."""
     root = tmp_path_factory.mktemp("resume_data")
-    make_folder_dataset(root, n=48, lat_name="lat", lon_name="lon", size=(24, 24))
+    for f in make_folder_dataset(root, n=48, lat_name="lat", lon_name="lon", size=(24, 24))["file"]:
+        px = np.asarray(Image.open(f).convert("RGB")).copy()
+        px[:, :6] = 255 - px[:, :6]
+        Image.fromarray(px).save(f)
     return root, root / "metadata.csv"
 
 
@@ -37,7 +43,7 @@ def _argv(dataset, clip, out, *extra) -> list[str]:
     root, csv = dataset
     return ["train", "--root", str(root), "--csv", str(csv), "--model", str(clip), "--out", str(out),
             "--device", "cpu", "--num-workers", "0", "--no-progress", "--batch-size", "8", "--group-size", "2",
-            "--val-fraction", "0.25", "--val-gallery", "24", "--w-distill", "0.1", "--curve-sample", "24", *extra]
+            "--val-fraction", "0.25", "--val-gallery", "24", "--w-distill", "0.1", "--curve-sample", "24", "--collapse-max-cosine", "0.99", *extra]
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -137,7 +143,7 @@ def _cfg(tmp_path, dataset, clip, name, **kw) -> TrainConfig:
     root, csv = dataset
     base = dict(out=str(tmp_path / name), root=str(root), csv=str(csv), model=str(clip), steps=10, batch_size=8,
                 group_size=2, lr=5e-3, warmup_steps=0, eval_every=3, save_every=4, device="cpu", num_workers=0,
-                val_fraction=0.25, val_gallery=24, curve_sample=24, progress=False)
+                val_fraction=0.25, val_gallery=24, curve_sample=24, collapse_max_cosine=0.99, progress=False)
     base.update(kw)
     return TrainConfig(**base)
 
