@@ -463,7 +463,7 @@ BAD_TRAIN_NUMBERS = [
     ("--val-fraction", "1.5"), ("--val-fraction", "nan"), ("--val-queries", "0"), ("--val-gallery", "1"), ("--k", "0"),
     ("--collapse-rank-frac", "nan"), ("--collapse-max-cosine", "2"), ("--lora-r", "0"), ("--lora-alpha", "nan"),
     ("--lora-dropout", "1"), ("--blocks", "0"), ("--limit", "0"), ("--curve-sample", "1"), ("--num-workers", "-1"),
-    ("--seed", "-1"), ("--balance-edges-km", "0 nan"), ("--balance-edges-km", "10 5"),
+    ("--seed", "-1"), ("--balance-edges-km", "0 nan"), ("--balance-edges-km", "10 5"), ("--save-every", "-1"),
 ]
 
 

@@ -170,7 +170,12 @@ def test_a_run_stopped_midway_resumes_to_the_same_weights(case, tmp_path, datase
             train(cfg)
     at = _checkpoint_step(Path(cfg.out))
     assert at == stop // cfg.save_every * cfg.save_every and at < stop  # the steps after it are lost and redone
+    import tqdm.auto
+
+    bars, real_tqdm = [], tqdm.auto.tqdm
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **kw: (bars.append(kw), real_tqdm(*a, **kw))[1])
     res = train(cfg)
+    assert [(b["total"], b["initial"]) for b in bars if b.get("desc", "").startswith("train")] == [(10, at)]  # the bar starts at the resumed step
     assert res.resumed_at == at and res.steps == whole.steps == 10
     assert _max_abs_diff(_weights(res.model_dir), _weights(whole.model_dir)) == 0.0
     assert _log(res.out) == _log(whole.out)
