@@ -275,7 +275,7 @@ def geo_images(tmp_path_factory) -> tuple[Path, Path]:
 def test_cli_training_lowers_the_new_objectives(tmp_path, geo_images, tiny_clip_dir, objective, part, monkeypatch):
     from geosolver.cli import main as cli_main
     from geosolver.train import loop
-    from geosolver.train.loop import loss_series, read_train_log
+    from geosolver.train.plots import loss_series, read_train_log
 
     seen = []  # the settings each step hands the loss
     real = loop.combined_loss

@@ -381,6 +381,43 @@ def test_missing_train_extra_fails_with_one_line_naming_it(tmp_path, geo_images,
         add_lora(CLIPModel.from_pretrained(tiny_clip_dir))
 
 
+#: What `geosolver train` runs with when an option is not given, written out by hand (README's CLI
+#: reference): a default changed in TrainConfig, or lost or retyped by the parser, fails here.
+EXPECTED_DEFAULTS = dict(
+    dataset="folder", split=None, csv=None, limit=None, model="streetclip", objective="distance-consistency",
+    w_contrastive=None, w_consistency=None, w_rnc=None, w_soft=None, w_uniformity=0.0, w_distill=0.1,
+    radius_km=25.0, temperature=0.07, soft_scale_km=500.0, sharpen=1.0, curve_sample=2000,
+    balance_edges_km=[0.0, 1.0, 5.0, 25.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20100.0],
+    train="last-blocks", blocks=2, lora_r=8, steps=500, batch_size=64, group_size=4, cell_deg=2.0, lr=None,
+    weight_decay=0.01, warmup_steps=20, grad_clip=1.0, eval_every=100, val_fraction=0.1, val_queries=500,
+    val_gallery=2000, k=10, strategy="densest", collapse_rank_frac=0.5, collapse_max_cosine=0.95,
+    gradient_checkpointing=False, cache_images=False, cache_trunk=False, flip=True, num_workers=None,
+    device="auto", precision="auto", seed=0, progress=True, save_every=100, overwrite=False,
+)
+#: One value other than the default for every option (each must come through the parser as given).
+NON_DEFAULTS = dict(
+    root="data/x", dataset="osv5m", split="train", csv="m.csv", limit=7, model="clip-vit-b-32", objective="both",
+    w_contrastive=0.5, w_consistency=0.25, w_rnc=0.125, w_soft=2.0, w_uniformity=0.3, w_distill=0.0, radius_km=12.5,
+    positive_cell_deg=1.5, temperature=0.2, soft_scale_km=250.0, sharpen=1.5, target_curve="c.json",
+    consistency_max_km=1500.0, curve_sample=300, balance_edges_km=[0.0, 10.0, 20100.0], train="lora", blocks=3,
+    lora_r=4, lora_alpha=8.0, lora_dropout=0.1, steps=77, batch_size=32, group_size=2, cell_deg=5.0, lr=3e-4,
+    weight_decay=0.05, warmup_steps=5, grad_clip=0.5, eval_every=11, val_fraction=0.3, val_queries=99,
+    val_gallery=333, k=5, strategy="nn", collapse_rank_frac=0.25, collapse_max_cosine=0.9,
+    gradient_checkpointing=True, cache_images=True, cache_trunk=True, flip=False, num_workers=3, device="cpu",
+    precision="bf16", seed=9, progress=False, save_every=25, overwrite=True,
+)
+
+
+def _tokens(name: str, value) -> list[str]:
+    """How a user types ``value`` for field ``name``."""
+    opt = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [opt] if value else ["--no-" + name.replace("_", "-")]
+    if isinstance(value, list):
+        return [opt, *map(str, value)]
+    return [opt, str(value)]
+
+
 def test_cli_options_are_derived_from_train_config_and_keep_their_spellings(capsys):
     from dataclasses import asdict, fields
 
@@ -390,8 +427,15 @@ def test_cli_options_are_derived_from_train_config_and_keep_their_spellings(caps
     def parse(*argv):
         return train_config(build_parser().parse_args(["train", "--data", "r", "--out", "o", *argv]))
 
-    default = parse()
-    assert asdict(default) == asdict(TrainConfig(out="o", root="r"))  # every default comes from the dataclass
+    default = asdict(parse())
+    assert {k: default[k] for k in EXPECTED_DEFAULTS} == EXPECTED_DEFAULTS
+    assert asdict(TrainConfig(out="o", root="r")) == default  # the Python API runs with the same defaults
+    names = [f.name for f in fields(TrainConfig)]
+    assert set(NON_DEFAULTS) == set(names) - {"out"}  # a new option gets a value here
+    argv = [t for n, v in NON_DEFAULTS.items() if n != "root" for t in _tokens(n, v)]
+    given = asdict(parse(*argv, "--data", NON_DEFAULTS["root"], "--out", "elsewhere"))
+    assert all(given[n] != default[n] for n in NON_DEFAULTS)
+    assert {n: given[n] for n in NON_DEFAULTS} == NON_DEFAULTS and given["out"] == "elsewhere"
     cfg = parse("--train", "last-blocks", "3", "--no-flip", "--no-progress", "--cache-trunk", "--w-contrastive", "0.5",
                 "--lora-r", "4", "--positive-cell-deg", "2", "--balance-edges-km", "0", "10", "20100", "--strategy", "nn")
     assert (cfg.train, cfg.blocks, cfg.flip, cfg.progress, cfg.cache_trunk, cfg.w_contrastive, cfg.lora_r) == ("last-blocks", 3, False, False, True, 0.5, 4)
@@ -419,7 +463,7 @@ BAD_TRAIN_NUMBERS = [
     ("--val-fraction", "1.5"), ("--val-fraction", "nan"), ("--val-queries", "0"), ("--val-gallery", "1"), ("--k", "0"),
     ("--collapse-rank-frac", "nan"), ("--collapse-max-cosine", "2"), ("--lora-r", "0"), ("--lora-alpha", "nan"),
     ("--lora-dropout", "1"), ("--blocks", "0"), ("--limit", "0"), ("--curve-sample", "1"), ("--num-workers", "-1"),
-    ("--seed", "-1"), ("--balance-edges-km", "0 nan"), ("--balance-edges-km", "10 5"),
+    ("--seed", "-1"), ("--balance-edges-km", "0 nan"), ("--balance-edges-km", "10 5"), ("--save-every", "-1"),
 ]
 
 
@@ -479,7 +523,7 @@ def _synthetic_log(path: Path, weights: dict) -> list[dict]:
 
 
 def test_training_plot_shows_each_term_as_it_enters_the_total(tmp_path):
-    from geosolver.train.loop import loss_series, plot_training, read_train_log
+    from geosolver.train.plots import loss_series, plot_training, read_train_log
 
     weights = {"contrastive": 0.0, "consistency": 1.0, "uniformity": 0.0, "distill": 0.1}
     recs = _synthetic_log(tmp_path / "train_log.jsonl", weights)

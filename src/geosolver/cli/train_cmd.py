@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from geosolver.cli.args import add_overwrite_option
-
 
 def register(sub) -> None:
     from transformers import HfArgumentParser
@@ -25,9 +23,9 @@ def register(sub) -> None:
         help="fine-tune an encoder so similarity falls with distance (distance-consistency, geo-contrastive, rank-n-contrast, soft-contrastive)",
         description="Fine-tune an image encoder for retrieval geolocation. Writes OUT/model (plain "
         "transformers.CLIPModel.from_pretrained loads it), train_log.jsonl, config.json, "
-        "target_curve.json and training.png.",
+        "target_curve.json, training.png and, every --save-every steps, checkpoint.pt: the same command "
+        "run again in the same --out resumes a killed run from it.",
     )
-    add_overwrite_option(p)
     p.set_defaults(func=run)
 
 
@@ -45,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = lambda m: (f"Geoscore {m['geoscore']:.1f}, median {m['median_km']:.1f} km, " if "geoscore" in m else "") + (  # noqa: E731
         f"Spearman {m['spearman']:.3f}, mean cos {m['mean_cosine']:.3f}, eff. rank {m['effective_rank']:.1f}" if m else "no validation"
     )
-    print(f"trained {res.steps} step(s) in {res.seconds:.0f}s; kept step {res.best_step}")
+    resumed = f" (resumed at step {res.resumed_at})" if res.resumed_at else ""
+    print(f"trained {res.steps} step(s){resumed} in {res.seconds:.0f}s; kept step {res.best_step}")
     if res.initial_metrics:
         print(f"  base model : {fmt(res.initial_metrics)}")
         print(f"  kept model : {fmt(res.best_metrics)}")

@@ -7,8 +7,9 @@
 
 Modules: :mod:`.config` (every setting, and the ``geosolver train`` options derived from it),
 :mod:`.objectives` (loss functions), :mod:`.sampler` (same-cell batches), :mod:`.params` (what is
-trained, LoRA), :mod:`.trunk` (frozen-trunk split), :mod:`.pixels` (decoding, caches, batches),
-:mod:`.validate` (validation metrics, collapse stop), :mod:`.loop` (the run, in stages).
+trained, LoRA, model surgery), :mod:`.trunk` (frozen-trunk split), :mod:`.pixels` (decoding, caches, batches),
+:mod:`.validate` (validation metrics, collapse stop), :mod:`.checkpoint` (resuming a killed run,
+what ``--out`` may be), :mod:`.plots` (``training.png``), :mod:`.loop` (the run, in stages).
 
 The names below are imported on first use, so ``geosolver.train.config`` (the CLI's parser)
 loads without torch.

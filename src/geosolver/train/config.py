@@ -172,6 +172,13 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=_opt("auto = bf16 autocast on GPU", choices=TRAIN_PRECISIONS))
     seed: int = field(default=0, metadata=_opt("seeds the split, the sampler, flips and the model's random parts"))
     progress: bool = field(default=True, metadata=_opt("show progress bars (--no-progress: none)"))
+    # ---- resuming
+    save_every: int = field(default=100, metadata=_opt(
+        "steps between checkpoints (OUT/checkpoint.pt: trained weights, optimiser, schedule, RNG and sampler "
+        "state; the last step is saved too); the same command run again in the same --out resumes from it (0: none)"))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "start over in an --out that holds another training run (its checkpoint and outputs are replaced) or "
+        "files train did not write (same-named ones are overwritten)"))
 
     def __post_init__(self) -> None:
         """Refuse a nonsensical number at once, naming the option as typed (``--lr``)."""
@@ -253,6 +260,7 @@ NUMERIC_RULES: tuple[tuple[str, type, float, float, bool, bool, bool], ...] = (
     ("collapse_max_cosine", float, -1, 1, True, True, False),
     ("num_workers", int, 0, _INF, True, False, True),
     ("seed", int, 0, _INF, True, False, False),
+    ("save_every", int, 0, _INF, True, False, False),
 )
 
 

@@ -2,6 +2,8 @@
 
 One run, read top to bottom in :func:`train`:
 
+0. :func:`~geosolver.train.checkpoint.check_out` — before any work: a new ``--out``, this run's
+   own folder (resumed from ``checkpoint.pt`` if there is one), or one line refusing it;
 1. :func:`setup` — ``accelerate`` (devices, ranks, mixed precision), the seed;
 2. :func:`read_data` — the dataset table, validation queries held out, a validation gallery
    picked among the training rows;
@@ -9,18 +11,21 @@ One run, read top to bottom in :func:`train`:
    the frozen-trunk cache with ``--cache-trunk``;
 4. :func:`base_targets` — what the **frozen base model** says (embedded once): the target curve
    μ(d) (distance-consistency) and every training image's embedding (distillation);
-5. :func:`choose_trainable` — model surgery: freeze / unfreeze / add LoRA (``train`` mode),
-   gradient checkpointing;
+5. :func:`~geosolver.train.params.choose_trainable` — model surgery: freeze / unfreeze / add
+   LoRA (``train`` mode), gradient checkpointing;
 6. :func:`make_optimiser` — AdamW with warm-up + cosine decay;
 7. :meth:`Trainer.fit` — batches from :class:`~geosolver.train.sampler.CellGroupBatchSampler`
    (groups of images from one grid cell, so near pairs exist), random horizontal flips, bf16
-   autocast on GPU (:meth:`Trainer.step`); every ``eval_every`` steps (and at step 0)
+   autocast on GPU (:meth:`Trainer.train_step`); every ``eval_every`` steps (and at step 0)
    :meth:`Trainer.evaluate`: validation Geoscore, Spearman, mean cosine, effective rank; the best
-   weights (by Geoscore) are kept; training **stops** when the space collapses;
+   weights (by Geoscore) are kept; training **stops** when the space collapses; every
+   ``save_every`` steps ``OUT/checkpoint.pt`` (:mod:`geosolver.train.checkpoint`: a resumed run
+   goes on from there with the same batches, flips and optimiser state);
 8. :func:`save_model` + :func:`write_outputs` — ``OUT/model`` (best weights; LoRA merged; loadable
    by ``transformers.CLIPModel.from_pretrained`` and ``load_encoder``), ``train_log.jsonl``,
-   ``config.json``, ``target_curve.json``, ``training.png`` (through :class:`~geosolver.rundir.RunDir`);
-   then :class:`~geosolver.errors.CollapseError` if the run collapsed.
+   ``config.json``, ``target_curve.json``, ``training.png`` (:mod:`geosolver.train.plots`; all
+   through :class:`~geosolver.rundir.RunDir`); then :class:`~geosolver.errors.CollapseError` if
+   the run collapsed.
 
 Runs in one process on CPU or GPU; under ``accelerate launch`` each process takes its share of
 the batches and DDP averages the gradients.
@@ -43,26 +48,27 @@ import pandas as pd
 import torch
 
 from geosolver.encoders import Encoder
-from geosolver.errors import CollapseError, TrainError, TrainSetupError
+from geosolver.errors import CollapseError, TrainError
 from geosolver.files import jsonable
 from geosolver.geo import grid_cell, validate_coords
 from geosolver.rundir import RunDir
-from geosolver.train.config import OBJECTIVE_NAMES as OBJECTIVE_ORDER
+from geosolver.train.checkpoint import CHECKPOINT, check_out, read_checkpoint, resume, save_checkpoint
 from geosolver.train.config import ObjectiveWeights, TrainConfig
 from geosolver.train.objectives import TargetCurve, combined_loss
 from geosolver.train.params import (
-    add_lora,
+    Surgery,
+    check_has_weights,
+    choose_trainable,
     count_parameters,
+    disable_checkpointing,
     merge_lora,
     missing_train_extra,
-    no_weights_message,
     restore,
-    select_trainable,
     snapshot,
-    trainable_parameters,
 )
 from geosolver.train.pixels import Pixels, TrainInputs, TrunkCache
-from geosolver.train.sampler import CellGroupBatchSampler
+from geosolver.train.plots import plot_training
+from geosolver.train.sampler import CellGroupBatchSampler, SamplerPosition
 from geosolver.train.validate import ValidationSet, collapse_reason
 
 log = logging.getLogger(__name__)
@@ -78,8 +84,9 @@ class TrainResult:
         out: output directory; model_dir: ``OUT/model``.
         steps: optimiser steps done; best_step: step of the saved weights (0 = the base model).
         initial_metrics, best_metrics, final_metrics: validation numbers (empty without validation).
-        seconds: wall time.
+        seconds: wall time (a resumed run: with the time spent before its checkpoint).
         encoder: the trained encoder in memory (best weights, LoRA merged).
+        resumed_at: the checkpoint's step this run went on from (0: started from the base model).
     """
 
     out: Path
@@ -91,6 +98,7 @@ class TrainResult:
     final_metrics: dict
     seconds: float
     encoder: Encoder | None = field(default=None, repr=False)
+    resumed_at: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,8 +126,12 @@ def train(config: TrainConfig, table: pd.DataFrame | None = None, encoder: Encod
     cfg = config
     cfg.check()
     weights = cfg.weights()
-    run = RunDir(cfg.out, "train")
+    resume_from = check_out(cfg)  # before any work: refuse a folder that is not this run's
+    run = RunDir(cfg.out, "train", overwrite=cfg.overwrite or None)
     rt = setup(cfg)
+    if rt.main:
+        run.write_config(asdict(cfg))  # claims the folder at once: a re-run after a kill resumes here
+    state = read_checkpoint(resume_from, cfg) if resume_from is not None else None
     data, rows = read_data(cfg, table)
     enc = load_model(cfg, encoder, rt)
     check_has_weights(enc)  # before any image is embedded
@@ -133,20 +145,25 @@ def train(config: TrainConfig, table: pd.DataFrame | None = None, encoder: Encod
     effective = effective_config(cfg, weights, rt, enc, rows)
     if rt.main:
         run.write_config(effective)
-    with TrainLog(run / TRAIN_LOG if rt.main else None) as train_log:
+    with TrainLog(run / TRAIN_LOG if rt.main else None, keep_bytes=state["log_bytes"] if state else None) as train_log:
         trainer = Trainer(
             cfg=cfg, weights=weights, rt=rt, inputs=inputs, targets=targets, surgery=surgery,
             module=module, opt=opt, sched=sched, validator=Validator.build(cfg, data, rows, inputs),
             train_log=train_log, history=History(best_state=snapshot(surgery.params)),
             lat=torch.tensor(data.lat), lon=torch.tensor(data.lon), t0=t0,
             flip_gen=torch.Generator().manual_seed(cfg.seed + 2 + rt.rank),
+            train_rows=len(rows.train), checkpoint=run / CHECKPOINT if cfg.save_every else None,
         )
-        trainer.fit(inputs.batches(make_sampler(cfg, data, rows), rows.train, rt.rank, rt.world))
+        if state is not None:
+            resume(trainer, state, resume_from)
+            log.info("resuming %s at step %d of %d", cfg.out, trainer.step, cfg.steps)
+        resumed_at = trainer.step
+        trainer.fit(inputs.batches(make_sampler(cfg, data, rows), rows.train, rt.rank, rt.world, trainer.position))
     model_dir = save_model(trainer, run)
     h = trainer.history
     if rt.main:
-        write_outputs(run, effective, trainer, time.time() - t0)
-    result = TrainResult(run.path, model_dir, trainer.step, h.best_step, h.initial, h.best, h.last, time.time() - t0, enc)
+        write_outputs(run, effective, trainer, time.time() - trainer.t0)
+    result = TrainResult(run.path, model_dir, trainer.step, h.best_step, h.initial, h.best, h.last, time.time() - trainer.t0, enc, resumed_at)
     if h.collapsed is not None:
         raise CollapseError(
             f"training stopped at step {trainer.step}: the embedding space collapsed ({h.collapsed}); "
@@ -383,69 +400,6 @@ def curve_record(cfg: TrainConfig, curve: TargetCurve, n_train: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. model surgery: what is trained
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Surgery:
-    """What is trained.
-
-    Attributes:
-        params: name → trainable parameter.
-        peft_model: the LoRA wrapper (merged on save), or None.
-        ckpt_layers: the layers that recompute their forward pass in backward (gradient checkpointing).
-    """
-
-    params: dict[str, torch.nn.Parameter]
-    peft_model: Any | None
-    ckpt_layers: list[torch.nn.Module]
-
-
-def check_has_weights(enc: Encoder) -> None:
-    """Raise :class:`TrainSetupError` for an encoder with no weights at all (``histogram``)."""
-    if next(enc.model.parameters(), None) is None:
-        what = f"the {enc.name} encoder" + (" (a fixed colour count)" if getattr(enc, "backend", "") == "histogram" else "")
-        raise TrainSetupError(no_weights_message(what))
-
-
-def choose_trainable(cfg: TrainConfig, enc: Encoder) -> Surgery:
-    """Freeze the model and unfreeze the ``cfg.train`` part (or add LoRA adapters); turn on
-    gradient checkpointing when asked."""
-    check_has_weights(enc)
-    peft_model = None
-    if cfg.train == "lora":
-        peft_model = add_lora(enc.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    else:
-        select_trainable(enc.model, cfg.train, cfg.blocks)
-    ckpt_layers = enable_checkpointing(enc.model) if cfg.gradient_checkpointing else []
-    params = trainable_parameters(enc.model)
-    if not params:
-        raise TrainSetupError(f"--train {cfg.train} leaves nothing to train in {enc.name}; choose another --train mode")
-    return Surgery(params, peft_model, ckpt_layers)
-
-
-def enable_checkpointing(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Turn on gradient checkpointing (transformers models); returns the checkpointed layers.
-
-    HF checkpoints a layer only in training mode; the model otherwise stays in eval mode (see
-    :meth:`Trainer.fit`), so the checkpointed layers alone get their ``training`` flag set before
-    each step.
-    """
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    elif hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        log.warning("%s does not support gradient checkpointing; ignored", type(model).__name__)
-    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
-
-
-def disable_checkpointing(model: torch.nn.Module) -> None:
-    disable = getattr(model, "activation_checkpointing_disable", None) or getattr(model, "gradient_checkpointing_disable", None)
-    if disable is not None:
-        disable()
-
-
-# ----------------------------------------------------------------------------------------------
 # 6. optimiser and schedule
 # ----------------------------------------------------------------------------------------------
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -526,15 +480,33 @@ class History:
 
 class TrainLog:
     """``train_log.jsonl``: one JSON record per line (``type`` ``step`` or ``eval``), flushed as
-    written; ``path`` None (processes other than the main one) writes nothing."""
+    written; ``path`` None (processes other than the main one) writes nothing.
 
-    def __init__(self, path: Path | None):
-        self.f = open(path, "w") if path is not None else None
+    ``keep_bytes``: a resumed run keeps the log's first ``keep_bytes`` bytes (the records up to its
+    checkpoint; :meth:`tell` gave the number) and appends after them.
+    """
+
+    def __init__(self, path: Path | None, keep_bytes: int | None = None):
+        self.f = None
+        if path is None:
+            return
+        if keep_bytes is None or not path.is_file():
+            self.f = open(path, "wb")
+            return
+        if path.stat().st_size < keep_bytes:
+            log.warning("%s is shorter than at the checkpoint; its later records are lost", path)
+        self.f = open(path, "r+b")
+        self.f.truncate(min(keep_bytes, path.stat().st_size))
+        self.f.seek(0, os.SEEK_END)
 
     def write(self, rec: dict) -> None:
         if self.f is not None:
-            self.f.write(json.dumps(jsonable(rec)) + "\n")
+            self.f.write((json.dumps(jsonable(rec)) + "\n").encode())
             self.f.flush()
+
+    def tell(self) -> int:
+        """Bytes written so far (0 for processes that write nothing)."""
+        return self.f.tell() if self.f is not None else 0
 
     def __enter__(self) -> TrainLog:
         return self
@@ -552,7 +524,9 @@ class Trainer:
     """The pieces of a run, built by the stages above, and the loop over them.
 
     ``module`` is what gradients flow through (the encoder's features or the head; DDP-wrapped
-    under ``accelerate launch``); ``lat``/``lon`` ``(n,)`` degrees of every table row.
+    under ``accelerate launch``); ``lat``/``lon`` ``(n,)`` degrees of every table row;
+    ``train_rows`` how many there are to train on; ``checkpoint`` where :meth:`fit` saves every
+    ``cfg.save_every`` steps (None: nowhere); ``position`` the sampler position of the batches taken.
     """
 
     cfg: TrainConfig
@@ -571,16 +545,22 @@ class Trainer:
     lon: torch.Tensor
     flip_gen: torch.Generator
     t0: float
+    train_rows: int
+    checkpoint: Path | None = None
     step: int = 0
+    position: SamplerPosition = field(default_factory=SamplerPosition)
 
     def fit(self, batches) -> None:
-        """Validate at step 0, take ``cfg.steps`` steps (validating every ``eval_every``), validate
-        at the end; stops early when the space collapses."""
+        """Validate at step 0, take the steps up to ``cfg.steps`` (validating every ``eval_every``,
+        saving a checkpoint every ``save_every`` and at the last step), validate at the end; stops
+        early when the space collapses. A resumed trainer goes on from :attr:`step`."""
         from geosolver.progress import tqdm
 
         cfg = self.cfg
-        self.evaluate()
-        bar = tqdm(total=cfg.steps, desc=f"train {cfg.train}", unit="step", disable=not (cfg.progress and self.rt.main))
+        if self.step == 0:
+            self.evaluate()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.train}", unit="step",
+                   disable=not (cfg.progress and self.rt.main))
         # The model stays in eval mode while training: frozen BatchNorm statistics, no dropout or
         # stochastic depth — small same-cell batches would corrupt BN statistics, and the function
         # trained is then exactly the one that embeds.
@@ -592,6 +572,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self.evaluate()
+                if self.checkpoint is not None and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                    save_checkpoint(self, self.checkpoint)
             if self.history.collapsed is None and self.history.last.get("step") != self.step:
                 self.evaluate()
         finally:
@@ -663,7 +645,7 @@ def effective_config(cfg: TrainConfig, weights: ObjectiveWeights, rt: Runtime, e
         **asdict(cfg),
         "weights": asdict(weights),
         "lr_effective": cfg.learning_rate(),
-        "device": str(rt.device),
+        "device_used": str(rt.device),
         "mixed_precision": rt.mixed,
         "num_processes": rt.world,
         "encoder": enc.identity(),
@@ -705,88 +687,3 @@ def write_outputs(run: RunDir, effective: dict, trainer: Trainer, seconds: float
         "final_metrics": h.last, "collapsed": h.collapsed, "seconds": round(seconds, 2),
     }
     run.write_config(effective, result=result)
-
-
-def read_train_log(log_path: Path) -> tuple[list[dict], list[dict]]:
-    """The ``step`` and ``eval`` records of a ``train_log.jsonl``, in order."""
-    steps, evals = [], []
-    with open(log_path) as f:
-        for line in f:
-            rec = json.loads(line)
-            (steps if rec.get("type") == "step" else evals if rec.get("type") == "eval" else []).append(rec)
-    return steps, evals
-
-
-def loss_series(steps: list[dict], weights: dict[str, float] | None) -> dict[str, list[float]]:
-    """What the loss panel of ``training.png`` draws: label → one value per step record.
-
-    ``"total"`` first, then each term **as it enters the total**, ``weight × term``, labelled
-    ``"0.1 × distill"`` (``"consistency"`` for a weight of 1), so the terms add up to the total. Without
-    ``weights`` (an old log with no ``config.json``) the raw terms, labelled ``"(unweighted)"``.
-    NaN is written as null in the log and comes back as NaN.
-    """
-    num = lambda v: math.nan if v is None else float(v)  # noqa: E731
-    out = {"total": [num(r.get("loss")) for r in steps]}
-    names = {k for r in steps for k in r.get("parts", {})}
-    order = lambda n: (OBJECTIVE_ORDER.index(n) if n in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER), n)  # noqa: E731
-    for name in sorted(names, key=order):
-        raw = [num(r.get("parts", {}).get(name)) for r in steps]
-        if weights is None or name not in weights:
-            out[f"{name} (unweighted)"] = raw
-        else:
-            w = float(weights[name])
-            out[name if w == 1 else f"{w:g} × {name}"] = [w * v for v in raw]
-    return out
-
-
-def _run_weights(log_path: Path) -> dict[str, float] | None:
-    """The loss weights of the run that wrote ``log_path`` (its ``config.json``), or None."""
-    try:
-        w = json.loads((Path(log_path).parent / "config.json").read_text()).get("weights")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return w if isinstance(w, dict) else None
-
-
-def plot_training(log_path: Path, out_png: Path, weights: dict[str, float] | None = None) -> None:
-    """``training.png``: training losses (top: the total and each term weighted as it enters the
-    total, see :func:`loss_series`) and validation metrics (bottom) against the step.
-
-    ``weights``: the run's loss weights; default: ``weights`` of ``config.json`` next to the log.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    steps, evals = read_train_log(log_path)
-    if weights is None:
-        weights = _run_weights(log_path)
-    num = lambda v: np.nan if v is None else v  # noqa: E731 — NaN is written as null
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    if steps:
-        x = [r["step"] for r in steps]
-        for label, ys in loss_series(steps, weights).items():
-            if label == "total":
-                axes[0].plot(x, ys, label="total", color="k", lw=1)
-            else:
-                axes[0].plot(x, ys, label=label, lw=0.8)
-        axes[0].legend(fontsize=8)
-    axes[0].set_ylabel("training loss")
-    if evals:
-        x = [r["step"] for r in evals]
-        if "geoscore" in evals[0]:
-            axes[1].plot(x, [num(r["geoscore"]) for r in evals], "o-", color="C2")
-        axes[1].set_ylabel("val Geoscore")
-        for key, c in (("spearman", "C0"), ("mean_cosine", "C1")):
-            axes[2].plot(x, [num(r[key]) for r in evals], "o-", color=c, label=key)
-        ax2 = axes[2].twinx()
-        ax2.plot(x, [num(r["effective_rank"]) for r in evals], "s--", color="C3", label="effective rank")
-        ax2.set_ylabel("effective rank")
-        axes[2].legend(loc="upper left", fontsize=8)
-        ax2.legend(loc="upper right", fontsize=8)
-    axes[2].set_xlabel("step")
-    axes[2].set_ylabel("Spearman / mean cosine")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""What is trained: freezing, LoRA adapters, and snapshots of the trainable weights.
+"""What is trained: freezing, LoRA adapters, the model surgery of a run (:func:`choose_trainable`,
+:class:`Surgery`, gradient checkpointing) and snapshots of the trainable weights.
 
 Modes (``TRAIN_MODES``):
 
@@ -17,12 +18,17 @@ For non-CLIP models the "block list" is the longest ``nn.ModuleList`` in the mod
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from geosolver.errors import TrainError, TrainSetupError
 from geosolver.train.config import TRAIN_MODES
+
+if TYPE_CHECKING:
+    from geosolver.encoders import Encoder
+    from geosolver.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +151,69 @@ def merge_lora(peft_model: Any) -> torch.nn.Module:
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """Name → parameter for every parameter with ``requires_grad``."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ----------------------------------------------------------------------------------------------
+# model surgery: what a run trains (the loop's stage 5)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Surgery:
+    """What is trained.
+
+    Attributes:
+        params: name → trainable parameter.
+        peft_model: the LoRA wrapper (merged on save), or None.
+        ckpt_layers: the layers that recompute their forward pass in backward (gradient checkpointing).
+    """
+
+    params: dict[str, torch.nn.Parameter]
+    peft_model: Any | None
+    ckpt_layers: list[torch.nn.Module]
+
+
+def check_has_weights(enc: Encoder) -> None:
+    """Raise :class:`TrainSetupError` for an encoder with no weights at all (``histogram``)."""
+    if next(enc.model.parameters(), None) is None:
+        what = f"the {enc.name} encoder" + (" (a fixed colour count)" if getattr(enc, "backend", "") == "histogram" else "")
+        raise TrainSetupError(no_weights_message(what))
+
+
+def choose_trainable(cfg: TrainConfig, enc: Encoder) -> Surgery:
+    """Freeze the model and unfreeze the ``cfg.train`` part (or add LoRA adapters); turn on
+    gradient checkpointing when asked."""
+    check_has_weights(enc)
+    peft_model = None
+    if cfg.train == "lora":
+        peft_model = add_lora(enc.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    else:
+        select_trainable(enc.model, cfg.train, cfg.blocks)
+    ckpt_layers = enable_checkpointing(enc.model) if cfg.gradient_checkpointing else []
+    params = trainable_parameters(enc.model)
+    if not params:
+        raise TrainSetupError(f"--train {cfg.train} leaves nothing to train in {enc.name}; choose another --train mode")
+    return Surgery(params, peft_model, ckpt_layers)
+
+
+def enable_checkpointing(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Turn on gradient checkpointing (transformers models); returns the checkpointed layers.
+
+    HF checkpoints a layer only in training mode; the model otherwise stays in eval mode (see
+    :meth:`Trainer.fit`), so the checkpointed layers alone get their ``training`` flag set before
+    each step.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        log.warning("%s does not support gradient checkpointing; ignored", type(model).__name__)
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+
+def disable_checkpointing(model: torch.nn.Module) -> None:
+    disable = getattr(model, "activation_checkpointing_disable", None) or getattr(model, "gradient_checkpointing_disable", None)
+    if disable is not None:
+        disable()
 
 
 def snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ that cannot be decoded is logged once and left out, never fatal.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -19,7 +20,7 @@ import torch
 from geosolver.embed.decode import Decoded, ImageRows, make_loader
 from geosolver.encoders import Encoder
 from geosolver.errors import TrainError
-from geosolver.train.sampler import CellGroupBatchSampler
+from geosolver.train.sampler import CellGroupBatchSampler, SamplerPosition
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +96,16 @@ class Pixels:
             if batch.pixels is not None:
                 yield batch.ok_rows, batch.pixels
 
-    def train_batches(self, sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int, world: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Endless ``(rows, pixels)`` training batches; process ``rank`` of ``world`` takes every
-        ``world``-th batch of the sampler (only those are decoded)."""
+    def train_batches(self, sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int, world: int, at: SamplerPosition) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Endless ``(rows, pixels)`` training batches from position ``at`` on (kept up to date:
+        the batches handed out so far); process ``rank`` of ``world`` takes every ``world``-th
+        batch of the sampler (only those are decoded)."""
         mapped = MapBatches(sampler, rows, rank, world)
         loader = None
-        epoch = 0
-        while True:
-            sampler.set_epoch(epoch)
+        for _ in epochs(sampler, mapped, at):
             if self.cache is not None:
                 for b in mapped:
+                    at.batch += 1
                     r = np.asarray(b, np.int64)
                     r = r[self.ok[r]]
                     if len(r) >= 2:
@@ -112,36 +113,48 @@ class Pixels:
             else:
                 if loader is None:
                     loader = self._loader(None, batch_sampler=mapped)
-                for batch in self._decoded(loader):
+                for batch in self._decoded(loader):  # one Decoded per sampler batch, in order
+                    at.batch += 1
                     if batch.pixels is not None and len(batch.ok_rows) >= 2:
                         yield batch.ok_rows, batch.pixels
-            epoch += 1
 
 
-def trunk_batches(sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int, world: int) -> Iterator[tuple[np.ndarray, None]]:
-    """Endless training batches of row numbers only (the trunk cache supplies the inputs)."""
+def trunk_batches(sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int, world: int, at: SamplerPosition) -> Iterator[tuple[np.ndarray, None]]:
+    """Endless training batches of row numbers only (the trunk cache supplies the inputs), from
+    position ``at`` on (kept up to date)."""
     mapped = MapBatches(sampler, rows, rank, world)
-    epoch = 0
-    while True:
-        sampler.set_epoch(epoch)
+    for _ in epochs(sampler, mapped, at):
         for b in mapped:
+            at.batch += 1
             yield np.asarray(b, np.int64), None
-        epoch += 1
+
+
+def epochs(sampler: CellGroupBatchSampler, mapped: MapBatches, at: SamplerPosition) -> Iterator[int]:
+    """Set the sampler to epoch ``at.epoch``, ``at.epoch + 1``, ... for each pass over ``mapped``;
+    the first pass skips the ``at.batch`` batches already taken (a resumed run)."""
+    mapped.skip = at.batch
+    while True:
+        sampler.set_epoch(at.epoch)
+        yield at.epoch
+        at.epoch, at.batch = at.epoch + 1, 0
 
 
 class MapBatches:
-    """Batch sampler: this process's share of the sampler's batches, positions mapped to dataset rows."""
+    """Batch sampler: this process's share of the sampler's batches, positions mapped to dataset
+    rows; the next pass leaves out its first ``skip`` batches."""
 
     def __init__(self, sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int = 0, world: int = 1):
         self.sampler, self.rows, self.rank, self.world = sampler, rows, rank, world
+        self.skip = 0
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.sampler), self.world))
 
     def __iter__(self):
-        for bi, b in enumerate(self.sampler):
-            if bi % self.world == self.rank:
-                yield self.rows[np.asarray(b)].tolist()
+        skip, self.skip = self.skip, 0
+        mine = (b for bi, b in enumerate(self.sampler) if bi % self.world == self.rank)
+        for b in itertools.islice(mine, skip, None):  # skipped batches are drawn (the sampler's RNG advances), not decoded
+            yield self.rows[np.asarray(b)].tolist()
 
 
 def model_input(enc: Encoder, pixels: torch.Tensor) -> torch.Tensor:
@@ -239,11 +252,12 @@ class TrainInputs:
         """The module the optimiser trains through: the head, or the encoder's features."""
         return EncoderFeatures(self.enc) if self.head is None else self.head
 
-    def batches(self, sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int, world: int) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
-        """Endless ``(rows, pixels or None)`` training batches (None: the trunk cache has the inputs)."""
+    def batches(self, sampler: CellGroupBatchSampler, rows: np.ndarray, rank: int, world: int, at: SamplerPosition) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
+        """Endless ``(rows, pixels or None)`` training batches (None: the trunk cache has the inputs)
+        from sampler position ``at`` on, which follows the batches handed out."""
         if self.trunk is None:
-            return self.pixels.train_batches(sampler, rows, rank, world)
-        return trunk_batches(sampler, rows, rank, world)
+            return self.pixels.train_batches(sampler, rows, rank, world, at)
+        return trunk_batches(sampler, rows, rank, world, at)
 
     def forward_input(self, rows: np.ndarray, pixels: torch.Tensor | None, flip: torch.Tensor | None) -> torch.Tensor:
         """The module's input for a batch: pixels (mirrored where ``flip``) or the cached trunk outputs."""

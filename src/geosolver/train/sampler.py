@@ -6,17 +6,28 @@ pairs) learns anything about the near range that retrieval depends on. :class:`C
 builds each batch from ``B // m`` groups of ``m`` images from one ``cell_deg``° cell (cells drawn
 with probability ∝ ``size**power``, ``power = 0.5`` by default, without repeating a cell inside a
 batch while enough cells remain), the remaining ``B mod m`` slots from the whole dataset.
-Deterministic: the batches depend only on ``seed`` and the epoch number.
+Deterministic: the batches depend only on ``seed`` and the epoch number, so a
+:class:`SamplerPosition` (epoch, batches taken) is all a resumed run needs to go on with the same batches.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 from geosolver.errors import TrainError
 from geosolver.geo import grid_cell
+
+
+@dataclass
+class SamplerPosition:
+    """Where a stream of training batches stands: the sampler's ``epoch`` and how many of this
+    process's batches of it were taken (``batch``)."""
+
+    epoch: int = 0
+    batch: int = 0
 
 
 class CellGroupBatchSampler:
