@@ -18,6 +18,7 @@ import os
 import struct
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -45,6 +46,23 @@ STRING_COLUMNS = (
     "sub-region", "city", "unique_region", "unique_sub-region", "unique_city", "unique_country",
     "creator_username", "creator_id",
 )
+
+
+#: The id and coordinate columns under every spelling the reader accepts (always read).
+_CORE_NAMES = ("id", "latitude", "lat", "longitude", "lon")
+
+
+def read_osv5m_csv(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """An OSV5M CSV as a frame: ``id``, ``latitude``, ``longitude`` (as strings, parsed later) and the
+    metadata ``columns`` (``None``: every column). Columns not asked for are never parsed: reading
+    only the few a job keeps is what makes the 4.9 M-row ``train.csv`` fit in ~1 GB
+    (``benchmarks/osv5m_csv.py``).
+
+    Raises:
+        DatasetError: see :func:`geosolver.data.common.read_csv`.
+    """
+    keep = None if columns is None else (*_CORE_NAMES, *columns)
+    return read_csv(path, STRING_COLUMNS, columns=keep)
 
 
 def _find_csv(root: Path, split: str | None, csv: str | os.PathLike | None) -> tuple[Path, str | None]:
@@ -166,6 +184,7 @@ def read_osv5m(
     split: str | None = None,
     csv: str | os.PathLike | None = None,
     limit: int | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Read an OSV5M split (see the module docstring for the layout).
 
@@ -174,16 +193,17 @@ def read_osv5m(
         split: ``"train"`` or ``"test"``; may be omitted when only one CSV exists or ``csv`` is given.
         csv: use this CSV (e.g. a subset with the same header) instead of ``ROOT/<split>.csv``.
         limit: keep the first ``limit`` usable rows.
+        columns: the metadata columns to keep (names the CSV lacks are ignored); ``None``: all of them.
 
     Returns:
-        The reader table (``id``, ``source``, ``lat``, ``lon``, then every other CSV column in CSV
+        The reader table (``id``, ``source``, ``lat``, ``lon``, then the other CSV columns kept, in CSV
         order); ``attrs["skipped"]`` lists rows with bad coordinates or no image.
     """
     root = Path(os.path.abspath(root))  # absolute sources: valid from any working directory
     if not root.is_dir():
         raise DatasetError(f"OSV5M root is not a directory: {root}")
     csv_path, split = _find_csv(root, split, csv)
-    df = read_csv(csv_path, STRING_COLUMNS)
+    df = read_osv5m_csv(csv_path, columns)
     where = str(csv_path)
     id_col = require_column(df.columns, ("id",), "id", where)
     lat_col = require_column(df.columns, ("latitude", "lat"), "latitude", where)
