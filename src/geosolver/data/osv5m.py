@@ -65,15 +65,24 @@ def read_osv5m_csv(path: str | os.PathLike, columns: Sequence[str] | None = None
     return read_csv(path, STRING_COLUMNS, columns=keep)
 
 
+def split_csv(root: Path, split: str) -> Path:
+    """The CSV of ``split``: ``ROOT/<split>.csv`` or ``ROOT/<split>/<split>.csv``.
+
+    Raises:
+        DatasetError: neither is there (the message names both places).
+    """
+    candidates = [root / f"{split}.csv", root / split / f"{split}.csv"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise DatasetError(f"OSV5M split {split!r}: no CSV at {' or '.join(map(str, candidates))}")
+
+
 def _find_csv(root: Path, split: str | None, csv: str | os.PathLike | None) -> tuple[Path, str | None]:
     if csv is not None:
         return Path(csv), split
     if split is not None:
-        candidates = [root / f"{split}.csv", root / split / f"{split}.csv"]
-        for c in candidates:
-            if c.is_file():
-                return c, split
-        raise DatasetError(f"OSV5M split {split!r}: no CSV at {' or '.join(map(str, candidates))}")
+        return split_csv(root, split), split
     found = [(root / f"{s}.csv", s) for s in SPLITS if (root / f"{s}.csv").is_file()]
     if len(found) == 1:
         return found[0]
