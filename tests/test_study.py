@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from geosolver.cli import main as cli_main
-from geosolver.study import ARMS, StudyConfig, estimate
+from geosolver.data import osv5m
+from geosolver.study import ARMS, STUDY_COLUMNS, StudyConfig, estimate
 from geosolver.study_check import EncoderCheck
 from hubstub import BASELINE_ID, STREETCLIP_ID, point_client_at, start_default_hub
 
@@ -27,7 +29,11 @@ def test_miniature_study_end_to_end_then_resume_skips_every_step(hub, tmp_path, 
     args = ["study", "--root", str(root), "--out", str(out), "--test-limit", "24", "--train-limit", "48",
             "--gallery-sizes", "16,32", "--steps", "3", "--device", "cpu", "--num-workers", "0", "--no-progress"]
     hub.reset_log()
+    reads = []  # each split's CSV is read once per study, only the study's columns (train gets the table)
+    read_csv = osv5m.read_osv5m_csv
+    monkeypatch.setattr(osv5m, "read_osv5m_csv", lambda path, columns=None: reads.append((Path(path).name, columns)) or read_csv(path, columns))
     assert cli_main(args) == 0
+    assert sorted(reads) == [("test.csv", STUDY_COLUMNS), ("train.csv", STUDY_COLUMNS)]
     printed = capsys.readouterr().out
     assert "estimate (cpu; ASSUMED per-image rates" in printed and "These are estimates" in printed
     # models not in the cache yet: 2 encoders + 3 fine-tuned ones, each embedding 24 test + 48 train images;
