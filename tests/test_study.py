@@ -33,12 +33,12 @@ def test_miniature_study_end_to_end_then_resume_skips_every_step(hub, tmp_path, 
     read_csv = osv5m.read_osv5m_csv
     monkeypatch.setattr(osv5m, "read_osv5m_csv", lambda path, columns=None: reads.append((Path(path).name, columns)) or read_csv(path, columns))
     assert cli_main(args) == 0
-    assert sorted(reads) == [("test.csv", STUDY_COLUMNS), ("train.csv", STUDY_COLUMNS)]
+    assert sorted(reads, key=lambda r: r[0]) == [("test.csv", STUDY_COLUMNS), ("train.csv", STUDY_COLUMNS)]
     printed = capsys.readouterr().out
     assert "estimate (cpu; ASSUMED per-image rates" in printed and "These are estimates" in printed
     # models not in the cache yet: 2 encoders + 3 fine-tuned ones, each embedding 24 test + 48 train images;
     # 3 arms x 3 steps x 64 images trained
-    assert "360 images still to embed + 576 to train" in printed
+    assert "): 360 images still to embed + 576 to train" in printed
     # the default encoders resolved through the hub (into the temporary HF cache)
     assert any("/geolocal/StreetCLIP/resolve/" in r[1] for r in hub.file_gets())
     assert any("/openai/clip-vit-large-patch14-336/resolve/" in r[1] for r in hub.file_gets())
@@ -88,7 +88,9 @@ def test_miniature_study_end_to_end_then_resume_skips_every_step(hub, tmp_path, 
     assert hub.requests == []
     assert again["runs"] == runs
     printed = capsys.readouterr().out
-    assert "0 images still to embed + 0 to train" in printed and "disk ≈ 0.0 GB more" in printed
+    assert "): 0 images still to embed + 0 to train" in printed  # everything is on disk already
+    est = json.loads((out / "config.json").read_text())["estimate"]
+    assert (est["images_embedded"], est["images_trained"], est["disk_bytes"]) == (0, 0, 0)
 
 
 def test_the_estimate_uses_each_encoders_own_cost(tmp_path):
