@@ -35,3 +35,40 @@ def test_only_the_columns_asked_for_are_read(tmp_path):
     full = read_osv5m(tmp_path, split="test")
     assert len(full.columns) == 4 + len(OSV5M_COLUMNS) - 3
     pd.testing.assert_frame_equal(t[["id", "lat", "country", "climate"]], full[["id", "lat", "country", "climate"]])
+
+
+def _reference(ids, ok, limit):
+    """finish_table's rule, one row at a time: keep the first `limit` usable rows (a repeated id is not
+    usable); skipped = the unusable rows before the (limit+1)-th usable one."""
+    seen, kept, skipped = set(), [], []
+    for i, (x, good) in enumerate(zip(ids, ok)):
+        usable = good and x not in seen
+        if usable:
+            seen.add(x)
+            if len(kept) == limit:
+                break
+            kept.append(i)
+        else:
+            skipped.append(i)
+    return kept, skipped
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_limit_reads_only_the_rows_it_needs_and_gives_the_same_answer(seed):
+    import numpy as np
+
+    from geosolver.data.common import finish_table
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    ids = [f"i{v}" for v in rng.integers(0, 250, n)]  # many repeats
+    ok = rng.random(n) > 0.3
+    reasons = np.array([None if g else "invalid coordinates: x" for g in ok], dtype=object)
+    lat = np.arange(n, dtype=np.float64) / 10
+    meta = pd.DataFrame({"row": np.arange(n)})
+    for limit in (1, 7, 50, 170, 1000):
+        t = finish_table(ids, [f"s{i}" for i in range(n)], lat, lat, meta, reasons, {"csv": "x"}, limit=limit)
+        kept, skipped = _reference(ids, ok, limit)
+        assert t["row"].tolist() == kept, limit
+        assert t.attrs["skipped"]["id"].tolist() == [ids[i] for i in skipped], limit
+        assert t["source"].tolist() == [f"s{i}" for i in kept]

@@ -233,8 +233,7 @@ def parse_coords(lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         holding ``None`` for usable rows and a human-readable reason for the others (missing, not
         finite or out of range: lat must be in [-90, 90], lon in [-180, 180]).
     """
-    lat_a = pd.to_numeric(pd.Series(lat), errors="coerce").to_numpy(np.float64, copy=True)
-    lon_a = pd.to_numeric(pd.Series(lon), errors="coerce").to_numpy(np.float64, copy=True)
+    lat_a, lon_a = _floats(lat), _floats(lon)
     reasons = np.full(lat_a.shape, None, dtype=object)
     with np.errstate(invalid="ignore"):
         bad_lon = ~np.isfinite(lon_a) | (np.abs(lon_a) > 180.0)
@@ -249,6 +248,22 @@ def parse_coords(lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     parts.append(f"{name} {_fmt(raw, i)} missing or not a number")
         reasons[i] = "invalid coordinates: " + "; ".join(parts)
     return lat_a, lon_a, reasons
+
+
+def _floats(values) -> np.ndarray:
+    """``values`` as a new float64 array, anything unparseable NaN. A column of text goes through Arrow's
+    cast (18x faster than pandas' on millions of coordinates) unless a value needs pandas' leniency
+    (blanks around a number, words): then the whole column goes through ``pd.to_numeric``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    s = pd.Series(values)
+    if isinstance(s.dtype, pd.StringDtype):
+        try:
+            return np.array(pc.cast(pa.array(s), pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
+    return pd.to_numeric(s, errors="coerce").to_numpy(np.float64, copy=True)
 
 
 def _fmt(values, i: int) -> str:
@@ -291,6 +306,12 @@ def finish_table(
     ids = pd.Series(ids, dtype="str").reset_index(drop=True)
     reasons = np.asarray(reasons, dtype=object).copy()
     usable = np.array(pd.isna(reasons), dtype=bool)
+    if limit is not None and limit >= 0 and (m := _limit_prefix(ids, usable, limit)) < len(ids):
+        # only the first m rows can matter: drop the rest before anything is copied (a 100 k slice of 4.9 M rows)
+        ids, reasons, usable = ids.iloc[:m], reasons[:m], usable[:m]
+        sources = sources.iloc[:m] if hasattr(sources, "iloc") else sources[:m]
+        lat, lon = np.asarray(lat)[:m], np.asarray(lon)[:m]
+        metadata = metadata.iloc[:m] if metadata is not None else None
     # A repeated id is skipped when an earlier *usable* row already has it.
     u_idx = np.flatnonzero(usable)
     dup = ids.iloc[u_idx].duplicated(keep="first").to_numpy()
@@ -340,6 +361,21 @@ def finish_table(
     table.attrs["skipped"] = skipped
     table.attrs["dataset"] = dict(dataset, rows=len(table), skipped=len(skipped), limit=limit)
     return table
+
+
+def _limit_prefix(ids: pd.Series, usable: np.ndarray, limit: int) -> int:
+    """How many leading rows decide :func:`finish_table`'s answer for ``limit``: up to, not including, the
+    (limit+1)-th row still usable once repeated ids are dropped (whether a row is a repeat depends only on
+    the rows before it, so nothing after it can change the answer); ``len(ids)`` when there is none."""
+    pos = np.flatnonzero(usable)
+    k = limit + 1
+    while k <= len(pos):
+        first = ~ids.iloc[pos[:k]].duplicated(keep="first").to_numpy()
+        n_first = int(first.sum())
+        if n_first > limit:
+            return int(pos[:k][first][limit])
+        k += limit + 1 - n_first
+    return len(ids)
 
 
 def _where(dataset: dict) -> str:
