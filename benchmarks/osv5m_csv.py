@@ -11,8 +11,8 @@ Each reader runs in its own fresh subprocess; its peak RSS is that child's own `
 
 Readers:
 
-* ``old``: the reader's CSV step before this change — ``read_csv(path, STRING_COLUMNS)``: every column,
-  converted to pandas;
+* ``old``: the reader's CSV step before this change — one whole-file ``pyarrow.csv.read_csv`` of every
+  column (``STRING_COLUMNS`` as strings), converted to pandas;
 * ``new``: :func:`geosolver.data.osv5m.read_osv5m_csv` with the columns the study keeps
   (:data:`geosolver.study.STUDY_COLUMNS`);
 * ``new-all``: the same function asked for every column (what ``embed --dataset osv5m`` keeps);
@@ -109,10 +109,16 @@ if reader in ("study-read", "full-read"):
     from geosolver.study import STUDY_COLUMNS, StudyConfig
     limit = StudyConfig("", "").train_limit if reader == "study-read" else None
     df = osv5m.read_osv5m(Path(path).parent, split="train", columns=STUDY_COLUMNS, limit=limit)
-elif reader == "old":
-    from geosolver.data.common import read_csv
+elif reader == "old":  # the CSV step as it was: one whole-file pyarrow read of every column
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
     from geosolver.data.osv5m import STRING_COLUMNS
-    df = read_csv(path, STRING_COLUMNS)
+    want = {{c.lower() for c in STRING_COLUMNS}}
+    with pcsv.open_csv(path) as r:
+        names = r.schema.names
+    table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+        column_types={{c: pa.string() for c in names if c.lower() in want}}, null_values=[""], strings_can_be_null=True))
+    df = table.to_pandas()
 else:
     from geosolver.data.osv5m import read_osv5m_csv
     if reader == "new":

@@ -72,3 +72,34 @@ def test_a_limit_reads_only_the_rows_it_needs_and_gives_the_same_answer(seed):
         assert t["row"].tolist() == kept, limit
         assert t.attrs["skipped"]["id"].tolist() == [ids[i] for i in skipped], limit
         assert t["source"].tolist() == [f"s{i}" for i in kept]
+
+
+def test_with_a_limit_only_the_rows_that_decide_the_table_are_matched_to_images():
+    import numpy as np
+
+    from geosolver.data.osv5m import _match_images
+
+    ids = pd.Series([f"{i}" for i in range(5000)], dtype="str")
+    ok = np.ones(5000, dtype=bool)
+    index = pd.DataFrame({"id": pd.Series([f"{i}" for i in range(3000, 5000)], dtype="str"),
+                          "source": pd.Series([f"img/{i}.jpg" for i in range(3000, 5000)], dtype="str")})
+    # the first images are at row 3000: the prefix grows 1044 -> 2088 -> 4176 rows, enough for 11 usable rows
+    found = _match_images(ids, ok, index, limit=10)
+    assert len(found) == 4176
+    assert found.iloc[:3000].isna().all() and found.iloc[3000:].tolist() == [f"img/{i}.jpg" for i in range(3000, 4176)]
+    assert len(_match_images(ids, ok, index, limit=None)) == 5000
+    assert len(_match_images(ids, ok, index, limit=2000)) == 5000  # not enough usable rows: all of them
+
+
+def test_a_limited_read_is_the_head_of_the_full_one(tmp_path):
+    make_osv5m_tree(tmp_path, n_rows=15, missing_image=(1, 4), nan_latitude=(2,))
+    full = read_osv5m(tmp_path, split="test")
+    for limit in (1, 5, 11, 40):
+        t = read_osv5m(tmp_path, split="test", limit=limit)
+        pd.testing.assert_frame_equal(t, full.head(limit))
+        cut = full["id"].iloc[limit] if limit < len(full) else None
+        skipped = full.attrs["skipped"]
+        if cut is not None:  # the skipped rows before the first row left out
+            rows = [r for r in pd.read_csv(tmp_path / "test.csv", dtype={"id": str})["id"]]
+            skipped = skipped[skipped["id"].map(rows.index) < rows.index(cut)]
+        assert t.attrs["skipped"]["id"].tolist() == skipped["id"].tolist()

@@ -123,7 +123,7 @@ def check_encoder(name: str, option: str, timeout: float = 10.0) -> EncoderCheck
 
     key = name.strip()
     alias = ENCODER_ALIASES.get(key.lower())
-    if alias is not None and "/" not in alias or _EFFNET_AT.fullmatch(key.lower()):
+    if (alias is not None and "/" not in alias) or _EFFNET_AT.fullmatch(key.lower()):
         return EncoderCheck(key, "builtin", _ALIAS_CLASS.get(key.lower(), "EfficientNet-Lite"))
     path = Path(key).expanduser()
     if alias is None and path.exists():

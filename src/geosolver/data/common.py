@@ -306,7 +306,7 @@ def finish_table(
     ids = pd.Series(ids, dtype="str").reset_index(drop=True)
     reasons = np.asarray(reasons, dtype=object).copy()
     usable = np.array(pd.isna(reasons), dtype=bool)
-    if limit is not None and limit >= 0 and (m := _limit_prefix(ids, usable, limit)) < len(ids):
+    if limit is not None and limit >= 0 and (m := limit_prefix(ids, usable, limit)) < len(ids):
         # only the first m rows can matter: drop the rest before anything is copied (a 100 k slice of 4.9 M rows)
         ids, reasons, usable = ids.iloc[:m], reasons[:m], usable[:m]
         sources = sources.iloc[:m] if hasattr(sources, "iloc") else sources[:m]
@@ -363,7 +363,7 @@ def finish_table(
     return table
 
 
-def _limit_prefix(ids: pd.Series, usable: np.ndarray, limit: int) -> int:
+def limit_prefix(ids: pd.Series, usable: np.ndarray, limit: int) -> int:
     """How many leading rows decide :func:`finish_table`'s answer for ``limit``: up to, not including, the
     (limit+1)-th row still usable once repeated ids are dropped (whether a row is a repeat depends only on
     the rows before it, so nothing after it can change the answer); ``len(ids)`` when there is none."""

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -28,6 +29,7 @@ from geosolver.data.common import (
     REASON_NOT_FOUND,
     DatasetError,
     finish_table,
+    limit_prefix,
     parse_coords,
     read_csv,
     require_column,
@@ -223,12 +225,31 @@ def read_osv5m(
         raise DatasetError(f"{root}: no image directory {image_dir} (expected zip shards or extracted images)")
     ids = df[id_col].astype("str").str.strip()
     ids = ids.str.replace(r"\.0$", "", regex=True)  # ids written as floats by some tools
-    index = index_images(image_dir)
-    sources = pd.DataFrame({"id": ids}).merge(index, on="id", how="left", sort=False)["source"]
     lat, lon, reasons = parse_coords(df[lat_col], df[lon_col])
-    missing = sources.isna().to_numpy()
-    for i in (missing & pd.isna(reasons)).nonzero()[0]:
-        reasons[i] = REASON_NOT_FOUND
-    meta = df.drop(columns=[id_col, lat_col, lon_col])
+    sources = _match_images(ids, np.array(pd.isna(reasons), dtype=bool), index_images(image_dir), limit)
+    m = len(sources)  # the rows that decide the table (all of them without a limit)
+    reasons = reasons[:m]
+    reasons[sources.isna().to_numpy() & np.array(pd.isna(reasons), dtype=bool)] = REASON_NOT_FOUND
+    meta = df.drop(columns=[id_col, lat_col, lon_col]).iloc[:m]
     dataset = {"kind": "osv5m", "root": str(root), "split": split, "csv": str(csv_path), "images": str(image_dir)}
-    return finish_table(ids, sources.fillna(""), lat, lon, meta, reasons, dataset, limit=limit)
+    return finish_table(ids.iloc[:m], sources.fillna(""), lat[:m], lon[:m], meta, reasons, dataset, limit=limit)
+
+
+def _match_images(ids: pd.Series, coords_ok: np.ndarray, index: pd.DataFrame, limit: int | None) -> pd.Series:
+    """Each id's image source (NaN: none) for the leading rows that decide the table: every row without a
+    limit; with one, a prefix doubled until it holds the (limit+1)-th usable row (nothing after it can
+    change the table). Matched with Arrow's hash lookup: pandas' merge turned 4.9 M string keys into
+    Python objects (~1 GB more at full size; ``benchmarks/osv5m_csv.py``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = pa.array(index["id"]).cast(pa.large_string())
+    values = pa.array(index["source"]).cast(pa.large_string())
+    n = len(ids)
+    m = n if limit is None or limit < 0 else min(n, 2 * limit + 1024)
+    while True:
+        where = pc.index_in(pa.array(ids.iloc[:m]).cast(pa.large_string()), value_set=keys)
+        found = pc.take(values, where).to_pandas()
+        if m == n or limit_prefix(ids.iloc[:m], coords_ok[:m] & found.notna().to_numpy(), limit) < m:
+            return found
+        m = min(n, 2 * m)
