@@ -8,6 +8,9 @@ A file with OSV5M's published header (the 32 columns of ``tests/helpers_data.OSV
 of the real file's average width (~590 bytes: 2.9 GB / 4.9 M rows; the long column is the signed
 ``thumb_original_url``) is synthesized in a temporary folder (or ``--dir``) and deleted afterwards.
 Each reader runs in its own fresh subprocess; its peak RSS is that child's own ``ru_maxrss`` (``os.wait4``).
+"seconds" is the read's wall time; "CPU s" the child's whole user + system time (imports and, for the
+``*-read`` rows, building the stand-in index included) — on a loaded machine the better guide to the
+time the read takes on an idle one.
 
 Readers:
 
@@ -130,9 +133,9 @@ print(len(df), len(df.columns), time.perf_counter() - t)
 """
 
 
-def measure(reader: str, path: Path) -> tuple[int, int, float, float]:
-    """(rows, columns, seconds, peak RSS in GB) of one reader in a fresh subprocess (its own
-    ``ru_maxrss``, from ``os.wait4``)."""
+def measure(reader: str, path: Path) -> tuple[int, int, float, float, float]:
+    """(rows, columns, seconds, CPU seconds of the whole child, peak RSS in GB) of one reader in a fresh
+    subprocess (its own ``ru_maxrss`` and CPU time, from ``os.wait4``)."""
     p = subprocess.Popen([sys.executable, "-c", CHILD.format(src=str(REPO / "src")), reader, str(path)],
                          stdout=subprocess.PIPE, text=True)
     out = p.stdout.read().split()
@@ -141,7 +144,7 @@ def measure(reader: str, path: Path) -> tuple[int, int, float, float]:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise RuntimeError(f"reader {reader} failed (exit {p.returncode})")
-    return int(out[0]), int(out[1]), float(out[2]), usage.ru_maxrss / 1024**2
+    return int(out[0]), int(out[1]), float(out[2]), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024**2
 
 
 def main() -> None:
@@ -157,10 +160,10 @@ def main() -> None:
         synthesize(path, args.rows)
         print(f"synthesized {args.rows:,} rows, {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s "
               f"({path})", flush=True)
-        print("| reader | rows | columns | seconds | peak RSS (GB) |\n|---|---|---|---|---|", flush=True)
+        print("| reader | rows | columns | seconds | CPU s (child) | peak RSS (GB) |\n|---|---|---|---|---|---|", flush=True)
         for reader in args.readers.split(","):
-            rows, cols, sec, peak = measure(reader, path)
-            print(f"| {reader} | {rows:,} | {cols} | {sec:.1f} | {peak:.2f} |", flush=True)
+            rows, cols, sec, cpu, peak = measure(reader, path)
+            print(f"| {reader} | {rows:,} | {cols} | {sec:.1f} | {cpu:.1f} | {peak:.2f} |", flush=True)
         print(f"load average: {os.getloadavg()}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
