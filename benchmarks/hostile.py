@@ -43,6 +43,7 @@ FILE_CATEGORY = {
     "test_hostile_models.py": "untrusted files",
     "test_serve_hostile.py": "server abuse",
     "test_hostile_cli.py": "CLI arguments",
+    "test_hostile_study.py": "study pre-flight checks",
     "test_hostile_text_play.py": "zero-shot, text prior & play",
     "test_hostile_outputs.py": "the user's files (--out)",
     "test_hostile_photos.py": "photo size caps & special files",

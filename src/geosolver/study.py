@@ -1,8 +1,15 @@
 """`geosolver study`: the founding study on OSV5M, every step through the public library API.
 
+Before anything is read in full or written, :func:`validate` checks the dataset root (both splits' CSV
+headers and image folders), both encoders (offline, a model directory, cached, or listed by the hub — no
+weights downloaded), every option and ``--out``, in seconds. Then :func:`estimate` prints the time and disk
+still needed (what is already on disk is not counted), from the assumed per-image costs of
+:data:`geosolver.study_check.ENCODER_COSTS`.
+
 Steps (each skipped when its output already exists, so a killed study resumes where it stopped):
 
-0. models: the two encoders' snapshots (:func:`geosolver.hub.ensure_model`; cached → no request);
+0. models: the two encoders' snapshots in the Hugging Face cache (:func:`geosolver.hub.ensure_model`;
+   cached → no request). Encoders are loaded by their names, so stores record the hub id and commit;
 1. embed the test split and a train slice with both encoders (:func:`geosolver.embed.embed`);
 2. analysis of both encoders side by side (:func:`geosolver.analysis.analyze_stores`);
 3. the group-size table of the test split over (cell, land_cover, climate, soil)
@@ -12,13 +19,14 @@ Steps (each skipped when its output already exists, so a killed study resumes wh
    (countries) vs kNN with the text prior at k = 10 (run ``{label}-text``);
 5. curated (``grouped-clustered``) vs ``random`` galleries of ``gallery_sizes`` images, evaluated on
    the same queries (:func:`geosolver.curate.curate_store`);
-6. fine-tuning the model on the train slice with distance-consistency and, beside it, geo-contrastive
-   (:func:`geosolver.train.train`), re-embedding, evaluation and analysis against the base model;
+6. fine-tuning the model on the train slice with each of :data:`ARMS` — soft-target contrastive (the best
+   objective of ``benchmarks/finetune.py``), sharpened distance-consistency (the best consistency form) and
+   the seed's plain distance-consistency — (:func:`geosolver.train.train`, given the table already read),
+   re-embedding, evaluation and analysis against the base model;
 7. ``report.html`` (self-contained), ``report.md``, ``summary.json``: every table and plot, the command
    lines reproducing each step, timings and the hardware.
 
-Before starting, :func:`estimate` prints the time and disk the requested sizes need — estimates from
-assumed per-image rates, stated with it.
+Each split's CSV is read once per study, only the columns in :data:`STUDY_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -34,27 +42,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from geosolver.encoders import DEFAULT_ENCODER
+from geosolver.encoders import DEFAULT_ENCODER, PRECISIONS
+from geosolver.errors import GeosolverError, UserError
 from geosolver.files import atomic_write_text
 from geosolver.htmlreport import img_tag, markdown_table_html, page
 from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore
+from geosolver.study_check import ENCODER_COSTS, EncoderCheck, check_encoder, check_out, check_root, count_rows
 
 log = logging.getLogger(__name__)
 
 GROUP_BY = ("cell", "land_cover", "climate", "soil")
-OBJECTIVES = ("distance-consistency", "geo-contrastive")
-STRATEGIES = ("grouped-clustered", "random")
-#: Published size of the OSV5M test split (used by the estimate when --test-limit is not given).
-OSV5M_TEST_ROWS = 210_122
-
-#: Assumed rates for a ViT-L/14-336 encoder (StreetCLIP's size) — the estimate's basis, not measurements.
-RATES = {
-    "cuda": {"embed_img_s": 400.0, "train_img_s": 120.0},
-    "cpu": {"embed_img_s": 3.0, "train_img_s": 1.0},
+#: The metadata columns kept from OSV5M's CSV (of its 32): the group-table features and the country
+#: (evaluation's country accuracy). The others are never read.
+STUDY_COLUMNS = ("country", *GROUP_BY)
+#: The fine-tuning arms: name → :class:`~geosolver.train.TrainConfig` settings. Soft-target contrastive was
+#: the best objective of this project's benchmark (README, "Does distance-consistency help?"), the sharpened
+#: target (``sharpen`` 2) the best of the consistency forms; the seed's plain form is trained beside them.
+ARMS: dict[str, dict] = {
+    "soft-contrastive": {"objective": "soft-contrastive"},
+    "dc-sharp2": {"objective": "distance-consistency", "sharpen": 2.0},
+    "dc-plain": {"objective": "distance-consistency", "sharpen": 1.0},
 }
-STORE_BYTES_PER_IMAGE = 768 * 2 + 600  # float16 768-d row + its metadata row (parquet), about
-MODEL_BYTES = 1.71e9  # a ViT-L/14-336 CLIP checkpoint (safetensors, fp32)
+STRATEGIES = ("grouped-clustered", "random")
+#: Parquet metadata bytes per stored row (id, coordinates, the study's columns), about.
+ROW_METADATA_BYTES = 600
 
 
 @dataclass
@@ -67,6 +79,9 @@ class StudyConfig:
     train_limit: int = 100_000
     gallery_sizes: list[int] = field(default_factory=lambda: [10_000, 50_000])
     steps: int = 500
+    train: str = "last-blocks"  # what is fine-tuned: geosolver.train.config.TRAIN_MODES (lora, last-blocks, ...)
+    blocks: int = 2  # N of last-blocks N
+    lr: float | None = None  # None: the training mode's default
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 64
@@ -106,19 +121,82 @@ def _device_kind(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def estimate(cfg: StudyConfig) -> dict:
-    """Time and disk the study needs for the requested sizes, from :data:`RATES` (assumed, per image)."""
+def _labels(cfg: StudyConfig) -> dict[str, str]:
+    """Role (model, baseline) → its folder under ``stores/`` (also its runs' prefix)."""
+    labels = {"model": _slug(cfg.model), "baseline": _slug(cfg.baseline)}
+    if labels["model"] == labels["baseline"]:
+        labels["baseline"] += "-baseline"
+    return labels
+
+
+def _to_embed(store: Path, n: int, limit: int | None) -> int:
+    """How many of ``n`` inputs the store at ``store`` still has to embed (complete: none; a killed run:
+    those of the chunks not yet committed)."""
+    if not (store / "manifest.json").is_file():
+        return n
+    try:
+        st = EmbeddingStore(store)
+    except GeosolverError:
+        return n
+    if st.manifest.get("config", {}).get("limit", "unset") != limit:
+        return n
+    return 0 if st.complete else max(0, n - sum(int(s.get("n_inputs", 0)) for s in st.shards))
+
+
+def _trained(tdir: Path) -> bool:
+    return (tdir / "train_result.json").is_file() and (tdir / "model").is_dir()
+
+
+def estimate(cfg: StudyConfig, encoders: dict[str, EncoderCheck], n_test: int) -> dict:
+    """Time and disk the study still needs: only the stores, training runs and galleries not on disk yet,
+    each at its encoder's ASSUMED per-image cost (:data:`~geosolver.study_check.ENCODER_COSTS`).
+
+    Args:
+        encoders: role (model, baseline) → :func:`~geosolver.study_check.check_encoder`'s answer.
+        n_test: the test queries (``--test-limit``, at most the CSV's rows).
+    """
     kind = _device_kind(cfg.device)
-    rates = RATES[kind]
-    n_test = cfg.test_limit or OSV5M_TEST_ROWS
-    n_train = cfg.train_limit
-    embedded = (2 + len(OBJECTIVES)) * (n_test + n_train)  # 2 encoders + one re-embedding per fine-tuned model
-    trained = len(OBJECTIVES) * cfg.steps * cfg.train_batch_size
-    seconds = embedded / rates["embed_img_s"] + trained / rates["train_img_s"]
-    stores = embedded + 2 * sum(min(s, n_train) for s in cfg.gallery_sizes)
-    disk = stores * STORE_BYTES_PER_IMAGE + (2 + len(OBJECTIVES)) * MODEL_BYTES
-    return {"device": kind, "assumed_rates": rates, "images_embedded": embedded, "images_trained": trained,
-            "seconds": seconds, "disk_bytes": disk, "n_test": n_test, "n_train": n_train}
+    out, labels = Path(cfg.out), _labels(cfg)
+    n = {"test": n_test, "train": cfg.train_limit}
+    limits = {"test": cfg.test_limit, "train": cfg.train_limit}
+    cost = {k: ENCODER_COSTS[e.size_class] for k, e in encoders.items()}
+    tally = {"embedded": 0, "trained": 0, "seconds": 0.0, "disk": 0.0}
+
+    def embed(label: str, c: dict) -> None:
+        for s in _SPLITS:
+            todo = _to_embed(out / "stores" / label / s, n[s], limits[s])
+            tally["embedded"] += todo
+            tally["seconds"] += todo / c["embed"][kind]
+            tally["disk"] += todo * (2 * c["dim"] + ROW_METADATA_BYTES)
+
+    for k in _ROLES:
+        embed(labels[k], cost[k])
+    downloads = {e.name: e.download_bytes for e in encoders.values()}
+    tally["disk"] += sum(downloads.values())
+    for size in cfg.gallery_sizes:
+        for strategy in STRATEGIES:
+            if size < cfg.train_limit and not (out / "stores" / labels["model"] / f"gallery-{strategy}-{size}" / "manifest.json").is_file():
+                tally["disk"] += size * (2 * cost["model"]["dim"] + ROW_METADATA_BYTES)
+    for arm in ARMS:
+        if not _trained(out / "train" / arm):
+            images = cfg.steps * cfg.train_batch_size
+            tally["trained"] += images
+            tally["seconds"] += images / cost["model"]["train"][kind]
+            tally["disk"] += cost["model"]["bytes"]
+        embed(f"ft-{arm}", cost["model"])
+    assumed = {k: {"encoder": e.name, "class": e.size_class, "embed_img_s": cost[k]["embed"][kind],
+                   "train_img_s": cost[k]["train"][kind]} for k, e in encoders.items()}
+    return {"device": kind, "assumed": assumed, "images_embedded": tally["embedded"], "images_trained": tally["trained"],
+            "seconds": tally["seconds"], "disk_bytes": tally["disk"], "n_test": n_test, "n_train": cfg.train_limit}
+
+
+def _estimate_text(est: dict) -> str:
+    rates = "; ".join(f"{a['encoder']} as {a['class']}: embedding {a['embed_img_s']:g} img/s, training {a['train_img_s']:g} img/s"
+                      for a in est["assumed"].values())
+    return (f"estimate ({est['device']}; ASSUMED per-image rates, not measurements — {rates}): "
+            f"{est['images_embedded']:,} images still to embed + {est['images_trained']:,} to train ≈ {_fmt_s(est['seconds'])}, "
+            f"disk ≈ {est['disk_bytes'] / 1e9:.1f} GB more (stores, model downloads, fine-tuned models; the dataset not "
+            f"included; what is already on disk is not counted). These are estimates; the report records the real timings.")
 
 
 def _fmt_s(s: float) -> str:
@@ -165,7 +243,11 @@ _SPLITS = ("test", "train")
 
 
 def run_study(cfg: StudyConfig) -> dict:
-    """Run (or resume) the study; writes ``OUT/report.html`` and returns ``summary.json``'s content."""
+    """Run (or resume) the study; writes ``OUT/report.html`` and returns ``summary.json``'s content.
+
+    Raises:
+        GeosolverError: :func:`validate` found something wrong (nothing written), or a step failed.
+    """
     st = _start(cfg)
     _models(st)
     _embed(st)
@@ -189,8 +271,8 @@ class _Study:
     hw: dict
     est: dict
     t_start: float
+    encoders: dict[str, EncoderCheck]  # role → where it comes from (validate)
     steps: _Steps = field(default_factory=_Steps)
-    paths: dict[str, str] = field(default_factory=dict)  # role → what load_encoder gets (stage 0)
     tables: dict[str, object] = field(default_factory=dict)  # split → its dataset table, read once
     runs: dict[str, Path] = field(default_factory=dict)  # evaluation → its run directory
     curated: dict[str, Path] = field(default_factory=dict)  # "strategy-size" → the curated gallery store
@@ -210,63 +292,96 @@ class _Study:
         return all(_store_done(self.store(label, s), self.limits[s]) for s in _SPLITS)
 
     def table(self, split: str):
+        """The split's reader table: its CSV read once per study, only :data:`STUDY_COLUMNS`."""
         if split not in self.tables:
-            from geosolver.data import read_dataset
+            from geosolver.data.osv5m import read_osv5m
 
-            self.tables[split] = read_dataset("osv5m", self.root, split=split, limit=self.limits[split])
+            self.tables[split] = read_osv5m(self.root, split=split, limit=self.limits[split], columns=STUDY_COLUMNS)
         return self.tables[split]
 
 
+#: (field, option, smallest value, None allowed) of the study's own integer settings.
+_INT_RULES = (("test_limit", "--test-limit", 1, True), ("train_limit", "--train-limit", 8, False),
+              ("steps", "--steps", 1, False), ("batch_size", "--batch-size", 1, False),
+              ("train_batch_size", "--train-batch-size", 4, False), ("num_workers", "--num-workers", 0, True),
+              ("analysis_sample", "--analysis-sample", 2, False), ("seed", "--seed", 0, False))
+
+
+def _check_options(cfg: StudyConfig) -> None:
+    """Every setting, before anything is read: the study's own numbers, the device, the precision and
+    each fine-tuning run's settings (:meth:`TrainConfig.check`)."""
+    from geosolver.encoders.base import resolve_device
+
+    for name, option, low, optional in _INT_RULES:
+        v = getattr(cfg, name)
+        if v is None and optional:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise UserError(f"{option} must be an integer >= {low}, got {v!r}")
+    sizes = cfg.gallery_sizes
+    if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+        raise UserError(f"--gallery-sizes must be integers >= 1, got {sizes!r}")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    resolve_device(cfg.device)
+    for arm in ARMS:
+        _train_config(cfg, arm, Path(cfg.out), cfg.train_limit).check()
+
+
+def validate(cfg: StudyConfig) -> tuple[dict[str, Path], dict[str, EncoderCheck]]:
+    """Check every option, ``--out``, the dataset root and both encoders — in seconds, reading headers
+    and listings only, writing nothing.
+
+    Returns:
+        split → its CSV, and role (model, baseline) → where the encoder comes from.
+
+    Raises:
+        GeosolverError: the first thing wrong, in one line.
+    """
+    _check_options(cfg)
+    check_out(cfg.out)
+    csvs = check_root(cfg.root)
+    encoders = {"model": check_encoder(cfg.model, "--model"), "baseline": check_encoder(cfg.baseline, "--baseline")}
+    return csvs, encoders
+
+
 def _start(cfg: StudyConfig) -> _Study:
-    """Print the estimate and the hardware, write ``config.json``, name the two encoders' stores."""
+    """Validate, print the estimate and the hardware, write ``config.json``, name the two encoders' stores."""
     t_start = time.time()
-    run = RunDir(cfg.out, "study")
-    root = Path(os.path.abspath(cfg.root))
+    csvs, encoders = validate(cfg)
+    n_test = count_rows(csvs["test"])
+    est = estimate(cfg, encoders, min(n_test, cfg.test_limit or n_test))
+    _say(_estimate_text(est))
     hw = hardware()
-    est = estimate(cfg)
-    _say(f"estimate ({est['device']}, ASSUMED rates per image for ViT-L/14-336-sized encoders: embedding "
-         f"{est['assumed_rates']['embed_img_s']:g} img/s, training {est['assumed_rates']['train_img_s']:g} img/s): "
-         f"{est['images_embedded']:,} images embedded + {est['images_trained']:,} trained ≈ {_fmt_s(est['seconds'])}, "
-         f"disk ≈ {est['disk_bytes'] / 1e9:.1f} GB (stores + model snapshots + fine-tuned models; the dataset not "
-         f"included). These are estimates; the report records the real timings.")
     _say(f"hardware: {hw['device_name']}, {hw['cpu_count']} CPUs")
+    root = Path(os.path.abspath(cfg.root))
+    run = RunDir(cfg.out, "study")
     run.write_config({**asdict(cfg), "root": str(root), "estimate": est, "hardware": hw})
     names = {"model": cfg.model, "baseline": cfg.baseline}
-    labels = {k: _slug(n) for k, n in names.items()}
-    if labels["model"] == labels["baseline"]:
-        labels["baseline"] += "-baseline"
-    return _Study(cfg, run, root, names, labels, hw, est, t_start)
+    return _Study(cfg, run, root, names, _labels(cfg), hw, est, t_start, encoders)
 
 
 # 0. models ------------------------------------------------------------------------------------
+def _hub_models(st: _Study) -> list[str]:
+    return list(dict.fromkeys(st.names[k] for k in _ROLES if st.encoders[k].source in ("cached", "hub")))
+
+
 def _models(st: _Study) -> None:
-    """The encoders' snapshots (cached → no request); ``models.json`` remembers them for a resume."""
-    models_file = st.out / "models.json"
-    prev = json.loads(models_file.read_text()) if models_file.is_file() else {}
-    st.steps.run("0 models", lambda: _models_known(st, prev), lambda: _fetch_models(st),
-                 [f"geosolver download model {shlex.quote(n)}" for n in st.names.values()])
+    """The hub encoders' snapshots in the Hugging Face cache (cached → no request). The study loads
+    them by name, so its stores record the hub id and commit, valid wherever the cache moves."""
+    from geosolver.hub import cached_model, ensure_model, model_repo_id
 
-
-def _models_known(st: _Study, prev: dict) -> bool:
-    ok = prev.get("names") == st.names and all(Path(p).exists() or "/" not in p for p in prev.get("paths", {}).values())
-    if ok:
-        st.paths.update(prev["paths"])
-    return ok
-
-
-def _fetch_models(st: _Study) -> None:
-    from geosolver.hub import ensure_model
-
-    for k, n in st.names.items():
-        st.paths[k] = ensure_model(n, progress=st.cfg.progress)
-    st.run.write_json("models.json", {"names": st.names, "paths": st.paths})
+    names = _hub_models(st)
+    st.steps.run("0 models", lambda: all(cached_model(model_repo_id(n)) is not None for n in names),
+                 lambda: [ensure_model(n, progress=st.cfg.progress) for n in names],
+                 [f"geosolver download model {shlex.quote(n)}" for n in names])
 
 
 # 1. embed -------------------------------------------------------------------------------------
 def _embed(st: _Study) -> None:
     """The test split and the train slice, embedded with both encoders."""
     for k in _ROLES:
-        _embed_step(st, f"1 embed {st.names[k]}", st.labels[k], st.paths[k], st.names[k])
+        _embed_step(st, f"1 embed {st.names[k]}", st.labels[k], st.names[k], st.names[k])
 
 
 def _embed_step(st: _Study, step: str, label: str, model: str, title: str) -> None:
@@ -406,48 +521,53 @@ def _curate_step(st: _Study, strategy: str, size: int) -> None:
 
 # 6. fine-tuning -------------------------------------------------------------------------------
 def _finetune(st: _Study) -> None:
-    """Fine-tune the model with each objective, re-embed, evaluate; analyse them beside the base model."""
-    for obj in OBJECTIVES:
-        _finetune_one(st, obj)
-    ft_labels = [f"ft-{obj}" for obj in OBJECTIVES]
+    """Fine-tune the model in each of :data:`ARMS`, re-embed, evaluate; analyse them beside the base model."""
+    for arm in ARMS:
+        _finetune_one(st, arm)
+    ft_labels = [f"ft-{arm}" for arm in ARMS]
     _analysis_step(st, "6 analysis fine-tuned", "analysis-finetune",
                    [st.store(st.labels["model"], "test")] + [st.store(lb, "test") for lb in ft_labels],
                    [f"{st.names['model']} (base)"] + ft_labels)
 
 
-def _finetune_one(st: _Study, obj: str) -> None:
-    tcfg = _train_config(st, obj)
-    tdir, label = Path(tcfg.out), f"ft-{obj}"
-    st.steps.run(f"6 train {obj}", lambda: (tdir / "train_result.json").is_file() and (tdir / "model").is_dir(),
-                 lambda: _train(tcfg),
-                 [shlex.join(["geosolver", "train", "--data", tcfg.root, "--dataset", "osv5m", "--split", "train",
-                              "--limit", str(tcfg.limit), "--model", tcfg.model, "--objective", obj,
-                              "--steps", str(tcfg.steps), "--batch-size", str(tcfg.batch_size),
-                              "--eval-every", str(tcfg.eval_every), "--device", tcfg.device,
-                              "--precision", tcfg.precision, "--out", tcfg.out])])
+def _finetune_one(st: _Study, arm: str) -> None:
+    tcfg = _train_config(st.cfg, arm, st.out, _rows(st.store(st.labels["model"], "train")))
+    tdir, label = Path(tcfg.out), f"ft-{arm}"
+    st.steps.run(f"6 train {arm}", lambda: _trained(tdir), lambda: _train(tcfg, st.table("train")), [_train_command(tcfg)])
     mdir = str(tdir / "model")
     _embed_step(st, f"6 embed {label}", label, mdir, label)
     _evaluate_step(st, f"6 evaluate {label}", f"{label}-full", st.store(label, "test"), st.store(label, "train"))
 
 
-def _train_config(st: _Study, obj: str):
-    """The fine-tuning run of ``obj``: batch a multiple of 4 that fits the slice, bf16/fp32 or auto."""
+def _train_config(cfg: StudyConfig, arm: str, out: Path, n_train_rows: int):
+    """The fine-tuning run of ``arm`` under ``out/train/``: the arm's objective, the study's training
+    mode, a batch that is a multiple of 4 fitting the slice, bf16/fp32 or auto."""
     from geosolver.train import TrainConfig
 
-    cfg = st.cfg
-    n_train_rows = _rows(st.store(st.labels["model"], "train"))
     tb = max(4, min(cfg.train_batch_size, n_train_rows // 2) // 4 * 4)
     tprec = cfg.precision if cfg.precision in ("fp32", "bf16") else "auto"
-    return TrainConfig(out=str(st.out / "train" / obj), root=str(st.root), dataset="osv5m", split="train",
-                       limit=cfg.train_limit, model=st.paths["model"], objective=obj, steps=cfg.steps, batch_size=tb,
-                       eval_every=max(cfg.steps // 5, 1), device=cfg.device, precision=tprec, seed=cfg.seed,
-                       num_workers=cfg.num_workers, cache_images=n_train_rows <= 2000, progress=cfg.progress)
+    return TrainConfig(out=str(out / "train" / arm), root=os.path.abspath(cfg.root), dataset="osv5m", split="train",
+                       limit=cfg.train_limit, model=cfg.model, **ARMS[arm], train=cfg.train, blocks=cfg.blocks, lr=cfg.lr,
+                       steps=cfg.steps, batch_size=tb, eval_every=max(cfg.steps // 5, 1), device=cfg.device,
+                       precision=tprec, seed=cfg.seed, num_workers=cfg.num_workers, cache_images=n_train_rows <= 2000,
+                       progress=cfg.progress)
 
 
-def _train(tcfg) -> None:
+def _train_command(t) -> str:
+    """The ``geosolver train`` line of the run ``t`` (a :class:`TrainConfig`)."""
+    mode = ["--train", t.train, *([str(t.blocks)] if t.train == "last-blocks" else [])]
+    return shlex.join(["geosolver", "train", "--data", t.root, "--dataset", "osv5m", "--split", "train",
+                       "--limit", str(t.limit), "--model", t.model, "--objective", t.objective, "--sharpen", f"{t.sharpen:g}",
+                       *mode, *(["--lr", f"{t.lr:g}"] if t.lr is not None else []), "--steps", str(t.steps),
+                       "--batch-size", str(t.batch_size), "--eval-every", str(t.eval_every), "--device", t.device,
+                       "--precision", t.precision, "--out", t.out])
+
+
+def _train(tcfg, table) -> None:
+    """:func:`geosolver.train.train` on the table the study already read (no second read of the CSV)."""
     from geosolver.train import train
 
-    res = train(tcfg)
+    res = train(tcfg, table=table)
     RunDir(tcfg.out, "train").write_json("train_result.json", {
         "steps": res.steps, "best_step": res.best_step, "seconds": res.seconds,
         "initial_metrics": res.initial_metrics, "best_metrics": res.best_metrics, "final_metrics": res.final_metrics})
@@ -524,7 +644,8 @@ def _report_parts(st: _Study, total_s: float) -> _ReportParts:
     cur = [runs[n] for n in runs if any(n.endswith(f"-{c}") for c in st.curated)]
     ft = [base] + [runs[n] for n in runs if n.startswith("ft-")]
     _, md_curation = compare_runs([base, *cur]) if cur else (None, "(no gallery size below the train slice)")
-    trains = {p.parent.name: json.loads(p.read_text()) for p in sorted((out / "train").glob("*/train_result.json"))}
+    trains = {a: json.loads((out / "train" / a / "train_result.json").read_text()) for a in ARMS
+              if (out / "train" / a / "train_result.json").is_file()}
     return _ReportParts(
         total_s=total_s, metrics={n: json.loads((rd / "metrics.json").read_text()) for n, rd in runs.items()},
         trains=trains, first=full[0], has_curation=bool(cur),
@@ -533,7 +654,7 @@ def _report_parts(st: _Study, total_s: float) -> _ReportParts:
         f"({st.names['model']} has no text tower: no zero-shot or text prior)",
         finetune=compare_runs(ft)[1], analysis=_analysis_md(out / "analysis"),
         analysis_ft=_analysis_md(out / "analysis-finetune"), groups=_groups_md(out),
-        training="\n".join(["| objective | steps | kept step | seconds | base Geoscore (val) | kept Geoscore (val) |",
+        training="\n".join(["| arm | steps | kept step | seconds | base Geoscore (val) | kept Geoscore (val) |",
                             "|---|---|---|---|---|---|"] + [
             f"| {k} | {v['steps']} | {v['best_step']} | {v['seconds']:.0f} | "
             f"{v['initial_metrics'].get('geoscore', float('nan')):.0f} | "
@@ -543,9 +664,7 @@ def _report_parts(st: _Study, total_s: float) -> _ReportParts:
         commands="\n".join(f"# {step}\n" + "\n".join(c) for step, c in steps.commands.items() if c),
         hardware=(f"{hw['device_name']} ({'CUDA' if hw['cuda'] else 'CPU only'}), {hw['cpu_count']} CPUs, "
                   f"torch {hw['torch']}, {hw['platform']}"),
-        estimate=(f"Estimate printed before starting (assumed {est['assumed_rates']['embed_img_s']:g} img/s embedding, "
-                  f"{est['assumed_rates']['train_img_s']:g} img/s training on {est['device']}): "
-                  f"{_fmt_s(est['seconds'])}, {est['disk_bytes'] / 1e9:.1f} GB. Actual: {_fmt_s(total_s)} this run."),
+        estimate=f"{_estimate_text(est)} Actual: {_fmt_s(total_s)} this run.",
     )
 
 
@@ -583,6 +702,10 @@ def _report_md(st: _Study, p: _ReportParts) -> str:
     ])
 
 
+def _arm_text(arm: str) -> str:
+    return ", ".join(f"{k} {v}" for k, v in ARMS[arm].items())
+
+
 def _text_html(text: str) -> list[str]:
     """The kNN / zero-shot / text-prior table (markdown table + its note) as HTML, or the sentence saying why there is none."""
     table, _, note = text.partition("\n\n")
@@ -613,7 +736,8 @@ def _report_html(st: _Study, p: _ReportParts) -> str:
         markdown_table_html(p.curation) if p.has_curation else f"<p>{p.curation}</p>",
         "<div class='grid'>", *[img_tag(c / "map.png", k) for k, c in st.curated.items() if (c / "map.png").exists()],
         "</div>",
-        "<h2>6. Fine-tuning: distance-consistency and geo-contrastive vs the base model</h2>",
+        "<h2>6. Fine-tuning: soft-target contrastive, sharpened and plain distance-consistency vs the base model</h2>",
+        f"<p>Arms: {html.escape(', '.join(f'{a} ({_arm_text(a)})' for a in ARMS))}; trained: {html.escape(cfg.train)}.</p>",
         markdown_table_html(p.training), markdown_table_html(p.finetune), markdown_table_html(p.analysis_ft),
         *imgs(out / "analysis-finetune"),
         *[img_tag(f, f"training {f.parent.name}") for f in sorted((out / "train").glob("*/training.png"))],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_int
+from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_float, positive_int
 
 
 def _sizes(s: str) -> list[int]:
@@ -19,13 +19,16 @@ def _sizes(s: str) -> list[int]:
 
 def register(sub) -> None:
     from geosolver.encoders import DEFAULT_ENCODER, PRECISIONS
+    from geosolver.train.config import DEFAULT_LR, TRAIN_MODES, TrainModeAction
 
     p = sub.add_parser(
         "study", help="the founding study on OSV5M: encoders, analysis, curation, fine-tuning, one report",
         description="Embed OSV5M test + a train slice with two encoders, analyse them, tabulate group sizes, "
-        "evaluate kNN geolocation, compare curated vs random galleries, fine-tune the model (distance-consistency "
-        "and geo-contrastive) and write OUT/report.html, report.md and summary.json. Each step is skipped when its "
-        "output exists, so a killed study resumes. Prints an estimate of time and disk first.",
+        "evaluate kNN geolocation, compare curated vs random galleries, fine-tune the model (soft-target contrastive, "
+        "sharpened and plain distance-consistency) and write OUT/report.html, report.md and summary.json. The root "
+        "(both splits), both encoders and every option are checked first, in seconds, before anything is written; "
+        "then an estimate of the time and disk still needed is printed. Each step is skipped when its output exists, "
+        "so a killed study resumes.",
     )
     p.add_argument("--root", required=True, help="OSV5M root (see `geosolver download osv5m`)")
     p.add_argument("--out", required=True, help="study directory")
@@ -35,7 +38,13 @@ def register(sub) -> None:
     p.add_argument("--test-limit", type=positive_int, default=None, help="first N test images (default: all)")
     p.add_argument("--train-limit", type=positive_int, default=100_000, help="train slice: first N images (default 100000)")
     p.add_argument("--gallery-sizes", type=_sizes, default=[10_000, 50_000], help="curated gallery sizes (default 10000,50000)")
-    p.add_argument("--steps", type=positive_int, default=500, help="fine-tuning steps per objective (default 500)")
+    p.add_argument("--steps", type=positive_int, default=500, help="fine-tuning steps per arm (default 500)")
+    p.add_argument("--train", nargs="+", metavar=("MODE", "N"), action=TrainModeAction, default="last-blocks",
+                   help=f"what is fine-tuned: {' | '.join(m + ' N' if m == 'last-blocks' else m for m in TRAIN_MODES)} "
+                   "(default last-blocks 2)")
+    p.add_argument("--blocks", type=positive_int, default=2, help="N of --train last-blocks N (default 2)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate (default by mode: " + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="inference precision (training: bf16 or fp32)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per embedding batch")
@@ -51,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from geosolver.study import StudyConfig, run_study
 
     cfg = StudyConfig(root=args.root, out=args.out, model=args.model, baseline=args.baseline, test_limit=args.test_limit,
-                      train_limit=args.train_limit, gallery_sizes=args.gallery_sizes, steps=args.steps, device=args.device,
+                      train_limit=args.train_limit, gallery_sizes=args.gallery_sizes, steps=args.steps, train=args.train,
+                      blocks=args.blocks, lr=args.lr, device=args.device,
                       precision=args.precision, batch_size=args.batch_size, train_batch_size=args.train_batch_size,
                       num_workers=args.num_workers, analysis_sample=args.analysis_sample, seed=args.seed,
                       progress=not args.no_progress)

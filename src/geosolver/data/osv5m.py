@@ -18,7 +18,9 @@ import os
 import struct
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from geosolver.data.common import (
@@ -26,6 +28,7 @@ from geosolver.data.common import (
     REASON_NOT_FOUND,
     DatasetError,
     finish_table,
+    limit_prefix,
     parse_coords,
     read_csv,
     require_column,
@@ -47,15 +50,41 @@ STRING_COLUMNS = (
 )
 
 
+#: The id and coordinate columns under every spelling the reader accepts (always read).
+_CORE_NAMES = ("id", "latitude", "lat", "longitude", "lon")
+
+
+def read_osv5m_csv(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """An OSV5M CSV as a frame: ``id``, ``latitude``, ``longitude`` (as strings, parsed later) and the
+    metadata ``columns`` (``None``: every column). Columns not asked for are never parsed: reading
+    only the few a job keeps is what makes the 4.9 M-row ``train.csv`` fit in ~1 GB
+    (``benchmarks/osv5m_csv.py``).
+
+    Raises:
+        DatasetError: see :func:`geosolver.data.common.read_csv`.
+    """
+    keep = None if columns is None else (*_CORE_NAMES, *columns)
+    return read_csv(path, STRING_COLUMNS, columns=keep)
+
+
+def split_csv(root: Path, split: str) -> Path:
+    """The CSV of ``split``: ``ROOT/<split>.csv`` or ``ROOT/<split>/<split>.csv``.
+
+    Raises:
+        DatasetError: neither is there (the message names both places).
+    """
+    candidates = [root / f"{split}.csv", root / split / f"{split}.csv"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise DatasetError(f"OSV5M split {split!r}: no CSV at {' or '.join(map(str, candidates))}")
+
+
 def _find_csv(root: Path, split: str | None, csv: str | os.PathLike | None) -> tuple[Path, str | None]:
     if csv is not None:
         return Path(csv), split
     if split is not None:
-        candidates = [root / f"{split}.csv", root / split / f"{split}.csv"]
-        for c in candidates:
-            if c.is_file():
-                return c, split
-        raise DatasetError(f"OSV5M split {split!r}: no CSV at {' or '.join(map(str, candidates))}")
+        return split_csv(root, split), split
     found = [(root / f"{s}.csv", s) for s in SPLITS if (root / f"{s}.csv").is_file()]
     if len(found) == 1:
         return found[0]
@@ -166,6 +195,7 @@ def read_osv5m(
     split: str | None = None,
     csv: str | os.PathLike | None = None,
     limit: int | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Read an OSV5M split (see the module docstring for the layout).
 
@@ -174,16 +204,17 @@ def read_osv5m(
         split: ``"train"`` or ``"test"``; may be omitted when only one CSV exists or ``csv`` is given.
         csv: use this CSV (e.g. a subset with the same header) instead of ``ROOT/<split>.csv``.
         limit: keep the first ``limit`` usable rows.
+        columns: the metadata columns to keep (names the CSV lacks are ignored); ``None``: all of them.
 
     Returns:
-        The reader table (``id``, ``source``, ``lat``, ``lon``, then every other CSV column in CSV
+        The reader table (``id``, ``source``, ``lat``, ``lon``, then the other CSV columns kept, in CSV
         order); ``attrs["skipped"]`` lists rows with bad coordinates or no image.
     """
     root = Path(os.path.abspath(root))  # absolute sources: valid from any working directory
     if not root.is_dir():
         raise DatasetError(f"OSV5M root is not a directory: {root}")
     csv_path, split = _find_csv(root, split, csv)
-    df = read_csv(csv_path, STRING_COLUMNS)
+    df = read_osv5m_csv(csv_path, columns)
     where = str(csv_path)
     id_col = require_column(df.columns, ("id",), "id", where)
     lat_col = require_column(df.columns, ("latitude", "lat"), "latitude", where)
@@ -194,12 +225,31 @@ def read_osv5m(
         raise DatasetError(f"{root}: no image directory {image_dir} (expected zip shards or extracted images)")
     ids = df[id_col].astype("str").str.strip()
     ids = ids.str.replace(r"\.0$", "", regex=True)  # ids written as floats by some tools
-    index = index_images(image_dir)
-    sources = pd.DataFrame({"id": ids}).merge(index, on="id", how="left", sort=False)["source"]
     lat, lon, reasons = parse_coords(df[lat_col], df[lon_col])
-    missing = sources.isna().to_numpy()
-    for i in (missing & pd.isna(reasons)).nonzero()[0]:
-        reasons[i] = REASON_NOT_FOUND
-    meta = df.drop(columns=[id_col, lat_col, lon_col])
+    sources = _match_images(ids, np.array(pd.isna(reasons), dtype=bool), index_images(image_dir), limit)
+    m = len(sources)  # the rows that decide the table (all of them without a limit)
+    reasons = reasons[:m]
+    reasons[sources.isna().to_numpy() & np.array(pd.isna(reasons), dtype=bool)] = REASON_NOT_FOUND
+    meta = df.drop(columns=[id_col, lat_col, lon_col]).iloc[:m]
     dataset = {"kind": "osv5m", "root": str(root), "split": split, "csv": str(csv_path), "images": str(image_dir)}
-    return finish_table(ids, sources.fillna(""), lat, lon, meta, reasons, dataset, limit=limit)
+    return finish_table(ids.iloc[:m], sources.fillna(""), lat[:m], lon[:m], meta, reasons, dataset, limit=limit)
+
+
+def _match_images(ids: pd.Series, coords_ok: np.ndarray, index: pd.DataFrame, limit: int | None) -> pd.Series:
+    """Each id's image source (NaN: none) for the leading rows that decide the table: every row without a
+    limit; with one, a prefix doubled until it holds the (limit+1)-th usable row (nothing after it can
+    change the table). Matched with Arrow's hash lookup: pandas' merge turned 4.9 M string keys into
+    Python objects (~1 GB more at full size; ``benchmarks/osv5m_csv.py``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = pa.array(index["id"]).cast(pa.large_string())
+    values = pa.array(index["source"]).cast(pa.large_string())
+    n = len(ids)
+    m = n if limit is None or limit < 0 else min(n, 2 * limit + 1024)
+    while True:
+        where = pc.index_in(pa.array(ids.iloc[:m]).cast(pa.large_string()), value_set=keys)
+        found = pc.take(values, where).to_pandas()
+        if m == n or limit_prefix(ids.iloc[:m], coords_ok[:m] & found.notna().to_numpy(), limit) < m:
+            return found
+        m = min(n, 2 * m)

@@ -144,6 +144,21 @@ def load_from_hub(key: str, repo: str, tried: list[str], device: torch.device, d
         raise EncoderError(f"{head}: {one_line(e)}") from None
 
 
+def cached_commit(repo: str) -> str | None:
+    """The commit of the cached snapshot ``from_pretrained(repo)`` loads (the one ``refs/main`` names):
+    transformers 5 no longer records it on the config. ``None`` for a local directory or an uncached id."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if Path(repo).expanduser().exists():
+        return None
+    try:
+        found = try_to_load_from_cache(repo, "config.json")
+    except Exception:  # noqa: BLE001 — not a hub id, or an unusable cache: no commit to record
+        return None
+    snapshot = Path(found).parent if isinstance(found, str) else None
+    return snapshot.name if snapshot is not None and snapshot.parent.name == "snapshots" else None
+
+
 def check_clip_dir(path: Path) -> None:
     """Raise :class:`EncoderError` if ``path/config.json`` is not a CLIP config."""
     try:
@@ -179,7 +194,7 @@ class ClipEncoder(Encoder):
         self.device = device
         self.dtype = dtype
         self.dim = int(model.config.projection_dim)
-        commit = getattr(model.config, "_commit_hash", None)
+        commit = getattr(model.config, "_commit_hash", None) or cached_commit(source)
         self.revision = str(commit) if commit else "local"
         self.image_processor = self._load_image_processor(source, int(model.config.vision_config.image_size), self._local_files_only)
         self.preprocessor = ResizeCropNormalize.from_processor_config(self.image_processor.to_dict())
