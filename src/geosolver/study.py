@@ -46,6 +46,7 @@ from geosolver.encoders import DEFAULT_ENCODER, PRECISIONS
 from geosolver.errors import GeosolverError, UserError
 from geosolver.files import atomic_write_text
 from geosolver.htmlreport import img_tag, markdown_table_html, page
+from geosolver.encoders import has_text_tower
 from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore
 from geosolver.study_check import ENCODER_COSTS, EncoderCheck, check_encoder, check_out, check_root, count_rows
@@ -474,8 +475,8 @@ def _evaluate(st: _Study) -> None:
 
 
 def _has_text_tower(store: Path) -> bool:
-    """The store's encoder is a CLIP (so zero-shot and the text prior apply)."""
-    return EmbeddingStore(store).encoder.get("backend") == "clip"
+    """The store's encoder has a text tower (so zero-shot and the text prior apply)."""
+    return has_text_tower(EmbeddingStore(store).encoder)
 
 
 def _evaluate_step(

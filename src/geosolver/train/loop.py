@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from geosolver.embed.decode import default_num_workers
 from geosolver.encoders import Encoder
 from geosolver.errors import CollapseError, TrainError
 from geosolver.files import jsonable
@@ -292,16 +293,10 @@ def load_model(cfg: TrainConfig, encoder: Encoder | None, rt: Runtime) -> Encode
     return encoder
 
 
-def default_workers(cpu: bool) -> int:
-    """Decode workers when none are given: most cores next to a GPU, at most 2 next to CPU training."""
-    cores = os.cpu_count()
-    return min(2, max(0, (cores or 1) - 1)) if cpu else min(8, max(1, (cores or 2) - 1))
-
-
 def prepare_inputs(cfg: TrainConfig, enc: Encoder, data: Data, rows: Rows, rt: Runtime) -> tuple[TrainInputs, Rows]:
     """Pixels of the table's images (decoded by workers, or cached with ``cache_images``) and,
     with ``cache_trunk``, the frozen trunk's outputs; returns them with the rows whose images decoded."""
-    num_workers = cfg.num_workers if cfg.num_workers is not None else default_workers(rt.cpu)
+    num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers("cpu" if rt.cpu else "cuda", training=True)
     progress = cfg.progress and rt.main
     pixels = Pixels(data.table["source"].astype(str).to_numpy(), enc.preprocessor, enc.min_side, num_workers, progress)
     eval_bs = max(cfg.batch_size, 32)
