@@ -265,7 +265,7 @@ def run_one(args, work: Path, out: Path, model: str, split: str, rep: int, arm: 
             cfg = TrainConfig(
                 out=str(work / "runs" / tag), root=str(g_w), dataset="folder", csv=str(g_w / "gallery.csv"), model=model,
                 train=args.train, blocks=args.blocks, cache_trunk=args.cache_trunk, flip=False, steps=args.steps,
-                batch_size=64, seed=rep, device="cpu", progress=False, **({"val_fraction": 0.0} if args.final else {}),
+                batch_size=64, seed=rep, device="cpu", progress=False, overwrite=True, save_every=0, **({"val_fraction": 0.0} if args.final else {}),
                 **({"lr": args.lr} if args.lr is not None else {}),
                 **ARMS[arm],
             )

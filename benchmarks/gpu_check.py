@@ -107,7 +107,8 @@ def train_rate(model: str, csv: Path, mode: dict, batches: list[int], steps: int
         cfg = TrainConfig(out=str(out / f"{mode['train']}-{bs}"), root=str(csv.parent), csv=str(csv), model=model,
                           objective="both", steps=steps, batch_size=bs, group_size=4, eval_every=0, val_fraction=0.0,
                           curve_sample=256, warmup_steps=1, device=device, precision="auto",
-                          num_workers=min(8, os.cpu_count() or 1) if device == "cuda" else 0, progress=False, **mode)
+                          num_workers=min(8, os.cpu_count() or 1) if device == "cuda" else 0, progress=False,
+                          overwrite=True, save_every=0, **mode)
         t0 = time.perf_counter()
         try:
             train(cfg)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             out=str(out / "runs" / name.replace(" ", "_").replace("+", "").replace("=", "")), root=str(csv.parent), csv=str(csv),
             model=model, objective="both", w_distill=0.1, steps=args.steps, batch_size=args.batch_size, group_size=4,
             eval_every=0, val_fraction=0.1, val_queries=200, val_gallery=512, device=device, precision="auto",
-            num_workers=args.num_workers if device == "cuda" else 0, warmup_steps=5, progress=False, **MODES[name],
+            num_workers=args.num_workers if device == "cuda" else 0, warmup_steps=5, progress=False, overwrite=True, save_every=0, **MODES[name],
         )
         t0 = time.time()
         try:
