@@ -122,9 +122,9 @@ def _serving(argv: list[str]):
     servers: list[uvicorn.Server] = []
     real_serve = app_mod.serve
 
-    def serve_in_thread(app, host="127.0.0.1", port=8000, log_level="info"):
+    def serve_in_thread(app, log_level="info"):
         # what app_mod.serve does, on a uvicorn.Server this fixture can stop
-        servers.append(uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")))
+        servers.append(app_mod.make_server(app, log_level="warning"))
         servers[-1].run()
 
     app_mod.serve = serve_in_thread

@@ -32,7 +32,8 @@ from geosolver.cli import main as cli_main  # noqa: E402
 # ------------------------------------------------------------------------------------------------
 def test_pixel_bomb_under_the_global_guard_is_refused_from_the_header(client, monkeypatch):
     """13000x13000 = 169 Mpx: under images.MAX_PIXELS (180 M), far over the server's budget."""
-    import geosolver.serve.app as app_mod
+    from PIL import ImageFile
+
     from geosolver.images import MAX_PIXELS
     from geosolver.serve import DEFAULT_MAX_PIXELS
 
@@ -41,7 +42,7 @@ def test_pixel_bomb_under_the_global_guard_is_refused_from_the_header(client, mo
     def no_decoding(*a, **kw):
         raise AssertionError("the bomb was decoded")
 
-    monkeypatch.setattr(app_mod, "open_image", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     r = hs.post(client, hs.png_declaring(13000, 13000), "bomb.png")
     assert r.status_code in (413, 422), r.text
     detail = r.json()["detail"]
@@ -55,11 +56,11 @@ def test_pixel_budget_is_configurable_and_reported(geoloc, world):
     from geosolver.serve import create_app
 
     small = world["uploads"]["plain.png"]  # 64x48 = 3072 px
-    with TestClient(create_app(geoloc, max_pixels=3000, warmup=False)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, max_pixels=3000, warmup=False)) as c:
         assert c.get("/api/health").json()["max_pixels"] == 3000
         r = hs.post(c, small, "plain.png")
         assert r.status_code == 422 and "3,072" in r.json()["detail"] and "3,000" in r.json()["detail"]
-    with TestClient(create_app(geoloc, max_pixels=3072, warmup=False)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, max_pixels=3072, warmup=False)) as c:
         assert hs.post(c, small, "plain.png").status_code == 200
 
 
@@ -69,7 +70,7 @@ def test_pixel_budget_counts_the_reduced_jpeg_decode(geoloc):
 
     big = hs.encode(hs.pattern(2, (4000, 3000)), "JPEG", quality=80)
     png = hs.encode(hs.pattern(2, (4000, 3000)), "PNG")
-    with TestClient(create_app(geoloc, max_pixels=1_000_000, warmup=False)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, max_pixels=1_000_000, warmup=False)) as c:
         r = hs.post(c, big, "big.jpg")
         assert r.status_code == 200, r.text
         assert (r.json()["image"]["width"], r.json()["image"]["height"]) == (4000, 3000)
@@ -106,7 +107,7 @@ def test_concurrent_decodes_are_limited(geoloc, world, monkeypatch):
                 state["now"] -= 1
 
     monkeypatch.setattr(app_mod, "decode_photo", slow_decode)
-    with TestClient(create_app(geoloc, max_decodes=2, warmup=False)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, max_decodes=2, warmup=False)) as c:
         assert c.get("/api/health").json()["max_decodes"] == 2
         with ThreadPoolExecutor(6) as ex:
             codes = list(ex.map(lambda _: hs.post(c, world["uploads"]["plain.png"], "p.png").status_code, range(6)))
@@ -176,7 +177,7 @@ def test_slow_upload_times_out_with_408(geoloc):
     assert status == 408, body
     assert b"0.3" in body and b"--read-timeout" in body
     assert time.perf_counter() - t0 < 5
-    assert TestClient(app).get("/api/health").json()["read_timeout_s"] == 0.3
+    assert TestClient(base_url="http://127.0.0.1", app=app).get("/api/health").json()["read_timeout_s"] == 0.3
 
 
 def test_photo_in_the_wrong_field_says_to_use_file(client, world):
@@ -213,8 +214,8 @@ def test_cli_serve_passes_the_new_limits(world, monkeypatch):
 
     seen = {}
 
-    def fake_serve(app, host, port, log_level="info"):
-        with TestClient(app) as c:
+    def fake_serve(app, log_level="info"):
+        with TestClient(base_url="http://127.0.0.1", app=app) as c:
             seen["health"] = c.get("/api/health").json()
 
     monkeypatch.setattr(app_mod, "serve", fake_serve)

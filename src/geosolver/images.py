@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tarfile
 import threading
 import warnings
@@ -28,7 +29,7 @@ from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from geosolver.errors import ImageReadError
+from geosolver.errors import ImageReadError, NotAnImageError, PixelLimitError
 
 ZIP_PREFIX = "zip://"
 ZIP_SEP = "::"
@@ -107,8 +108,9 @@ def _tar_entry(tar_path: str, member: str) -> tuple[int, int, int]:
     return fd, offset, size
 
 
-def _read_tar_member(source: str) -> bytes:
+def _read_tar_member(source: str, max_bytes: int | None = None) -> bytes:
     fd, offset, size = _tar_entry(*parse_tar_source(source))
+    _capped_size(size, max_bytes, source)
     if hasattr(os, "pread"):
         data = os.pread(fd, size, offset)
     else:  # pragma: no cover - Windows has no pread
@@ -120,26 +122,56 @@ def _read_tar_member(source: str) -> bytes:
     return data
 
 
-def read_bytes(source: ImageSource) -> bytes:
-    """The encoded bytes of ``source`` (not for PIL images)."""
+def read_bytes(source: ImageSource, max_bytes: int | None = None) -> bytes:
+    """The encoded bytes of ``source`` (not for PIL images).
+
+    Args:
+        max_bytes: refuse (:class:`ImageReadError`) a source of more bytes than this, before
+            reading it where its size is known (a file, a zip or tar member's declared size) and
+            by reading at most one byte more otherwise; a path that is not a regular file (a FIFO,
+            a device such as ``/dev/zero``) is refused too. ``None``: no cap.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
+        return _capped(bytes(source), max_bytes, source)
     s = os.fspath(source)
     try:
         if s.startswith(ZIP_PREFIX):
             archive, member = parse_zip_source(s)
-            return _zip_handle(archive).read(member)
+            zf = _zip_handle(archive)
+            if max_bytes is None:
+                return zf.read(member)
+            _capped_size(zf.getinfo(member).file_size, max_bytes, source)
+            with zf.open(member) as f:  # the declared size may lie: read one byte past the cap at most
+                return _capped(f.read(max_bytes + 1), max_bytes, source)
         if s.startswith(TAR_PREFIX):
             tar_path, member = parse_tar_source(s)
             if "://" in tar_path:  # tar://s3://bucket/x.tar::MEMBER: a remote shard, read via fsspec
                 from geosolver.data.remote import read_tar_member
 
-                return read_tar_member(tar_path, member)
-            return _read_tar_member(s)
-        with open(s, "rb") as f:
-            return f.read()
+                return _capped(read_tar_member(tar_path, member), max_bytes, source)
+            return _read_tar_member(s, max_bytes)
+        if max_bytes is None:
+            with open(s, "rb") as f:
+                return f.read()
+        with open(s, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageReadError(f"cannot read {describe_source(source)}: not a regular file")
+            _capped_size(st.st_size, max_bytes, source)
+            return _capped(f.read(max_bytes + 1), max_bytes, source)
     except (OSError, KeyError, zipfile.BadZipFile, tarfile.TarError) as e:
         raise ImageReadError(f"cannot read {describe_source(source)}: {e}") from None
+
+
+def _capped_size(size: int, max_bytes: int | None, source: ImageSource) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise ImageReadError(f"cannot read {describe_source(source)}: {size:,} bytes is more than the limit of {max_bytes:,} bytes")
+
+
+def _capped(data: bytes, max_bytes: int | None, source: ImageSource) -> bytes:
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageReadError(f"cannot read {describe_source(source)}: more than the limit of {max_bytes:,} bytes")
+    return data
 
 
 def describe_source(source: ImageSource) -> str:
@@ -150,47 +182,91 @@ def describe_source(source: ImageSource) -> str:
     return os.fspath(source)
 
 
-def open_image(source: ImageSource, min_side: int | None = None) -> Image.Image:
-    """Decode ``source`` to an upright RGB ``PIL.Image``.
-
-    Args:
-        source: see the module docstring.
-        min_side: if set, JPEG decoding may be reduced (draft mode) while keeping the shorter
-            side at least this many pixels.
+def open_header(source: ImageSource) -> Image.Image:
+    """``source`` opened lazily: its header read (format, size, EXIF), no pixel decoded.
 
     Raises:
-        ImageReadError: unreadable file, unknown format, truncated data or decompression bomb.
+        NotAnImageError: not an image format PIL recognises.
+        ImageReadError: unreadable source or header, or a decompression bomb (more than
+            :data:`MAX_PIXELS` declared).
     """
-    if isinstance(source, Image.Image):
-        img = source
-    else:
-        data = read_bytes(source)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageReadError(
-                        f"cannot decode {describe_source(source)}: refused as a possible decompression bomb "
-                        f"({w}x{h} = {w * h} pixels > {MAX_PIXELS})"
-                    )
-                if min_side and img.format == "JPEG":
-                    w, h = img.size
-                    # EXIF rotation swaps sides but not the shorter one, so draft is safe.
-                    scale = max(1, min(w, h) // int(min_side))
-                    if scale >= 2:
-                        img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
-                img.load()
-        except UnidentifiedImageError:
-            raise ImageReadError(f"cannot decode {describe_source(source)}: not a recognised image format") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageReadError(f"cannot decode {describe_source(source)}: {type(e).__name__}: {e}") from None
+    data = read_bytes(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below against our own limit
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise NotAnImageError(f"cannot decode {describe_source(source)}: not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"cannot decode {describe_source(source)}: refused as a possible decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot decode {describe_source(source)}: cannot read the image header: {type(e).__name__}: {e}") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:  # not PIL's global, which other libraries may switch off
+        raise ImageReadError(
+            f"cannot decode {describe_source(source)}: refused as a possible decompression bomb ({w}x{h} = {w * h} pixels > {MAX_PIXELS})"
+        )
+    return img
+
+
+def decode(img: Image.Image, min_side: int | None = None, max_pixels: int | None = None, name: str = "image") -> Image.Image:
+    """Decode an image opened by :func:`open_header` to upright RGB.
+
+    Args:
+        img: the lazily opened image.
+        min_side: if set, JPEG decoding may be reduced (draft mode) while keeping the shorter
+            side at least this many pixels.
+        max_pixels: refuse (:class:`PixelLimitError`) an image that would decode to more pixels
+            than this (a JPEG counts at its reduced size), before decoding.
+        name: how to call the image in messages.
+
+    Raises:
+        ImageReadError: truncated or undecodable data; PixelLimitError: over ``max_pixels``.
+    """
+    w, h = img.size
+    if min_side and img.format == "JPEG":
+        # EXIF rotation swaps sides but not the shorter one, so draft is safe.
+        scale = max(1, min(w, h) // int(min_side))
+        if scale >= 2:
+            try:
+                img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+            except (OSError, ValueError):  # decode at full size
+                pass
+    if max_pixels and img.size[0] * img.size[1] > max_pixels:
+        dw, dh = img.size
+        raise PixelLimitError(f"cannot decode {name}: {dw}x{dh} = {dw * dh:,} pixels is more than the limit of {max_pixels:,}", w, h, (dw, dh), max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot decode {name}: {type(e).__name__}: {e}") from None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose an otherwise fine image
         pass
     return to_rgb(img)
+
+
+def open_image(source: ImageSource, min_side: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``source`` to an upright RGB ``PIL.Image`` (:func:`open_header` then :func:`decode`).
+
+    Args:
+        source: see the module docstring.
+        min_side: if set, JPEG decoding may be reduced (draft mode) while keeping the shorter
+            side at least this many pixels.
+        max_pixels: see :func:`decode`.
+
+    Raises:
+        ImageReadError: unreadable file, unknown format, truncated data or decompression bomb.
+    """
+    if isinstance(source, Image.Image):
+        try:
+            img = ImageOps.exif_transpose(source)
+        except Exception:  # a broken EXIF block must not lose an otherwise fine image
+            img = source
+        return to_rgb(img)
+    return decode(open_header(source), min_side, max_pixels, describe_source(source))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
