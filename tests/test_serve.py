@@ -411,3 +411,24 @@ def test_bomb_guard_survives_libraries_that_disable_pils_limit():
             open_image(bytes(raw))
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def test_the_answer_looks_up_its_place_once_and_its_country_is_the_places(client, world, monkeypatch):
+    """One reverse-geocoder query per answer (in the model thread): ``country`` comes from ``place``."""
+    import geosolver.places as places
+    import geosolver.serve.worker as worker_mod
+
+    def no_second_lookup(*a, **kw):
+        raise AssertionError("country_of called: the guess is geocoded twice")
+
+    calls = []
+    real = worker_mod.place_dicts
+    monkeypatch.setattr(places, "country_of", no_second_lookup)
+    monkeypatch.setattr(worker_mod, "place_dicts", lambda lat, lon: calls.append(len(lat)) or real(lat, lon))
+    r = post(client, world["uploads"]["plain.png"], "plain.png")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert calls == [1]
+    lat, lon = out["lat"], out["lon"]
+    monkeypatch.undo()
+    assert out["country"] == places.country_of([lat], [lon])[0] and out["place"]["name"] == places.nearest_place(lat, lon)["name"]
