@@ -476,3 +476,11 @@ def test_play_refuses_queries_sharing_photo_sources_with_the_gallery(play_world,
     with pytest.raises(ServeError, match="1 of 5 queries share photo sources"):
         check_not_gallery(EmbeddingStore(renamed.path), EmbeddingStore(gallery.path))
     check_not_gallery(EmbeddingStore(renamed.path), play_world["gallery"])  # no shared id, no source column: fine
+
+
+def test_create_app_refuses_a_query_store_sharing_gallery_ids(geoloc, play_world):
+    from geosolver.errors import ServeError
+    from geosolver.serve import create_app
+
+    with pytest.raises(ServeError, match="1 of 5 queries share ids with the gallery"):
+        create_app(geoloc, play=play_world["queries"].path, warmup=False)
