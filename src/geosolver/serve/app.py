@@ -17,14 +17,15 @@ Routes:
   * ``GET /api/round`` — a new round: ``{token, photo_url, expires_in}`` (never the coordinates);
     query photos that cannot be read are logged and skipped, 503 if none can.
   * ``GET /api/round/{token}/photo`` — the round's photo re-encoded as JPEG with no EXIF or other
-    metadata (EXIF GPS would leak the answer), at most 1600 px on the long side, decoded within
-    the pixel budget below.
+    metadata (EXIF GPS would leak the answer), at most 1600 px on the long side, different bytes
+    on every showing, read within the byte cap and decoded within the pixel budget.
   * ``POST /api/round/{token}/guess`` — ``lat``, ``lon`` (JSON body or urlencoded form): answers
     ``{truth: {lat, lon, place}, player: {lat, lon, km, geoscore}, model: {lat, lon, km, geoscore,
     ...}, round}``. The model's guess comes from the query's stored embedding with the query's own
     id excluded from the gallery (leave-one-out). A token is single use (409 on a second guess),
     expires after ``round_ttl`` seconds (410), unknown tokens get 404; bad lat/lon 422, a body over
-    4 KB 413. At most ``max_rounds`` tokens are kept (oldest forgotten first).
+    4 KB 413. At most ``rounds_per_client`` tokens are kept per client and ``max_rounds`` in all
+    (see :class:`~geosolver.serve.play.RoundBook`).
 
 * ``GET /docs``, ``GET /openapi.json`` — FastAPI's API docs (the docs page loads Swagger UI from a
   CDN; the JSON works offline).
