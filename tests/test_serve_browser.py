@@ -117,6 +117,7 @@ def _serving(argv: list[str]):
 
     import geosolver.serve.app as app_mod
     from geosolver.cli import main as cli_main
+    from geosolver.serve.guard import limit_logs
 
     port = _free_port()
     servers: list[uvicorn.Server] = []
@@ -150,6 +151,7 @@ def _serving(argv: list[str]):
         app_mod.serve = real_serve
         for srv in servers:
             srv.should_exit = True
+        limit_logs(None)  # make_server installed process-wide log filters
         t.join(15)
     assert rc == [0]
 

@@ -247,6 +247,7 @@ def test_slowloris_on_headers_leaves_the_server_answering_with_a_small_log(geolo
 
     from geosolver.serve import create_app
     from geosolver.serve.app import make_server
+    from geosolver.serve.guard import limit_logs
 
     port = _free_port()
     app = create_app(geoloc, warmup=False, port=port, max_connections=100, header_timeout=1.5)
@@ -302,6 +303,7 @@ def test_slowloris_on_headers_leaves_the_server_answering_with_a_small_log(geolo
         for s in socks:
             s.close()
         server.should_exit = True
+        limit_logs(None)  # make_server installed process-wide log filters
     err = capfd.readouterr().err
     assert statuses == [200, 200, 200]
     assert stats["opened"] >= 300 and stats["closed_by_server"] >= 100  # evicted at the cap or past the deadline

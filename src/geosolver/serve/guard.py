@@ -110,7 +110,7 @@ def fd_budget(wanted: int, reserve: int = 64) -> int:
     """Connections this process can hold: ``wanted``, capped below the open-file limit (raised to
     its hard maximum first), keeping ``reserve`` descriptors for files, the model and logging."""
     try:
-        import resource
+        import resource  # POSIX only
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY or hard > soft:
@@ -168,19 +168,21 @@ def note(msg: str, *args) -> None:
     _NOTES.warning(msg, *args)
 
 
-#: Loggers a flood of bad clients writes to.
-FLOOD_LOGGERS = ("asyncio", "uvicorn.error", "geosolver.serve.guard", "geosolver.serve.app", "geosolver.serve.play")
+#: Loggers a flood of bad clients writes to (not ``geosolver.serve.play``: it logs each unreadable
+#: query photo once, and each is worth its line).
+FLOOD_LOGGERS = ("asyncio", "uvicorn.error", "geosolver.serve.guard", "geosolver.serve.app")
 
 
-def limit_logs(interval: float = 10.0) -> OncePerInterval:
+def limit_logs(interval: float | None = 10.0) -> OncePerInterval | None:
     """Install one :class:`OncePerInterval` on each of :data:`FLOOD_LOGGERS` (after uvicorn has
-    configured logging); returns it."""
-    f = OncePerInterval(interval)
+    configured logging), replacing any installed before; ``None``: only remove them. Returns it."""
+    f = OncePerInterval(interval) if interval is not None else None
     for name in FLOOD_LOGGERS:
         logger = logging.getLogger(name)
         for old in [x for x in logger.filters if isinstance(x, OncePerInterval)]:
             logger.removeFilter(old)
-        logger.addFilter(f)
+        if f is not None:
+            logger.addFilter(f)
     return f
 
 

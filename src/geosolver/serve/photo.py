@@ -11,12 +11,14 @@ the pixels that would actually be decoded, and drops large decoded images with
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import io
 import math
 import secrets
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from geosolver.errors import ImageReadError, NotAnImageError, PhotoError, PixelLimitError
@@ -133,8 +135,6 @@ def render_photo(data: bytes, name: str, max_pixels: int | None, max_side: int =
     Raises:
         PhotoError: the photo cannot be used.
     """
-    import numpy as np
-
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))
     photo = decode_photo(data, name, max_pixels=max_pixels, fit_long_side=max_side)
     img = photo.image
@@ -157,8 +157,6 @@ def render_photo(data: bytes, name: str, max_pixels: int | None, max_side: int =
 def _malloc_trim():
     """glibc's ``malloc_trim`` (``None`` elsewhere)."""
     try:
-        import ctypes
-
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None

@@ -39,6 +39,7 @@ it, never the other way round.
 from __future__ import annotations
 
 import io
+import asyncio
 import json
 import logging
 import math
@@ -48,13 +49,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 from urllib.parse import parse_qs
 
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from geosolver.errors import HTTPInputError, ImageReadError, PhotoError, ServeError, StoreError
 from geosolver.geo import geoscore, haversine
@@ -62,9 +64,7 @@ from geosolver.images import describe_source, read_bytes
 from geosolver.places import nearest_place
 from geosolver.serve.options import DEFAULT_MAX_ROUNDS, DEFAULT_ROUND_TTL
 from geosolver.serve.photo import render_photo
-
-if TYPE_CHECKING:
-    from geosolver.store import EmbeddingStore
+from geosolver.store import EmbeddingStore, encoder_compatible
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,6 @@ def check_queries(queries: "str | EmbeddingStore", encoder_identity: dict) -> "E
     Raises:
         ServeError: missing or unreadable store, or embedded with another encoder (one line).
     """
-    from geosolver.store import EmbeddingStore, encoder_compatible
-
     if isinstance(queries, EmbeddingStore):
         store = queries
     else:
@@ -373,10 +371,6 @@ def parse_coordinate(raw, name: str, limit: float) -> float:
 
 async def read_guess(request: Request, read_timeout: float) -> tuple[float, float]:
     """``lat``, ``lon`` from a small JSON or urlencoded body (query parameters also accepted)."""
-    import asyncio
-
-    from starlette.requests import ClientDisconnect
-
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     declared = request.headers.get("content-length")
     if declared is not None:
