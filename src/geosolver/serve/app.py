@@ -258,8 +258,9 @@ def _add_routes(app: FastAPI, options: ServeOptions) -> None:
         request: Request,
         k: int | None = Query(None, ge=1, le=options.max_k, description="neighbours that vote"),
         strategy: Literal[STRATEGIES] | None = Query(None, description="how the neighbours vote"),  # type: ignore[valid-type]
-    ) -> dict:
-        return await _locate(request, k, strategy)
+    ) -> JSONResponse:
+        # already JSON-ready (files.jsonable): FastAPI's own encoder would walk it again (~0.8 ms)
+        return JSONResponse(await _locate(request, k, strategy))
 
     app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
     app.add_api_route("/api/health", health, methods=["GET"], summary="Which model and gallery are loaded")
