@@ -311,6 +311,50 @@ def test_slowloris_on_headers_leaves_the_server_answering_with_a_small_log(geolo
     assert "Traceback" not in err and len(err.splitlines()) <= 10 and len(err) < 4000, err[-2000:]
 
 
+def test_a_connection_that_trickles_its_headers_is_closed_at_the_header_deadline(geoloc):
+    """Far below the connection cap, one trickling connection is closed ~0.5 s after it opened, while
+    a keep-alive connection that sent a whole request is answered."""
+    import socket
+
+    import httpx
+
+    from geosolver.serve import create_app
+    from geosolver.serve.app import make_server
+    from geosolver.serve.guard import limit_logs
+
+    port = _free_port()
+    server = make_server(create_app(geoloc, warmup=False, port=port, header_timeout=0.5), log_level="warning")
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        t0 = time.monotonic()
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        closed_after = None
+        while time.monotonic() - t0 < 4:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+                s.settimeout(0.1)
+                if s.recv(1) == b"":
+                    closed_after = time.monotonic() - t0
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - t0
+                break
+        s.close()
+        assert closed_after is not None and 0.4 <= closed_after < 2.5, closed_after
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:  # whole requests on one keep-alive connection
+            assert [c.get("/api/health").status_code for _ in range(3)] == [200, 200, 200]
+    finally:
+        server.should_exit = True
+        limit_logs(None)
+
+
 def test_log_filter_keeps_one_line_per_kind_per_interval():
     from geosolver.serve.guard import OncePerInterval
 
