@@ -96,12 +96,13 @@ STATIC_DIR = Path(__file__).with_name("static")
 _EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
 
-def _truth(pred_lat: float, pred_lon: float, gps: tuple[float, float] | None) -> dict | None:
+def _truth(pred_lat: float, pred_lon: float, gps: tuple[float, float] | None, place: dict | None) -> dict | None:
+    """The EXIF GPS spot scored against the guess (``place``: its nearest populated place, looked up in the threadpool)."""
     if gps is None:
         return None
     lat, lon = gps
     km = float(haversine(lat, lon, pred_lat, pred_lon))
-    return {"lat": lat, "lon": lon, "km": km, "geoscore": float(geoscore(km)), "place": nearest_place(lat, lon)}
+    return {"lat": lat, "lon": lon, "km": km, "geoscore": float(geoscore(km)), "place": place}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,11 +323,11 @@ async def _locate(request: Request, k: int | None, strategy: str | None) -> dict
     t0 = time.perf_counter()
     up = await _read_body(request, o.max_bytes, o.read_timeout)
     k_eff, strategy_eff = _resolve_params(k, strategy, up.fields, o.k, o.strategy, o.max_k)
-    photo, pixels = await _decode(state, up)
+    photo, pixels, gps_place = await _decode(state, up)
     t1 = time.perf_counter()
     answer = await asyncio.wrap_future(state.worker.submit(pixels, k_eff, strategy_eff))
     t2 = time.perf_counter()
-    out = _answer(answer, photo, up, read_decode_s=t1 - t0, model_s=t2 - t1)
+    out = _answer(answer, photo, gps_place, up, read_decode_s=t1 - t0, model_s=t2 - t1)
     if state.save_dir is not None:
         await run_in_threadpool(_save_upload, state.save_dir, up.data, photo.format, out)
     return out
@@ -348,7 +349,7 @@ async def _read_body(request: Request, max_bytes: int, read_timeout: float) -> U
         raise HTTPException(400, "the client disconnected during the upload") from None
 
 
-async def _decode(state: AppState, up: Upload) -> tuple[Photo, np.ndarray]:
+async def _decode(state: AppState, up: Upload) -> tuple[Photo, np.ndarray, dict | None]:
     """Decode + preprocess in the threadpool: 4xx :class:`HTTPException` for a bad photo."""
     try:
         return await run_in_threadpool(_prepare, state, up.data, up.filename or "upload")
@@ -356,9 +357,10 @@ async def _decode(state: AppState, up: Upload) -> tuple[Photo, np.ndarray]:
         raise HTTPException(e.status, e.message) from None
 
 
-def _prepare(state: AppState, data: bytes, name: str) -> tuple[Photo, np.ndarray]:
+def _prepare(state: AppState, data: bytes, name: str) -> tuple[Photo, np.ndarray, dict | None]:
     """Decode + preprocess (in the threadpool, outside the model worker), at most
-    ``max_decodes`` at a time; the decoded image is dropped before returning."""
+    ``max_decodes`` at a time; the decoded image is dropped before returning. Also the nearest
+    place of the photo's EXIF GPS spot (``None`` without one), so no lookup runs on the event loop."""
     with state.decode_slots:
         photo = decode_photo(data, name, min_side=state.min_side, max_pixels=state.options.max_pixels)
         img = photo.image
@@ -370,15 +372,15 @@ def _prepare(state: AppState, data: bytes, name: str) -> tuple[Photo, np.ndarray
             img.close()
             del img
             release_memory_if_large(*size)
-    return photo, pixels
+    return photo, pixels, (nearest_place(*photo.gps) if photo.gps else None)
 
 
-def _answer(answer: Answer, photo: Photo, up: Upload, read_decode_s: float, model_s: float) -> dict:
+def _answer(answer: Answer, photo: Photo, gps_place: dict | None, up: Upload, read_decode_s: float, model_s: float) -> dict:
     """The JSON answer: the prediction plus ``place``, ``truth``, ``image`` and ``timing_ms``."""
     pred = answer.prediction
     out = pred.to_dict()
     out["place"] = answer.place
-    out["truth"] = _truth(pred.lat, pred.lon, photo.gps)
+    out["truth"] = _truth(pred.lat, pred.lon, photo.gps, gps_place)
     out["image"] = {"filename": up.filename, "format": photo.format, "width": photo.width, "height": photo.height, "bytes": len(up.data)}
     out["timing_ms"] = {"read_decode": round(read_decode_s * 1e3, 1), "model": round(model_s * 1e3, 1)}
     return jsonable(out)
