@@ -100,7 +100,7 @@ def client(geoloc):
 
     from geosolver.serve import create_app
 
-    with TestClient(create_app(geoloc)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc)) as c:
         yield c
 
 

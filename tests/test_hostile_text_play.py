@@ -397,7 +397,7 @@ def test_play_rows_with_nan_coordinates_are_never_drawn(play_world, geoloc, tmp_
     meta = pd.read_parquet(pq)
     meta.loc[0, "lat"], meta.loc[2, "lon"] = np.nan, np.inf
     meta.to_parquet(pq)
-    with TestClient(create_app(geoloc, play=q, warmup=False, default_k=3)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, play=q, warmup=False, k=3)) as c:
         assert c.get("/api/play").json()["queries"] == 1
         play = c.app.state.serve.play
         for _ in range(5):
@@ -414,7 +414,7 @@ def test_play_rows_with_nan_coordinates_are_never_drawn(play_world, geoloc, tmp_
 def client(geoloc, play_world):
     from geosolver.serve import create_app
 
-    with TestClient(create_app(geoloc, play=play_world["queries"].path, warmup=False, default_k=3, default_strategy="nn")) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, play=play_world["queries"].path, warmup=False, k=3, strategy="nn")) as c:
         yield c
 
 

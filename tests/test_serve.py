@@ -163,7 +163,7 @@ def test_oversize_upload_is_413(geoloc, world):
     noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
     big = encode(Image.fromarray(noise), "PNG")  # ~270 kB of incompressible pixels
     assert len(big) > 200_000
-    with TestClient(create_app(geoloc, max_upload_mb=0.1)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, max_upload_mb=0.1)) as c:
         r = post(c, big, "big.png")
         assert r.status_code == 413 and "0.1 MB" in r.json()["detail"]
         r = c.post("/api/locate", content=big, headers={"content-type": "image/png"})
@@ -210,7 +210,7 @@ def test_nothing_is_written_to_disk_by_default(geoloc, world, monkeypatch, tmp_p
     noise = np.random.default_rng(1).integers(0, 40, (768, 1024, 3), dtype=np.uint8)
     data = encode(Image.fromarray(np.asarray(big_img) // 2 + noise), "PNG")
     assert len(data) > 1_500_000
-    with TestClient(create_app(geoloc)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc)) as c:
         r = post(c, data, "big.png")
     assert r.status_code == 200, r.text
 
@@ -221,11 +221,11 @@ def test_save_uploads_keeps_photo_answer_and_config(geoloc, world, tmp_path):
     from geosolver.serve import create_app
 
     out = tmp_path / "uploads"
-    with TestClient(create_app(geoloc, save_uploads=out, default_k=4)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, save_uploads=out, k=4)) as c:
         r = post(c, world["uploads"]["gps.jpg"], "gps.jpg")
     assert r.status_code == 200
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["default_k"] == 4 and cfg["gallery_size"] == N_GALLERY
+    assert cfg["k"] == 4 and cfg["gallery_size"] == N_GALLERY
     photos, answers = list(out.glob("*.jpg")), [p for p in out.glob("*.json") if p.name != "config.json"]
     assert len(photos) == 1 and len(answers) == 1
     assert photos[0].read_bytes() == world["uploads"]["gps.jpg"]
@@ -296,9 +296,9 @@ def test_worker_micro_batches_queued_jobs_and_keeps_them_apart(geoloc, world):
         rows = [0, 1, 2, 11, 12]
         futs = [w.submit(prep(pattern(r)), 2 + (i % 2), "nn" if i % 2 else "weighted-mean") for i, r in enumerate(rows)]
         slow.release.set()  # ... while 5 more queue up: they run as one batch
-        assert first.result(30).neighbours[0]["id"] == f"g{PNG_ROW:03d}"
+        assert first.result(30).prediction.neighbours[0]["id"] == f"g{PNG_ROW:03d}"
         for i, (r, f) in enumerate(zip(rows, futs)):
-            p = f.result(30)
+            p = f.result(30).prediction
             assert p.neighbours[0]["id"] == f"g{r:03d}" and p.k == 2 + (i % 2)
             assert p.strategy == ("nn" if i % 2 else "weighted-mean")
         assert slow.batch_sizes == [1, 5]
@@ -363,9 +363,9 @@ def test_cli_serve_runs_the_app_with_its_options(world, monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_serve(app, host, port, log_level="info"):
-        seen.update(host=host, port=port)
-        with TestClient(app) as c:
+    def fake_serve(app, log_level="info"):
+        seen.update(host=app.state.serve.options.host, port=app.state.serve.options.port)
+        with TestClient(base_url="http://127.0.0.1", app=app) as c:
             seen["health"] = c.get("/api/health").json()
 
     monkeypatch.setattr(app_mod, "serve", fake_serve)
@@ -411,3 +411,24 @@ def test_bomb_guard_survives_libraries_that_disable_pils_limit():
             open_image(bytes(raw))
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def test_the_answer_looks_up_its_place_once_and_its_country_is_the_places(client, world, monkeypatch):
+    """One reverse-geocoder query per answer (in the model thread): ``country`` comes from ``place``."""
+    import geosolver.places as places
+    import geosolver.serve.worker as worker_mod
+
+    def no_second_lookup(*a, **kw):
+        raise AssertionError("country_of called: the guess is geocoded twice")
+
+    calls = []
+    real = worker_mod.place_dicts
+    monkeypatch.setattr(places, "country_of", no_second_lookup)
+    monkeypatch.setattr(worker_mod, "place_dicts", lambda lat, lon: calls.append(len(lat)) or real(lat, lon))
+    r = post(client, world["uploads"]["plain.png"], "plain.png")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert calls == [1]
+    lat, lon = out["lat"], out["lon"]
+    monkeypatch.undo()
+    assert out["country"] == places.country_of([lat], [lon])[0] and out["place"]["name"] == places.nearest_place(lat, lon)["name"]

@@ -69,6 +69,23 @@ class PhotoTooLarge(ImageReadError):
     was read (:func:`geosolver.images.read_photo_bytes`)."""
 
 
+class NotAnImageError(ImageReadError):
+    """The bytes are not in any image format PIL recognises."""
+
+
+class PixelLimitError(ImageReadError):
+    """An image declares more pixels than a caller's budget (checked from its header, before decoding).
+
+    Attributes:
+        width, height: the declared size; decoded: ``(w, h)`` that would be decoded (a JPEG's
+        draft-reduced size); limit: the budget.
+    """
+
+    def __init__(self, message: str, width: int, height: int, decoded: tuple[int, int], limit: int):
+        super().__init__(message)
+        self.width, self.height, self.decoded, self.limit = width, height, decoded, limit
+
+
 class DatasetError(GeosolverError):
     """A dataset cannot be read at all (missing CSV, missing coordinate column, nothing usable).
 

@@ -37,7 +37,7 @@ from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from geosolver.errors import ImageReadError, PhotoTooLarge
+from geosolver.errors import ImageReadError, NotAnImageError, PhotoTooLarge, PixelLimitError
 
 ZIP_PREFIX = "zip://"
 ZIP_SEP = "::"
@@ -229,47 +229,91 @@ def describe_source(source: ImageSource) -> str:
     return os.fspath(source)
 
 
-def open_image(source: ImageSource, min_side: int | None = None) -> Image.Image:
-    """Decode ``source`` to an upright RGB ``PIL.Image``.
-
-    Args:
-        source: see the module docstring.
-        min_side: if set, JPEG decoding may be reduced (draft mode) while keeping the shorter
-            side at least this many pixels.
+def open_header(source: ImageSource) -> Image.Image:
+    """``source`` opened lazily: its header read (format, size, EXIF), no pixel decoded.
 
     Raises:
-        ImageReadError: unreadable file, unknown format, truncated data or decompression bomb.
+        NotAnImageError: not an image format PIL recognises.
+        ImageReadError: unreadable source or header, or a decompression bomb (more than
+            :data:`MAX_PIXELS` declared).
     """
-    if isinstance(source, Image.Image):
-        img = source
-    else:
-        data = read_photo_bytes(source)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageReadError(
-                        f"cannot decode {describe_source(source)}: refused as a possible decompression bomb "
-                        f"({w}x{h} = {w * h} pixels > {MAX_PIXELS})"
-                    )
-                if min_side and img.format == "JPEG":
-                    w, h = img.size
-                    # EXIF rotation swaps sides but not the shorter one, so draft is safe.
-                    scale = max(1, min(w, h) // int(min_side))
-                    if scale >= 2:
-                        img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
-                img.load()
-        except UnidentifiedImageError:
-            raise ImageReadError(f"cannot decode {describe_source(source)}: not a recognised image format") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageReadError(f"cannot decode {describe_source(source)}: {type(e).__name__}: {e}") from None
+    data = read_photo_bytes(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below against our own limit
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise NotAnImageError(f"cannot decode {describe_source(source)}: not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"cannot decode {describe_source(source)}: refused as a possible decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot decode {describe_source(source)}: cannot read the image header: {type(e).__name__}: {e}") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:  # not PIL's global, which other libraries may switch off
+        raise ImageReadError(
+            f"cannot decode {describe_source(source)}: refused as a possible decompression bomb ({w}x{h} = {w * h} pixels > {MAX_PIXELS})"
+        )
+    return img
+
+
+def decode(img: Image.Image, min_side: int | None = None, max_pixels: int | None = None, name: str = "image") -> Image.Image:
+    """Decode an image opened by :func:`open_header` to upright RGB.
+
+    Args:
+        img: the lazily opened image.
+        min_side: if set, JPEG decoding may be reduced (draft mode) while keeping the shorter
+            side at least this many pixels.
+        max_pixels: refuse (:class:`PixelLimitError`) an image that would decode to more pixels
+            than this (a JPEG counts at its reduced size), before decoding.
+        name: how to call the image in messages.
+
+    Raises:
+        ImageReadError: truncated or undecodable data; PixelLimitError: over ``max_pixels``.
+    """
+    w, h = img.size
+    if min_side and img.format == "JPEG":
+        # EXIF rotation swaps sides but not the shorter one, so draft is safe.
+        scale = max(1, min(w, h) // int(min_side))
+        if scale >= 2:
+            try:
+                img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+            except (OSError, ValueError):  # decode at full size
+                pass
+    if max_pixels and img.size[0] * img.size[1] > max_pixels:
+        dw, dh = img.size
+        raise PixelLimitError(f"cannot decode {name}: {dw}x{dh} = {dw * dh:,} pixels is more than the limit of {max_pixels:,}", w, h, (dw, dh), max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot decode {name}: {type(e).__name__}: {e}") from None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose an otherwise fine image
         pass
     return to_rgb(img)
+
+
+def open_image(source: ImageSource, min_side: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``source`` to an upright RGB ``PIL.Image`` (:func:`open_header` then :func:`decode`).
+
+    Args:
+        source: see the module docstring.
+        min_side: if set, JPEG decoding may be reduced (draft mode) while keeping the shorter
+            side at least this many pixels.
+        max_pixels: see :func:`decode`.
+
+    Raises:
+        ImageReadError: unreadable file, unknown format, truncated data or decompression bomb.
+    """
+    if isinstance(source, Image.Image):
+        try:
+            img = ImageOps.exif_transpose(source)
+        except Exception:  # a broken EXIF block must not lose an otherwise fine image
+            img = source
+        return to_rgb(img)
+    return decode(open_header(source), min_side, max_pixels, describe_source(source))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

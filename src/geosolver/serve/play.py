@@ -4,11 +4,19 @@ A round is one photo drawn from a query embedding store (rows with true ``lat``/
 image ``source``: a file, ``zip://ARCHIVE::MEMBER`` or a tar member, read through
 :func:`geosolver.images.read_bytes`). The player sees the photo only -- re-encoded as a JPEG with
 no EXIF or other metadata (EXIF GPS would give the answer away), at most
-:data:`MAX_PHOTO_SIDE` pixels on the long side -- clicks a guess on the map, and is scored against
+:data:`~geosolver.serve.photo.MAX_PHOTO_SIDE` pixels on the long side -- clicks a guess on the map, and is scored against
 the model, whose guess is computed from the query store's *stored* embedding (no encoder forward):
 ``Geolocator.locate_embeddings(emb[None], k, strategy, exclude_ids=[query_id])``. The query's own
 id is excluded, so a query that is also a gallery photo is not found as its own twin
-(leave-one-out): the model plays the photo as if it had never seen it.
+(leave-one-out): the model plays the photo as if it had never seen it. ``/api/locate`` is not
+leave-one-out, so a query store that is the gallery, or shares ids or photo sources with it, is
+refused at start-up (a player could upload the round's photo and get its exact place) unless
+``allow_gallery_queries`` is set.
+
+The photo is read with the server's byte cap (``max_upload_mb``: a 12 MB zip holding a 12 GiB
+member is refused from the member's declared size, and no read goes past the cap) and re-encoded
+differently on every showing (:func:`~geosolver.serve.photo.render_photo`), so its hash does not
+identify it.
 
 Routes (added to the app by :func:`add_play_routes`; without ``--play`` they answer 404):
 
@@ -19,13 +27,19 @@ Routes (added to the app by :func:`add_play_routes`; without ``--play`` they ans
   geoscore, confidence, country}, "round": {...}}``.
 
 Tokens (``secrets.token_urlsafe``) are single use (a second guess: 409), expire after
-``round_ttl`` seconds (410), unknown ones get 404; at most ``max_rounds`` are kept (the oldest is
-forgotten first), so memory stays bounded whatever clients do.
+``round_ttl`` seconds (410), unknown ones get 404. Memory stays bounded whatever clients do, and
+one client cannot take another's open round away: each client address keeps at most
+``rounds_per_client`` rounds (its own oldest is forgotten first), and when all clients together
+hold ``max_rounds``, the oldest round of the client holding the most is forgotten.
+
+This module knows the app only through ``request.app.state.serve`` (duck-typed): the app imports
+it, never the other way round.
 """
 
 from __future__ import annotations
 
 import io
+import asyncio
 import json
 import logging
 import math
@@ -35,33 +49,25 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 from urllib.parse import parse_qs
 
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from geosolver.errors import HTTPInputError, ImageReadError, PhotoError, ServeError, StoreError
 from geosolver.geo import geoscore, haversine
 from geosolver.images import describe_source, read_bytes
 from geosolver.places import nearest_place
-
-if TYPE_CHECKING:
-    from geosolver.serve.app import AppState
-    from geosolver.store import EmbeddingStore
+from geosolver.serve.options import DEFAULT_MAX_ROUNDS, DEFAULT_ROUND_TTL
+from geosolver.serve.photo import render_photo
+from geosolver.store import EmbeddingStore, encoder_compatible
 
 log = logging.getLogger(__name__)
 
-#: Seconds a round's token stays valid by default (``geosolver serve --round-ttl``).
-DEFAULT_ROUND_TTL = 600.0
-#: Most outstanding round tokens kept (the oldest is forgotten first).
-DEFAULT_MAX_ROUNDS = 10_000
-#: Longest side, in pixels, of the photo served for a round.
-MAX_PHOTO_SIDE = 1600
-#: JPEG quality of the served photo.
-PHOTO_QUALITY = 85
 #: Rounds whose rendered photo is kept in memory (the page asks for it right after the round).
 PHOTO_CACHE = 16
 #: Photos tried per ``GET /api/round`` before giving up (unreadable ones are skipped).
@@ -84,6 +90,7 @@ class Round:
 
     row: int
     issued: float
+    client: str = ""
     used: bool = False
 
 
@@ -92,32 +99,50 @@ class RoundBook:
 
     Args:
         ttl: seconds a token stays valid.
-        max_rounds: most tokens kept; issuing one more forgets the oldest.
+        max_rounds: most tokens kept in all; past it, the oldest round of the client holding the
+            most rounds is forgotten.
+        rounds_per_client: most tokens kept per client; past it, that client's own oldest is
+            forgotten.
         clock: seconds, monotonic (injected by tests to expire tokens without sleeping).
     """
 
-    def __init__(self, ttl: float = DEFAULT_ROUND_TTL, max_rounds: int = DEFAULT_MAX_ROUNDS, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float = DEFAULT_ROUND_TTL, max_rounds: int = DEFAULT_MAX_ROUNDS, clock: Callable[[], float] = time.monotonic,
+                 rounds_per_client: int | None = None):
         if not ttl > 0:
             raise ServeError(f"round_ttl must be > 0 seconds, got {ttl}")
         if not max_rounds >= 1:
             raise ServeError(f"max_rounds must be >= 1, got {max_rounds}")
         self.ttl, self.max_rounds, self.clock = float(ttl), int(max_rounds), clock
+        self.rounds_per_client = int(rounds_per_client or max_rounds)
         self._rounds: OrderedDict[str, Round] = OrderedDict()
+        self._by_client: dict[str, OrderedDict[str, None]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._rounds)
 
-    def issue(self, row: int) -> str:
-        """A new token for query ``row``."""
+    def issue(self, row: int, client: str = "") -> str:
+        """A new token for query ``row``, issued to ``client`` (its address)."""
         token = secrets.token_urlsafe(16)
         with self._lock:
             now = self.clock()
             self._prune(now)
-            self._rounds[token] = Round(int(row), now)
-            while len(self._rounds) > self.max_rounds:
-                self._rounds.popitem(last=False)
+            self._rounds[token] = Round(int(row), now, client)
+            mine = self._by_client.setdefault(client, OrderedDict())
+            mine[token] = None
+            if len(mine) > self.rounds_per_client:
+                self._forget(next(iter(mine)))
+            if len(self._rounds) > self.max_rounds:
+                heaviest = max(self._by_client.values(), key=len)
+                self._forget(next(iter(heaviest)))
         return token
+
+    def _forget(self, token: str) -> None:
+        r = self._rounds.pop(token)
+        mine = self._by_client[r.client]
+        del mine[token]
+        if not mine:
+            del self._by_client[r.client]
 
     def peek(self, token: str) -> int:
         """The row of a live token (not expired; played or not).
@@ -156,7 +181,7 @@ class RoundBook:
             token, r = next(iter(self._rounds.items()))
             if now - r.issued <= horizon:
                 break
-            del self._rounds[token]
+            self._forget(token)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,7 +189,7 @@ class RoundBook:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Play:
-    """What the play routes share (``AppState.play``).
+    """What the play routes share (``app.state.serve.play``).
 
     Attributes:
         queries: the query store; ``ids``, ``sources``, ``lat``, ``lon`` its playable rows' columns
@@ -196,8 +221,6 @@ def check_queries(queries: "str | EmbeddingStore", encoder_identity: dict) -> "E
     Raises:
         ServeError: missing or unreadable store, or embedded with another encoder (one line).
     """
-    from geosolver.store import EmbeddingStore, encoder_compatible
-
     if isinstance(queries, EmbeddingStore):
         store = queries
     else:
@@ -214,27 +237,61 @@ def check_queries(queries: "str | EmbeddingStore", encoder_identity: dict) -> "E
     return store
 
 
-def open_play(queries: "str | EmbeddingStore", encoder_identity: dict, round_ttl: float = DEFAULT_ROUND_TTL,
-              max_rounds: int = DEFAULT_MAX_ROUNDS, clock: Callable[[], float] = time.monotonic) -> Play:
+def _metadata(store: "EmbeddingStore") -> pd.DataFrame:
+    """The query store's metadata, or a one-line :class:`ServeError`."""
+    try:
+        return store.metadata
+    except (OSError, ValueError, StoreError) as e:  # a damaged shard .parquet (store.metadata says which)
+        raise ServeError(f"--play {store.path}: the query store's metadata cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def check_not_gallery(queries: "EmbeddingStore", gallery: "EmbeddingStore") -> None:
+    """Refuse a query store that is the gallery or shares photo ids or sources with it.
+
+    ``/api/locate`` searches the whole gallery (it is not leave-one-out), so a player who uploads a
+    round's photo would get the gallery twin's exact place back.
+
+    Raises:
+        ServeError: one line, naming how many rows overlap and ``--allow-gallery-queries``.
+    """
+    hint = ("/api/locate would find each such round's photo in the gallery and answer it exactly; use a held-out query store "
+            "(or pass --allow-gallery-queries to serve it anyway)")
+    if Path(queries.path).resolve() == Path(gallery.path).resolve():
+        raise ServeError(f"--play {queries.path}: the query store is the gallery: {hint}")
+    qm, gm = _metadata(queries), gallery.metadata
+    shared = np.isin(qm["id"].astype(str).to_numpy(), gm["id"].astype(str).to_numpy())
+    what = "ids"
+    if not shared.any() and "source" in qm.columns and "source" in gm.columns:
+        shared = np.isin(qm["source"].astype(str).to_numpy(), gm["source"].dropna().astype(str).to_numpy())
+        what = "photo sources"
+    if shared.any():
+        raise ServeError(f"--play {queries.path}: {int(shared.sum())} of {len(qm)} queries share {what} with the gallery "
+                         f"(e.g. {qm['id'].astype(str).to_numpy()[shared][0]!r}): {hint}")
+
+
+def open_play(queries: "str | EmbeddingStore", encoder_identity: dict, gallery: "EmbeddingStore | None" = None, *,
+              round_ttl: float = DEFAULT_ROUND_TTL, max_rounds: int = DEFAULT_MAX_ROUNDS, rounds_per_client: int | None = None,
+              allow_gallery_queries: bool = False, clock: Callable[[], float] = time.monotonic) -> Play:
     """Open the query store for play mode and check it.
 
     Args:
         queries: the query store (or its path): ``source`` + ``lat``/``lon`` per row.
         encoder_identity: the served encoder's identity (its embeddings must be comparable).
-        round_ttl, max_rounds, clock: see :class:`RoundBook`.
+        gallery: the served gallery (checked by :func:`check_not_gallery` unless
+            ``allow_gallery_queries``).
+        round_ttl, max_rounds, rounds_per_client, clock: see :class:`RoundBook`.
 
     Raises:
-        ServeError: missing / unreadable store, another encoder, no ``source`` column, no row with
-            valid coordinates.
+        ServeError: missing / unreadable store, another encoder, the gallery's photos, no
+            ``source`` column, no row with valid coordinates.
     """
-    book = RoundBook(round_ttl, max_rounds, clock)
+    book = RoundBook(round_ttl, max_rounds, clock, rounds_per_client)
     store = check_queries(queries, encoder_identity)
-    try:
-        meta = store.metadata
-    except (OSError, ValueError, StoreError) as e:  # a damaged shard .parquet (store.metadata says which)
-        raise ServeError(f"--play {store.path}: the query store's metadata cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    meta = _metadata(store)
     if "source" not in meta.columns:
         raise ServeError(f"--play {store.path}: the query store has no `source` column: the photos cannot be shown")
+    if gallery is not None and not allow_gallery_queries:
+        check_not_gallery(store, gallery)
     try:  # a damaged metadata file: coordinates that are not numbers are not playable (like NaN)
         lat = pd.to_numeric(meta["lat"], errors="coerce").to_numpy(np.float64)
         lon = pd.to_numeric(meta["lon"], errors="coerce").to_numpy(np.float64)
@@ -252,47 +309,18 @@ def open_play(queries: "str | EmbeddingStore", encoder_identity: dict, round_ttl
 
 
 # ------------------------------------------------------------------------------------------------
-# the photo: decoded within the server's budget, re-encoded without metadata
+# the photo: read within the byte cap, decoded within the pixel budget, re-encoded per showing
 # ------------------------------------------------------------------------------------------------
-def render_photo(data: bytes, name: str, max_pixels: int | None, max_side: int = MAX_PHOTO_SIDE) -> bytes:
-    """The photo as a fresh JPEG: upright, at most ``max_side`` px on the long side, no metadata.
-
-    Decoded with the app's own checked path (:func:`geosolver.serve.app.decode_photo`: header
-    first, pixel budget, JPEG draft reduction to what is needed).
-
-    Raises:
-        PhotoError: the photo cannot be used.
-    """
-    from PIL import Image
-
-    from geosolver.serve.app import decode_photo, release_memory_if_large
-
-    photo = decode_photo(data, name, max_pixels=max_pixels, fit_long_side=max_side)
-    img = photo.image
-    if max(img.size) > max_side:
-        img.thumbnail((max_side, max_side), Image.LANCZOS)
-    # a new image carries none of the source's info (EXIF, XMP, ICC, comments)
-    clean = Image.new("RGB", img.size)
-    clean.paste(img)
-    img.close()
-    buf = io.BytesIO()
-    clean.save(buf, format="JPEG", quality=PHOTO_QUALITY, optimize=True)
-    photo.image = None
-    del img
-    release_memory_if_large(photo.width, photo.height)
-    return buf.getvalue()
-
-
-def _photo_of(state: "AppState", i: int) -> bytes:
+def _photo_of(state, i: int) -> bytes:
     """Read and render playable row ``i`` (in the threadpool), at most ``max_decodes`` at a time."""
-    play = state.play
+    play, o = state.play, state.options
     source = play.sources[i]
     with state.decode_slots:
-        data = read_bytes(source)
-        return render_photo(data, describe_source(source), state.options.max_pixels)
+        data = read_bytes(source, max_bytes=o.max_bytes)
+        return render_photo(data, describe_source(source), o.max_pixels)
 
 
-def _draw(state: "AppState") -> tuple[str, int]:
+def _draw(state, client: str) -> tuple[str, int]:
     """Issue a round: draw a readable photo (unreadable ones are logged and never drawn again)."""
     play = state.play
     for _ in range(MAX_DRAWS):
@@ -311,7 +339,7 @@ def _draw(state: "AppState") -> tuple[str, int]:
             with play.lock:
                 play.bad.add(i)
             continue
-        token = play.book.issue(i)
+        token = play.book.issue(i, client)
         with play.lock:
             play.photos[token] = jpeg
             while len(play.photos) > PHOTO_CACHE:
@@ -343,10 +371,6 @@ def parse_coordinate(raw, name: str, limit: float) -> float:
 
 async def read_guess(request: Request, read_timeout: float) -> tuple[float, float]:
     """``lat``, ``lon`` from a small JSON or urlencoded body (query parameters also accepted)."""
-    import asyncio
-
-    from starlette.requests import ClientDisconnect
-
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -393,11 +417,11 @@ async def read_guess(request: Request, read_timeout: float) -> tuple[float, floa
     return parse_coordinate(fields.get("lat"), "lat", 90.0), parse_coordinate(fields.get("lon"), "lon", 180.0)
 
 
-def _model_guess(state: "AppState", i: int):
+def _model_guess(state, i: int):
     """The model's :class:`~geosolver.locate.Prediction` for playable row ``i`` (leave-one-out)."""
     play, o = state.play, state.options
     emb = play.queries.embeddings([int(play.rows[i])])
-    return state.geolocator.locate_embeddings(emb, k=o.default_k, strategy=o.default_strategy, exclude_ids=[play.ids[i]])[0]
+    return state.geolocator.locate_embeddings(emb, k=o.k, strategy=o.strategy, exclude_ids=[play.ids[i]])[0]
 
 
 def score(truth: tuple[float, float], lat: float, lon: float) -> dict:
@@ -409,7 +433,7 @@ def score(truth: tuple[float, float], lat: float, lon: float) -> dict:
 # ------------------------------------------------------------------------------------------------
 # routes
 # ------------------------------------------------------------------------------------------------
-def _play_state(request: Request) -> "AppState":
+def _play_state(request: Request):
     state = request.app.state.serve
     if state.play is None:
         raise HTTPException(404, NO_PLAY)
@@ -423,10 +447,10 @@ def _http(e: HTTPInputError):
 async def new_round(request: Request) -> dict:  # GET /api/round
     state = _play_state(request)
     try:
-        token, _ = await run_in_threadpool(_draw, state)
+        token, _ = await run_in_threadpool(_draw, state, request.client.host if request.client else "")
     except HTTPInputError as e:
         raise _http(e) from None
-    return {"token": token, "photo_url": f"api/round/{token}/photo", "expires_in": state.play.book.ttl}
+    return {"token": token, "photo_url": f"/api/round/{token}/photo", "expires_in": state.play.book.ttl}
 
 
 async def round_photo(request: Request, token: str):  # GET /api/round/{token}/photo
@@ -467,7 +491,7 @@ async def guess(request: Request, token: str) -> dict:  # POST /api/round/{token
         "truth": {"lat": truth[0], "lon": truth[1], "place": await run_in_threadpool(nearest_place, *truth)},
         "player": score(truth, lat, lon),
         "model": model,
-        "round": {"k": state.options.default_k, "strategy": state.options.default_strategy, "leave_one_out": True, "played": play.played},
+        "round": {"k": state.options.k, "strategy": state.options.strategy, "leave_one_out": True, "played": play.played},
     }
 
 
@@ -477,7 +501,8 @@ async def play_info(request: Request) -> dict:  # GET /api/play
     if play is None:
         return {"enabled": False, "detail": NO_PLAY}
     return {"enabled": True, "queries": len(play), "round_ttl_s": play.book.ttl, "max_rounds": play.book.max_rounds,
-            "k": state.options.default_k, "strategy": state.options.default_strategy}
+            "rounds_per_client": play.book.rounds_per_client,
+            "k": state.options.k, "strategy": state.options.strategy}
 
 
 _GUESS_BODY = {

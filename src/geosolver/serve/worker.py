@@ -4,8 +4,11 @@ The encoder is not safe to call from several threads at once (and would only fig
 same cores), so every request decodes and preprocesses its photo in the threadpool, hands the
 model-ready pixels to :class:`ModelWorker` and waits on a future. The worker takes the oldest
 request plus every other request already waiting (up to ``max_batch``), embeds their pixels in
-**one** forward pass, then searches and aggregates per ``(k, strategy)`` group. Nothing waits for a batch to fill: a lone request runs at once, and
-concurrent requests share a forward pass (micro-batching).
+**one** forward pass, then searches and aggregates per ``(k, strategy)`` group and looks up the
+nearest populated place of every guess in one reverse-geocoder query (which also gives the guess's
+country: the place is looked up once per answer, here, off the event loop). Nothing waits for a
+batch to fill: a lone request runs at once, and concurrent requests share a forward pass
+(micro-batching).
 """
 
 from __future__ import annotations
@@ -19,10 +22,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from geosolver.places import place_dicts
+
 if TYPE_CHECKING:
-    from geosolver.locate import Geolocator
+    from geosolver.locate import Geolocator, Prediction
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Answer:
+    """A located photo: the :class:`~geosolver.locate.Prediction` (its ``country`` set) and the
+    nearest populated place of the guess (``{name, admin1, cc, km}``)."""
+
+    prediction: "Prediction"
+    place: dict
 
 
 @dataclass
@@ -57,7 +71,7 @@ class ModelWorker:
         """Queue one preprocessed image (``encoder.preprocess(img)``, shape ``(3, S, S)``).
 
         Returns:
-            A future resolving to the image's :class:`~geosolver.locate.Prediction`.
+            A future resolving to the image's :class:`Answer`.
         """
         self._ensure_started()
         job = Job(pixels, k, strategy)
@@ -117,10 +131,12 @@ class ModelWorker:
             groups.setdefault((j.k, j.strategy), []).append(i)
         for (k, strategy), idx in groups.items():
             try:
-                preds = self.geolocator.locate_embeddings(np.ascontiguousarray(emb[idx]), k=k, strategy=strategy)
+                preds = self.geolocator.locate_embeddings(np.ascontiguousarray(emb[idx]), k=k, strategy=strategy, with_country=False)
+                found = place_dicts([p.lat for p in preds], [p.lon for p in preds])
             except Exception as e:
                 for i in idx:
                     live[i].future.set_exception(e)
                 continue
-            for i, p in zip(idx, preds):
-                live[i].future.set_result(p)
+            for i, p, place in zip(idx, preds, found):
+                p.country = place["cc"]
+                live[i].future.set_result(Answer(p, place))
