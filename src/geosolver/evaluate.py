@@ -56,13 +56,17 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from geosolver.errors import EvaluateError
 from geosolver.files import version
 from geosolver.geo import ACCURACY_THRESHOLDS_KM, distance_metrics, geoscore, haversine, latlon_to_xyz
 from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES, Geolocator, Neighbours
+from geosolver.places import country_of
+from geosolver.prior import PRIORS, prior_factors
 from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore, encoder_compatible
+from geosolver.zeroshot import ZeroShot
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ def oracle_guess(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each true point ``(lat, lon)`` (degrees), the nearest gallery coordinate (skipping
     ``exclude_rows[i]`` for point ``i``)."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # scipy's spatial module costs ~0.2 s: loaded by the oracle only
 
     tree = cKDTree(latlon_to_xyz(gal_lat, gal_lon))
     extra = max((len(e) for e in exclude_rows), default=0) if exclude_rows is not None else 0
@@ -144,8 +148,6 @@ def _norm_cc(a) -> np.ndarray:
 
 def true_countries(queries: EmbeddingStore) -> np.ndarray:
     """Country code of each query: the ``country`` column where set, else reverse geocoding."""
-    from geosolver.places import country_of
-
     meta = queries.metadata
     lat, lon = queries.coords()
     cc = _norm_cc(meta["country"]) if "country" in meta.columns else np.full(len(meta), "", dtype=object)
@@ -163,8 +165,6 @@ def score(true_lat, true_lon, pred_lat, pred_lon, true_cc: np.ndarray | None = N
         ``geoscore_ci95`` ([low, high]), ``median_km``, ``mean_km``, ``acc@<t>km`` and
         ``country_acc`` (share of queries with a known country whose guess is in it).
     """
-    from geosolver.places import country_of
-
     km = haversine(true_lat, true_lon, pred_lat, pred_lon, check=False)
     m = distance_metrics(km)
     m["geoscore_ci95"] = list(bootstrap_ci(geoscore(km), bootstrap, seed))
@@ -249,8 +249,6 @@ def vote_setting(
 
 
 def _check_priors(priors: Sequence[str] | str) -> list[str]:
-    from geosolver.prior import PRIORS
-
     out = [priors] if isinstance(priors, str) else list(priors)
     if not out:
         raise EvaluateError("priors: expected at least one of " + ", ".join(PRIORS))
@@ -269,23 +267,17 @@ def _text_model(
     out: dict[str, Any] = {"describe": None}
     if not with_prior and zero_shot is None:
         return out
-    from tqdm.auto import tqdm
-
-    from geosolver.prior import neighbour_groups, neighbour_probs
-    from geosolver.zeroshot import ZeroShot
-
     prior = geo.text_prior(by=prior_by, temperature=temperature, template=prompt) if with_prior else None
     zs = None
     if zero_shot is not None:  # the prior's own model when it is the same one (no second set of text embeddings)
         same = prior is not None and prior.zeroshot.level == zero_shot
         zs = prior.zeroshot if same else ZeroShot(geo.encoder, level=zero_shot, template=prompt, temperature=temperature)
-    groups = neighbour_groups(nb.lat, nb.lon, prior_by) if prior is not None else None
     nb_probs, zlat, zlon, zconf = [], [], [], []
     with tqdm(total=len(qs), desc="text", unit="q", disable=not progress, leave=False) as bar:
         for off, emb in qs.iter_batches(batch_size):
             if prior is not None:
-                probs, keys = prior.group_probs(emb)
-                nb_probs.append(neighbour_probs(probs, keys, groups[off : off + len(emb)]))
+                rows = slice(off, off + len(emb))
+                nb_probs.append(prior.probabilities(emb, nb.lat[rows], nb.lon[rows]))
             if zs is not None:
                 for p in zs.predict(emb, top=1):
                     zlat.append(p.lat), zlon.append(p.lon), zconf.append(p.probability)
@@ -417,7 +409,7 @@ def evaluate(
     nan = float("nan")
     for strategy, k, t, r in todo:
         for lam in ([nan] if "none" in priors else []) + weights:
-            factors = None if lam != lam else text["prior"].factors_of(text["nb_probs"], lam)
+            factors = None if lam != lam else prior_factors(text["nb_probs"], lam)
             v = vote_setting(nb, strategy, k, t, r, temps[0], radii[0], factors)
             m, km, pcc = score(q_lat, q_lon, v.lat, v.lon, true_cc, bootstrap, seed)
             tag = "none" if lam != lam else "text"
@@ -525,8 +517,6 @@ def neighbour_table(
     Raises:
         EvaluateError: different encoders / dims, empty query store.
     """
-    from tqdm.auto import tqdm
-
     qs, gs = _open(queries), _open(gallery)
     ok, why = encoder_compatible(qs.encoder, gs.encoder)
     if not ok:
@@ -609,7 +599,7 @@ def _same_setting(col: pd.Series, value: Any) -> np.ndarray:
 
 def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = True) -> None:
     """Write every evaluation file into ``out`` (see :data:`OUTPUT_FILES`)."""
-    from geosolver.plots import plot_error_distribution, plot_error_map
+    from geosolver.plots import plot_error_distribution, plot_error_map  # matplotlib: only when plots are drawn
 
     run = RunDir(out, "evaluate")
     run.write_config(result["config"])

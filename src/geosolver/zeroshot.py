@@ -59,7 +59,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from geosolver.errors import EncoderError, ZeroShotError
-from geosolver.locate import softmax_weights
+from geosolver.numeric import softmax_weights
 
 log = logging.getLogger(__name__)
 
