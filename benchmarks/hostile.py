@@ -44,6 +44,7 @@ FILE_CATEGORY = {
     "test_serve_hostile.py": "server abuse",
     "test_hostile_cli.py": "CLI arguments",
     "test_hostile_text_play.py": "zero-shot, text prior & play",
+    "test_hostile_heads.py": "location heads",
     "test_properties.py": "property-based",
     "test_embed.py": "crash/kill",
     "test_engines.py": "crash/kill",
@@ -57,7 +58,7 @@ KILL_TESTS = (
 )
 #: the order of the table's rows (categories not listed here follow, alphabetically).
 ORDER = ("data faults", "crash/kill", "concurrent writers", "disk full / OS errors", "damaged stores", "untrusted files",
-         "server abuse", "CLI arguments", "property-based", "zero-shot, text prior & play")
+         "server abuse", "CLI arguments", "property-based", "zero-shot, text prior & play", "location heads")
 
 
 def catalogue_paths() -> list[str]:

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "geosolver.cli.index_cmd",
     "geosolver.cli.locate_cmd",
     "geosolver.cli.evaluate_cmd",
+    "geosolver.cli.head_cmd",
     "geosolver.cli.analyze_cmd",
     "geosolver.cli.enrich_cmd",
     "geosolver.cli.curate_cmd",
