@@ -31,6 +31,15 @@ def test_geocells_hold_between_half_and_max_points_and_every_point_falls_in_its_
     np.testing.assert_array_equal(cells.cell_of(cells.lat, cells.lon), np.arange(len(cells)))
 
 
+def test_a_point_on_a_cut_belongs_to_the_upper_side():
+    # two pairs 2° of latitude apart, at most 2 per cell: one cut, at latitude (0.1 + 2.0) / 2 = 1.05
+    cells = Geocells.build(np.array([0.0, 0.1, 2.0, 2.1]), np.array([5.0, 5.0, 5.0, 5.0]), max_per_cell=2)
+    assert len(cells) == 2 and cells.split_at[0] == pytest.approx(1.05)
+    low, high = cells.cell_of(np.array([0.0, 2.0]), np.array([5.0, 5.0]))
+    assert low != high
+    assert cells.cell_of(np.array([1.05, 1.0499]), np.array([5.0, 5.0])).tolist() == [high, low]
+
+
 def test_label_smoothing_targets_match_hand_computed_values():
     # three cell points on the equator at lon 0, 1, 3 degrees; the truth at lon 0.2 (its cell: 0)
     deg = math.pi * R / 180
@@ -155,3 +164,25 @@ def test_an_out_with_a_finished_head_or_another_runs_state_is_refused(tmp_path):
     (tmp_path / "h" / "head.json").unlink()
     with pytest.raises(HeadError, match="tau_km"):
         train_head(small_cfg(store, tmp_path / "h", "cells", epochs=1, tau_km=10.0), progress=False)
+
+
+def test_evaluate_with_a_head_reports_knn_head_fused_and_refined_rows_in_one_run(tmp_path):
+    from geosolver.cli import main as cli_main
+    import json
+
+    store, _ = cluster_store(tmp_path / "g")
+    queries, _ = cluster_store(tmp_path / "q", n_per=10, seed=5)  # other photos of the same four places
+    train_head(small_cfg(store, tmp_path / "c", "cells"), progress=False)
+    out = tmp_path / "run"
+    assert cli_main(["evaluate", "--queries", str(queries.path), "--gallery", str(store.path), "--strategy", "densest", "--k", "10",
+                     "--head", str(tmp_path / "c"), "--head-weight", "0,1", "--bootstrap", "20", "--no-plots", "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    rows = {(r["strategy"], r["prior"], r["prior_weight"]): r for r in res["rows"]}
+    assert set(rows) == {("densest", "none", None), ("densest", "head", 0.0), ("densest", "head", 1.0), ("densest", "refine", None),
+                         ("head-cells", "none", None)}
+    assert rows[("densest", "head", 0.0)]["mean_km"] == rows[("densest", "none", None)]["mean_km"]  # λ = 0: the plain vote
+    # every query's photo lies within ~50 km of its place and the places are >= 6000 km apart:
+    # the head picks the right cluster's cell (its point <= ~100 km from the photo) for all 40
+    assert rows[("head-cells", "none", None)]["acc@750km"] == 1.0 and rows[("head-cells", "none", None)]["median_km"] < 150
+    assert all(len(r["geoscore_ci95"]) == 2 for r in res["rows"])
+    assert res["config"]["head"]["kind"] == "cells" and res["config"]["head"]["weights"] == [0.0, 1.0]

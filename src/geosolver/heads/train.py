@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,7 @@ def load_head(path: str, device: str = "cpu", weight: float = 1.0, **kw: Any) ->
         try:
             with np.load(Path(path) / CELLS_NPZ) as z:
                 cells = Geocells.from_arrays(z)
-        except (OSError, ValueError, KeyError, EOFError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise HeadError(f"{Path(path) / CELLS_NPZ} is missing or damaged ({type(e).__name__})") from None
     model = build_model(cfg, int(info["dim"]), len(cells) if cells is not None else 0)
     try:
