@@ -20,7 +20,7 @@ def km(lat1, lon1, lat2, lon2):
     return 2 * R * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
 
 
-def cluster_store(path, n_per: int = 60, seed: int = 0, encoder=ENC, spread_deg: float = 0.3):
+def cluster_store(path, n_per: int = 60, seed: int = 0, encoder=ENC, spread_deg: float = 0.3, prefix: str = "g"):
     """Each place gets its own random unit direction; its photos are that direction plus noise,
     taken within ~``spread_deg`` of the place."""
     rng = np.random.default_rng(seed)
@@ -32,7 +32,7 @@ def cluster_store(path, n_per: int = 60, seed: int = 0, encoder=ENC, spread_deg:
         lat.append(la + spread_deg * rng.standard_normal(n_per))
         lon.append(lo + spread_deg * rng.standard_normal(n_per))
     emb, lat, lon = np.concatenate(emb).astype(np.float32), np.concatenate(lat), np.concatenate(lon)
-    meta = pd.DataFrame({"id": [f"g{i}" for i in range(len(lat))], "lat": lat, "lon": lon})
+    meta = pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(lat))], "lat": lat, "lon": lon})
     store = write_store(path, emb, meta, encoder)
     queries = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
     return store, queries.astype(np.float32)

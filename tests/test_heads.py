@@ -171,7 +171,7 @@ def test_evaluate_with_a_head_reports_knn_head_fused_and_refined_rows_in_one_run
     import json
 
     store, _ = cluster_store(tmp_path / "g")
-    queries, _ = cluster_store(tmp_path / "q", n_per=10, seed=5)  # other photos of the same four places
+    queries, _ = cluster_store(tmp_path / "q", n_per=10, seed=5, prefix="q")  # other photos of the same four places
     train_head(small_cfg(store, tmp_path / "c", "cells"), progress=False)
     out = tmp_path / "run"
     assert cli_main(["evaluate", "--queries", str(queries.path), "--gallery", str(store.path), "--strategy", "densest", "--k", "10",
@@ -186,3 +186,18 @@ def test_evaluate_with_a_head_reports_knn_head_fused_and_refined_rows_in_one_run
     assert rows[("head-cells", "none", None)]["acc@750km"] == 1.0 and rows[("head-cells", "none", None)]["median_km"] < 150
     assert all(len(r["geoscore_ci95"]) == 2 for r in res["rows"])
     assert res["config"]["head"]["kind"] == "cells" and res["config"]["head"]["weights"] == [0.0, 1.0]
+
+
+def test_study_step_trains_both_heads_and_tabulates_knn_heads_and_fused(tmp_path):
+    from geosolver.heads.study import study_step
+
+    store, _ = cluster_store(tmp_path / "g")
+    queries, _ = cluster_store(tmp_path / "q", n_per=5, seed=7, prefix="q")
+    res = study_step(store.path, queries.path, tmp_path / "study", device="cpu", epochs=3, batch_size=32, hidden=32, max_per_cell=20,
+                     samples=16, ode_steps=4, blocks=1)
+    methods = [r["method"] for r in res["rows"]]
+    knn = "densest k=10 T=0.05 r=500km"
+    assert methods == [knn, f"{knn} +head prior λ=1 (cells)", f"{knn} in the head's top cells", "head-cells",
+                       f"{knn} +head prior λ=1 (flow)", "head-flow"]
+    assert res["markdown"].count("\n") == len(methods) + 1
+    assert all((tmp_path / "study" / f"head-{k}" / "head.json").exists() for k in ("cells", "flow"))
