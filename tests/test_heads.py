@@ -201,3 +201,40 @@ def test_study_step_trains_both_heads_and_tabulates_knn_heads_and_fused(tmp_path
                        f"{knn} +head prior λ=1 (flow)", "head-flow"]
     assert res["markdown"].count("\n") == len(methods) + 1
     assert all((tmp_path / "study" / f"head-{k}" / "head.json").exists() for k in ("cells", "flow"))
+
+
+def test_cli_locate_with_a_head_answers_with_the_head_or_fuses_it(tmp_path, capsys):
+    """Photos coloured by place (histogram encoder): the head's own guess is the photo's place."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    from geosolver.cli import main as cli_main
+    from geosolver.encoders import load_encoder
+    from geosolver.store import write_store
+
+    enc = load_encoder("histogram")
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    rng = np.random.default_rng(0)
+    imgs, lat, lon = [], [], []
+    for (la, lo), c in zip(PLACES, colours):
+        for _ in range(25):
+            px = np.clip(np.array(c) + rng.normal(0, 12, (24, 24, 3)), 0, 255).astype(np.uint8)
+            imgs.append(Image.fromarray(px))
+            lat.append(la + rng.normal(0, 0.2))
+            lon.append(lo + rng.normal(0, 0.2))
+    g = write_store(tmp_path / "g", enc.embed_images(imgs), pd.DataFrame({"id": [f"g{i}" for i in range(100)], "lat": lat, "lon": lon}),
+                    enc.identity())
+    assert cli_main(["head", "train", "--gallery", str(g.path), "--kind", "cells", "--out", str(tmp_path / "h"), "--epochs", "15",
+                     "--batch-size", "16", "--hidden", "32", "--max-per-cell", "20", "--device", "cpu"]) == 0
+    photo = tmp_path / "blue.png"
+    Image.new("RGB", (24, 24), colours[2]).save(photo)
+    base = ["locate", str(photo), "--gallery", str(g.path), "--head", str(tmp_path / "h"), "--json"]
+    capsys.readouterr()
+    assert cli_main(base) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["strategy"] == "head-cells" and km(alone["lat"], alone["lon"], *PLACES[2]) < 100
+    assert cli_main(base + ["--fuse", "--head-weight", "2"]) == 0
+    fused = json.loads(capsys.readouterr().out)
+    assert fused["strategy"] == "densest" and km(fused["lat"], fused["lon"], *PLACES[2]) < 100
