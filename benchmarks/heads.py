@@ -157,7 +157,7 @@ def tables(runs: list[dict], n_boot: int = 2000) -> str:
                 b = np.sum([error_bands(r["per_query"][name]["km"]) for r in rs], axis=0)
                 bands.append(f"| {model} | {split} | {name} | " + " | ".join(f"{100 * x / b.sum():.0f} %" for x in b) + " |")
     rates = [(r["model"], k, v["rate_emb_per_s"]) for r in runs for k, v in r["train"].items() if v.get("rate_emb_per_s")]
-    foot = ["", "Head training rate on this CPU (embeddings/s, median over runs; includes validation passes): "
+    foot = ["", "Head training rate on this CPU (embeddings/s, optimiser steps only, median over runs): "
             + ", ".join(f"{k} on {m}: {np.median([x for mm, kk, x in rates if mm == m and kk == k]):.0f}"
                         for m in MODELS for k in ("cells", "flow") if any(mm == m and kk == k for mm, kk, _ in rates))]
     return "\n".join(lines + bands + foot)

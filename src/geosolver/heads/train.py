@@ -59,7 +59,7 @@ class HeadResult:
     resumed_from: int
     n_train: int
     n_val: int
-    rate: float | None  #: training embeddings per second in this session (None: nothing left to train)
+    rate: float | None  #: training embeddings per second in this session, validation excluded (None: nothing left to train)
 
 
 def _open_gallery(path: str) -> EmbeddingStore:
@@ -156,7 +156,7 @@ def train_head(cfg: HeadConfig, progress: bool | None = None) -> HeadResult:
 
     model.train()
     show = sys.stderr.isatty() if progress is None else progress
-    t_train = time.time()
+    t_train, val_seconds = time.time(), 0.0
     with tqdm(total=total, initial=step, desc=f"head {cfg.kind}", unit="step", disable=not show) as bar:
         while step < total:
             epoch, pos = divmod(step, steps_per_epoch)
@@ -175,7 +175,9 @@ def train_head(cfg: HeadConfig, progress: bool | None = None) -> HeadResult:
             step += 1
             bar.update(1)
             if (step % steps_per_epoch == 0 and (epoch + 1) % cfg.val_every == 0) or step == total:
+                t_val = time.time()
                 score = _validate(_as_head(cfg, model, info, cells, str(device)), emb[va], lat[va], lon[va])
+                val_seconds += time.time() - t_val
                 log.append({"step": step, "epoch": epoch + 1, "loss": float(loss.detach()), "val_geoscore": score})
                 if score > best["geoscore"]:
                     best = {"step": step, "geoscore": score, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
@@ -183,7 +185,7 @@ def train_head(cfg: HeadConfig, progress: bool | None = None) -> HeadResult:
                 save_state()
             elif step % cfg.save_every == 0:
                 save_state()
-    seconds_training = time.time() - t_train
+    seconds_training = time.time() - t_train - val_seconds  # optimiser steps only: the rate is the training rate
     save_state()
     save_torch(out / MODEL_PT, best["model"])
     if cells is not None:
