@@ -10,7 +10,9 @@ cost as the real weights — over generated 512×384 JPEGs):
   matmul rate (≈ 3.8·10¹¹ FLOP per image for ViT-L/14 at 336 px);
 * ``train``: a fine-tuning step rate and peak memory for LoRA and last-blocks at the largest batch
   that fits (tries 256, 128, 64, 32; :func:`geosolver.train.train`);
-* ``faiss``: GPU flat search where ``faiss.get_num_gpus() > 0``.
+* ``faiss``: GPU flat search where ``faiss.get_num_gpus() > 0``;
+* ``heads``: location-head training and inference rates (embeddings/s) of the cells and flow heads
+  (:mod:`geosolver.heads`) on a synthetic store of 768-d embeddings (200 000 rows on a GPU).
 
 Installs nothing; says what it could not run. Without CUDA it prints one line and exits 0, unless
 ``--cpu-smoke``: the same code paths with a tiny CLIP and tiny sizes on the CPU (a test that it runs).
@@ -149,6 +151,37 @@ def faiss_gpu(n: int, d: int, q: int, k: int) -> tuple[str, str]:
     return f"{q / dt:,.0f} queries/s", f"flat IP, {n:,}×{d} gallery, k={k}"
 
 
+def head_rates(device: str, n: int, dim: int, out: Path) -> list[tuple[str, str, str, str]]:
+    """Training (one epoch, validation included) and prediction rates of both heads on ``n`` random
+    ``dim``-d embeddings at random places (the rates do not depend on what the embeddings mean)."""
+    import numpy as np
+    import pandas as pd
+
+    from geosolver.geo import random_points_on_sphere
+    from geosolver.heads import HeadConfig, load_head, train_head
+    from geosolver.store import write_store
+
+    rng = np.random.default_rng(0)
+    lat, lon = random_points_on_sphere(n, rng)
+    emb = rng.standard_normal((n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    store = write_store(out / "head_store", emb, pd.DataFrame({"id": [f"r{i}" for i in range(n)], "lat": lat, "lon": lon}),
+                        {"name": "random", "dim": dim})
+    rows = []
+    for kind in ("cells", "flow"):
+        cfg = HeadConfig(gallery=str(store.path), kind=kind, out=str(out / f"head-{kind}"), epochs=1, batch_size=4096 if device != "cpu" else 256,
+                         device=device, max_per_cell=max(20, n // 2000), max_val=2000 if device != "cpu" else 100, save_every=10**9)
+        r = train_head(cfg, progress=False)
+        head = load_head(cfg.out, device=device)
+        q = emb[: min(n, 20000 if kind == "cells" else 2000 if device != "cpu" else 50)]  # a flow guess costs samples × steps × 2 passes
+        t = time.perf_counter()
+        head.predict(q)
+        pred = len(q) / (time.perf_counter() - t)
+        rows.append((f"head {kind}", f"{n:,} × {dim}-d, batch {cfg.batch_size}", f"train {r.rate:,.0f} emb/s, predict {pred:,.0f} emb/s ({len(q):,} queries)",
+                     f"one epoch (validation of {r.n_val} not counted)" + (f"; {cfg.samples} samples × {cfg.ode_steps} midpoint steps" if kind == "flow" else "")))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="no GPU: run every section tiny on the CPU")
@@ -217,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     # faiss
     value, note = faiss_gpu(*((1000, 64, 100, 10) if smoke else (1_000_000, 768, 10_000, 50)))
     rows.append(("faiss GPU search", "-", value, note))
+
+    # location heads
+    try:
+        rows += head_rates(device, 2000 if smoke else 200_000, 32 if smoke else 768, work)
+    except Exception as e:  # report and go on: the other sections' numbers still count
+        rows.append(("heads", "-", "not run", f"{type(e).__name__}: {e}"))
 
     print(f"\n## GPU check — {name}, torch {torch.__version__}, {os.cpu_count()} CPUs, {time.time() - t_start:.0f} s\n")
     print("| section | setting | result | note |")

@@ -48,6 +48,7 @@ FILE_CATEGORY = {
     "test_hostile_outputs.py": "the user's files (--out)",
     "test_hostile_photos.py": "photo size caps & special files",
     "test_hostile_download.py": "hostile hub / proxy",
+    "test_hostile_heads.py": "location heads",
     "test_properties.py": "property-based",
     "test_embed.py": "crash/kill",
     "test_engines.py": "crash/kill",
@@ -66,7 +67,7 @@ KILL_TESTS = (
 #: the order of the table's rows (categories not listed here follow, alphabetically).
 ORDER = ("data faults", "crash/kill", "concurrent writers", "disk full / OS errors", "damaged stores", "untrusted files",
          "server abuse", "CLI arguments", "the user's files (--out)", "photo size caps & special files", "property-based",
-         "zero-shot, text prior & play")
+         "zero-shot, text prior & play", "location heads")
 
 
 def catalogue_paths() -> list[str]:

@@ -96,7 +96,7 @@ def test_prior_weight_zero_is_exactly_the_plain_vote_and_a_larger_weight_trusts_
         plain = aggregate(sims, lat, lon, strategy)
         zero = aggregate(sims, lat, lon, strategy, prior=neighbour_prior(probs, keys, groups, weight=0.0))
         for a, b in zip(plain, zero):
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+            np.testing.assert_array_equal(a, b)  # bit for bit, not merely close
     # a mild prior (p = 0.2 vs 0.1) does not overrule the look-alike at λ = 1 but does at λ = 8
     mild = np.array([[0.2, 0.1, 0.7]])
     la, lo, _ = aggregate(sims, lat, lon, "densest", prior=neighbour_prior(mild, keys, groups, weight=1.0))
@@ -328,3 +328,23 @@ def test_cli_zero_shot_and_text_prior_with_an_encoder_without_a_text_tower_get_o
         assert rc == 2, argv
         assert len([ln for ln in err if "error" in ln]) == 1 and "text tower" in err[-1] and "histogram" in err[-1], err
     assert not (tmp_path / "run").exists()
+
+
+def test_prior_by_region_looks_up_each_neighbours_region_probability_not_its_countrys(planted):
+    """Two neighbours in one country (Norway) but different regions (Oslo, Bergen's) must get their
+    own regions' probabilities: the sums of the zero-shot label probabilities of each region's labels."""
+    from geosolver.locate import Geolocator
+    from geosolver.prior import LocationPrior
+
+    geo = Geolocator.from_store(planted["store"], encoder=planted["enc"])
+    prior = geo.text_prior(by="region", temperature=0.01)
+    assert isinstance(prior, LocationPrior) and prior.zeroshot.level == "regions"
+    lat, lon = np.array([[59.91, 60.39]]), np.array([[10.75, 5.32]])
+    groups = neighbour_groups(lat, lon, by="region")[0]
+    assert groups[0] != groups[1] and groups[0].startswith("NO/") and groups[1].startswith("NO/")
+    p = prior.zeroshot.probs(planted["q"][None])[0]
+    labels = prior.zeroshot.labels
+    key = np.array([f"{c}/{r}" for c, r in zip(labels.cc, labels.region)])
+    by_hand = [p[key == g].sum() for g in groups]
+    assert abs(by_hand[0] - by_hand[1]) > 1e-9  # the case distinguishes regions
+    np.testing.assert_allclose(prior.probabilities(planted["q"][None], lat, lon)[0], by_hand, rtol=1e-9)

@@ -30,6 +30,7 @@ what is wrong (exit code 2) instead of a traceback; the modules that raise them 
     │   ├── TrainSetupError  the training setup does not fit the model
     │   └── CollapseError    training stopped: the embedding space collapsed
     ├── ZeroShotError        no text tower, bad prompt template, labels or embeddings for zero-shot
+    ├── HeadError            a location head that cannot be trained, loaded or used that way
     ├── ServeError           bad settings for the web app
     └── HTTPInputError       a request the web app must refuse (``status``: the HTTP code)
         ├── UploadError      a request body that cannot be accepted
@@ -165,6 +166,11 @@ class CollapseError(TrainError):
 class ZeroShotError(GeosolverError):
     """Zero-shot geolocation cannot run: an encoder without a text tower, a bad prompt template,
     level, label set or embeddings (the message names which)."""
+
+
+class HeadError(GeosolverError):
+    """A location head (:mod:`geosolver.heads`) cannot be trained, resumed, loaded or applied: bad
+    kind or settings, a missing or damaged head directory, a head of another encoder."""
 
 
 class ServeError(GeosolverError):

@@ -34,6 +34,13 @@ the temperature), and ``zero_shot="countries"`` (or ``regions`` / ``cities``) ad
 text model alone (strategy ``zero-shot-LEVEL``, the representative point of its best place). So kNN
 vs zero-shot vs fused come out of one run, from the stored query embeddings.
 
+**Location heads.** ``head=DIR`` (a head trained by ``geosolver head train``,
+:mod:`geosolver.heads`) adds the head's own row (strategy ``head-cells`` / ``head-flow``) and,
+per setting, the vote fused with the head (prior ``head``, each neighbour's vote times the head's
+probability of its place to the power λ, ``head_weight`` swept like the text prior's) — and for
+a cells head the kNN vote refined inside its ``refine_top`` most probable cells (prior
+``refine``). ``fuse`` picks which of the plain (``none``) and fused (``head``) votes are rows.
+
 **Queries inside the gallery.** A query whose ``id`` is also in the gallery can retrieve itself,
 which inflates every score (``nn`` is a perfect 5000). :func:`evaluate` counts such queries and
 records them in ``self_overlap``; when leave-one-out is off it warns (an :class:`EvaluateWarning`,
@@ -56,17 +63,23 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from geosolver.progress import tqdm
 
 from geosolver.errors import EvaluateError
 from geosolver.files import version
 from geosolver.geo import ACCURACY_THRESHOLDS_KM, distance_metrics, geoscore, haversine, latlon_to_xyz
 from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES, Geolocator, Neighbours
+from geosolver.places import country_of
+from geosolver.prior import PRIORS, prior_factors
 from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore, encoder_compatible
+from geosolver.zeroshot import ZeroShot
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 5, 10, 50)
+#: the votes a location head adds: the plain one and/or the one fused with the head
+FUSE = ("none", "head")
 REFERENCES = ("random", "oracle")
 
 
@@ -108,7 +121,7 @@ def oracle_guess(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each true point ``(lat, lon)`` (degrees), the nearest gallery coordinate (skipping
     ``exclude_rows[i]`` for point ``i``)."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # scipy's spatial module costs ~0.2 s: loaded by the oracle only
 
     tree = cKDTree(latlon_to_xyz(gal_lat, gal_lon))
     extra = max((len(e) for e in exclude_rows), default=0) if exclude_rows is not None else 0
@@ -144,8 +157,6 @@ def _norm_cc(a) -> np.ndarray:
 
 def true_countries(queries: EmbeddingStore) -> np.ndarray:
     """Country code of each query: the ``country`` column where set, else reverse geocoding."""
-    from geosolver.places import country_of
-
     meta = queries.metadata
     lat, lon = queries.coords()
     cc = _norm_cc(meta["country"]) if "country" in meta.columns else np.full(len(meta), "", dtype=object)
@@ -163,8 +174,6 @@ def score(true_lat, true_lon, pred_lat, pred_lon, true_cc: np.ndarray | None = N
         ``geoscore_ci95`` ([low, high]), ``median_km``, ``mean_km``, ``acc@<t>km`` and
         ``country_acc`` (share of queries with a known country whose guess is in it).
     """
-    from geosolver.places import country_of
-
     km = haversine(true_lat, true_lon, pred_lat, pred_lon, check=False)
     m = distance_metrics(km)
     m["geoscore_ci95"] = list(bootstrap_ci(geoscore(km), bootstrap, seed))
@@ -249,8 +258,6 @@ def vote_setting(
 
 
 def _check_priors(priors: Sequence[str] | str) -> list[str]:
-    from geosolver.prior import PRIORS
-
     out = [priors] if isinstance(priors, str) else list(priors)
     if not out:
         raise EvaluateError("priors: expected at least one of " + ", ".join(PRIORS))
@@ -258,6 +265,34 @@ def _check_priors(priors: Sequence[str] | str) -> list[str]:
         if p not in PRIORS:
             raise EvaluateError(f"unknown prior {p!r}; use one of {', '.join(PRIORS)}")
     return list(dict.fromkeys(out))
+
+
+def _check_fuse(fuse: Sequence[str] | str, head: Any) -> list[str]:
+    out = [fuse] if isinstance(fuse, str) else list(dict.fromkeys(fuse))
+    if not out or any(f not in FUSE for f in out):
+        raise EvaluateError(f"fuse must be one or both of {', '.join(FUSE)}, got {fuse!r}")
+    return out if head is not None else []
+
+
+def _open_head(head: Any, gs: EmbeddingStore):
+    """The location head (loaded from its directory if a path), checked against the gallery."""
+    if head is None:
+        return None
+    if isinstance(head, (str, os.PathLike)):
+        from geosolver.heads.train import load_head  # torch: loaded only when a head is evaluated
+
+        head = load_head(head)
+    head.check_store(gs)
+    return head
+
+
+def _head_probs(head, qs: EmbeddingStore, nb: Neighbours, batch_size: int) -> np.ndarray:
+    """``(n, k)`` the head's probability of every query's neighbours' places."""
+    out = []
+    for off, emb in qs.iter_batches(batch_size):
+        rows = slice(off, off + len(emb))
+        out.append(head.probabilities(emb, nb.lat[rows], nb.lon[rows]))
+    return np.concatenate(out)
 
 
 def _text_model(
@@ -269,23 +304,17 @@ def _text_model(
     out: dict[str, Any] = {"describe": None}
     if not with_prior and zero_shot is None:
         return out
-    from geosolver.progress import tqdm
-
-    from geosolver.prior import neighbour_groups, neighbour_probs
-    from geosolver.zeroshot import ZeroShot
-
     prior = geo.text_prior(by=prior_by, temperature=temperature, template=prompt) if with_prior else None
     zs = None
     if zero_shot is not None:  # the prior's own model when it is the same one (no second set of text embeddings)
         same = prior is not None and prior.zeroshot.level == zero_shot
         zs = prior.zeroshot if same else ZeroShot(geo.encoder, level=zero_shot, template=prompt, temperature=temperature)
-    groups = neighbour_groups(nb.lat, nb.lon, prior_by) if prior is not None else None
     nb_probs, zlat, zlon, zconf = [], [], [], []
     with tqdm(total=len(qs), desc="text", unit="q", disable=not progress, leave=False) as bar:
         for off, emb in qs.iter_batches(batch_size):
             if prior is not None:
-                probs, keys = prior.group_probs(emb)
-                nb_probs.append(neighbour_probs(probs, keys, groups[off : off + len(emb)]))
+                rows = slice(off, off + len(emb))
+                nb_probs.append(prior.probabilities(emb, nb.lat[rows], nb.lon[rows]))
             if zs is not None:
                 for p in zs.predict(emb, top=1):
                     zlat.append(p.lat), zlon.append(p.lon), zconf.append(p.probability)
@@ -335,6 +364,10 @@ def evaluate(
     zero_shot: str | None = None,
     text_temperature: float | None = None,
     prompt: str | None = None,
+    head: Any = None,
+    fuse: Sequence[str] = ("none", "head"),
+    head_weight: float | Sequence[float] = 1.0,
+    refine_top: int = 5,
     **index_params: Any,
 ) -> dict:
     """Locate every query of ``queries`` in ``gallery`` and measure the errors.
@@ -368,6 +401,12 @@ def evaluate(
             text-only guesses are scored as their own row.
         text_temperature, prompt: zero-shot softmax temperature (``None``: the CLIP's logit
             scale) and prompt template (``None``: the StreetCLIP forms).
+        head: a location head (its directory, or a loaded :class:`~geosolver.heads.Head`) trained
+            on this encoder's embeddings; ``None``: none.
+        fuse: with ``head``: ``"none"`` and/or ``"head"`` — the plain vote and/or the vote fused
+            with the head as rows.
+        head_weight: λ of the head prior; a list is swept.
+        refine_top: a cells head: also vote inside its ``refine_top`` best cells (0: not).
         **index_params: passed to :meth:`KnnIndex.for_store` (nlist, nprobe, ...).
 
     Returns:
@@ -385,7 +424,10 @@ def evaluate(
     todo = settings_grid(strategies, ks, temps, radii)
     priors = _check_priors(priors)
     weights = positive_values("prior_weight", prior_weight, allow_zero=True) if "text" in priors else []
+    fuse = _check_fuse(fuse, head)
+    head_weights = positive_values("head_weight", head_weight, allow_zero=True) if "head" in fuse else []
     qs, gs = _open(queries), _open(gallery)
+    head = _open_head(head, gs)  # before the search: a head of another encoder is refused at once
     overlap = self_overlap(qs, gs)
     if isinstance(exclude_self, str):
         if exclude_self != "auto":
@@ -413,18 +455,29 @@ def evaluate(
 
     true_cc = true_countries(qs)
     text = _text_model(geo, qs, nb, "text" in priors, prior_by, zero_shot, text_temperature, prompt, batch_size, progress)
-    result_rows, pred_frames = [], []
+    probs = {"text": text.get("nb_probs"), "head": _head_probs(head, qs, nb, batch_size) if "head" in fuse else None}
+    plain = "none" in priors and (head is None or "none" in fuse)
     nan = float("nan")
+    votes = [("none", nan)] * plain + [("text", lam) for lam in weights] + [("head", lam) for lam in head_weights]
+    q_emb = qs.embeddings() if head is not None else None
+    result_rows, pred_frames = [], []
+
+    def add_row(v, strategy, k, t, r, tag, lam, conf) -> None:
+        m, km, pcc = score(q_lat, q_lon, v[0], v[1], true_cc, bootstrap, seed)
+        result_rows.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "prior": tag, "prior_weight": None if lam != lam else lam, **m})
+        pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, v[0], v[1], km, true_cc, pcc, strategy, k, conf, t, r, lam, tag))
+
     for strategy, k, t, r in todo:
-        for lam in ([nan] if "none" in priors else []) + weights:
-            factors = None if lam != lam else text["prior"].factors_of(text["nb_probs"], lam)
+        for tag, lam in votes:
+            factors = None if tag == "none" else prior_factors(probs[tag], lam)
             v = vote_setting(nb, strategy, k, t, r, temps[0], radii[0], factors)
-            m, km, pcc = score(q_lat, q_lon, v.lat, v.lon, true_cc, bootstrap, seed)
-            tag = "none" if lam != lam else "text"
-            result_rows.append(
-                {"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "prior": tag, "prior_weight": None if lam != lam else lam, **m}
-            )
-            pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, v.lat, v.lon, km, true_cc, pcc, strategy, k, v.confidence, t, r, lam))
+            add_row(v, strategy, k, t, r, tag, lam, v.confidence)
+        if head is not None and head.kind == "cells" and refine_top:
+            v = head.refine(q_emb, nb.head(k), refine_top, strategy, temperature=temps[0] if t != t else t, radius_km=radii[0] if r != r else r)
+            add_row(v, strategy, k, t, r, "refine", nan, v.confidence)
+    if head is not None:
+        g = head.predict(q_emb)
+        add_row(g, f"head-{head.kind}", 0, nan, nan, "none", nan, g.confidence)
     if zero_shot is not None:
         name = f"zero-shot-{zero_shot}"
         zlat, zlon, zconf = text["zero_shot"]
@@ -462,6 +515,7 @@ def evaluate(
         "radius_km": radii[0] if len(radii) == 1 else radii,
         "priors": list(priors),
         "text": text["describe"],
+        "head": None if head is None else {**head.describe(), "weights": head_weights, "fuse": list(fuse), "refine_top": int(refine_top)},
         "index": {"kind": geo.index.kind, **geo.index.settings},
         "bootstrap": int(bootstrap),
         "seed": int(seed),
@@ -525,8 +579,6 @@ def neighbour_table(
     Raises:
         EvaluateError: different encoders / dims, empty query store.
     """
-    from geosolver.progress import tqdm
-
     qs, gs = _open(queries), _open(gallery)
     ok, why = encoder_compatible(qs.encoder, gs.encoder)
     if not ok:
@@ -578,7 +630,8 @@ def tune(
 
 
 def _pred_frame(
-    ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf, temperature=float("nan"), radius_km=float("nan"), prior_weight=float("nan")
+    ids, tlat, tlon, plat, plon, km, tcc, pcc, strategy, k, conf, temperature=float("nan"), radius_km=float("nan"), prior_weight=float("nan"),
+    prior="none",
 ) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -597,6 +650,7 @@ def _pred_frame(
             "temperature": np.float64(temperature),
             "radius_km": np.float64(radius_km),
             "prior_weight": np.float64(prior_weight),
+            "prior": prior,
         }
     )
 
@@ -609,7 +663,7 @@ def _same_setting(col: pd.Series, value: Any) -> np.ndarray:
 
 def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = True) -> None:
     """Write every evaluation file into ``out`` (see :data:`OUTPUT_FILES`)."""
-    from geosolver.plots import plot_error_distribution, plot_error_map
+    from geosolver.plots import plot_error_distribution, plot_error_map  # matplotlib: only when plots are drawn
 
     run = RunDir(out, "evaluate")
     run.write_config(result["config"])
@@ -620,7 +674,7 @@ def write_outputs(result: dict, preds: pd.DataFrame, out: Path, plots: bool = Tr
         b = result["best"]
         sel = preds[(preds["strategy"] == b["strategy"]).to_numpy() & (preds["k"] == b["k"]).to_numpy()
                     & _same_setting(preds["temperature"], b.get("temperature")) & _same_setting(preds["radius_km"], b.get("radius_km"))
-                    & _same_setting(preds["prior_weight"], b.get("prior_weight"))]
+                    & _same_setting(preds["prior_weight"], b.get("prior_weight")) & (preds["prior"] == b.get("prior", "none")).to_numpy()]
         label = row_label(b)
         plot_error_map(
             sel["true_lat"].to_numpy(), sel["true_lon"].to_numpy(), sel["km"].to_numpy(), out / "errors_map.png",
@@ -644,8 +698,10 @@ def row_label(r: dict) -> str:
     if rad is not None and rad == rad:
         out += f" r={rad:g}km"
     lam = r.get("prior_weight")
-    if r.get("prior") == "text" and lam is not None and lam == lam:
-        out += f" +text prior λ={lam:g}"
+    if r.get("prior") in ("text", "head") and lam is not None and lam == lam:
+        out += f" +{r['prior']} prior λ={lam:g}"
+    if r.get("prior") == "refine":
+        out += " in the head's top cells"
     return out
 
 
@@ -689,7 +745,7 @@ def metrics_markdown(result: dict) -> str:
     a note with the settings, leave-one-out and any warning."""
     c = result["config"]
     swept = _swept(c)
-    text = "text" in (c.get("priors") or [])
+    text = "text" in (c.get("priors") or []) or bool(c.get("head"))
     cols = ["strategy", "k", *(["temperature", "radius_km"] if swept else []), *(["prior", "prior_weight"] if text else []), *METRIC_COLUMNS, "best"]
     rows = [{**r, "best": "◀ best" if r.get("is_best", r is result["best"]) else ""} for r in result["rows"]]
     rows += [{**result["references"]["random"], "best": ""}, {**result["references"]["oracle"], "best": ""}]

@@ -18,10 +18,13 @@ Aggregation strategies (all vectorised over a batch of queries, shapes ``(n, k)`
   the neighbours within ``radius_km`` of it. Robust to far-away look-alikes: they only win
   if they carry more similarity mass than the true neighbourhood.
 
-**Text prior** (optional, every strategy): with a CLIP that has a text tower, each neighbour's
-softmax weight can be multiplied by the zero-shot probability of the neighbour's country before
-the vote (``prior=`` on :meth:`Neighbours.vote` / :meth:`Geolocator.locate_embeddings`; the rule,
-its weight and temperature are in :mod:`geosolver.prior`).
+**Priors** (optional, every strategy): each neighbour's softmax weight can be multiplied by a
+location prior's probability of the neighbour's place before the vote — the zero-shot text
+model's probability of its country, or a learned location head's (:mod:`geosolver.heads`)
+probability of its cell / density at its point (``prior=`` factors on :meth:`Neighbours.vote`,
+a :class:`~geosolver.prior.LocationPrior` on :meth:`Geolocator.locate_embeddings`; the rule and
+its weight λ are in :mod:`geosolver.prior`). Factors that are all exactly 1 (λ = 0) are the
+plain vote, bit for bit.
 
 **Confidence** (every strategy): the share of the top-k softmax mass lying within ``radius_km``
 of the guess, in [0, 1]. 1 means every neighbour (weighted by similarity) agrees with the guess
@@ -39,14 +42,21 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
+from PIL import Image
 
+from geosolver.encoders import EncoderSpec, load_encoder
 from geosolver.errors import LocateError
 from geosolver.geo import haversine, spherical_mean
+from geosolver.images import open_image
+from geosolver.index import KnnIndex
+from geosolver.numeric import softmax_weights
+from geosolver.places import country_of
+from geosolver.prior import DEFAULT_PRIOR_WEIGHT, TEXT_GROUPING, LocationPrior, TextPrior, check_grouping, vote_factors
 from geosolver.store import EmbeddingStore, encoder_compatible
+from geosolver.zeroshot import ZeroShot
 
-if TYPE_CHECKING:  # torch-free at import time: the encoders are loaded on first use
-    from geosolver.encoders import Encoder, EncoderSpec
-    from geosolver.prior import TextPrior
+if TYPE_CHECKING:  # torch-free at import time: the encoder backends load torch on first use
+    from geosolver.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +70,6 @@ DEFAULT_RADIUS_KM = 500.0
 # ----------------------------------------------------------------------------------------------
 # aggregation (pure numpy)
 # ----------------------------------------------------------------------------------------------
-def softmax_weights(sims: np.ndarray, temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
-    """Row-wise ``softmax(sims / temperature)``; ``-inf`` (missing neighbours) get weight 0.
-
-    Args:
-        sims: ``(n, k)`` similarities.
-        temperature: > 0; smaller concentrates the weight on the best matches.
-
-    Returns:
-        ``(n, k)`` float64 weights summing to 1 per row.
-    """
-    if not temperature > 0:
-        raise LocateError(f"temperature must be > 0, got {temperature}")
-    s = np.asarray(sims, dtype=np.float64) / temperature
-    m = np.max(s, axis=1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    e = np.exp(s - m)
-    e[~np.isfinite(s)] = 0.0
-    tot = e.sum(axis=1, keepdims=True)
-    return e / np.where(tot > 0, tot, 1.0)
-
-
 def aggregate(
     sims: np.ndarray,
     lat: np.ndarray,
@@ -119,6 +108,9 @@ def aggregate(
         prior = np.asarray(prior, dtype=np.float64)
         if prior.shape != sims.shape or not np.all(np.isfinite(prior)) or np.any(prior < 0):
             raise LocateError(f"prior must be finite factors >= 0 shaped like sims {sims.shape}; got {prior.shape}")
+        if np.all(prior == 1.0):  # λ = 0: exactly the plain vote
+            prior = None
+    if prior is not None:
         w = w * prior
         tot = w.sum(axis=1, keepdims=True)
         w = np.where(tot > 0, w / np.where(tot > 0, tot, 1.0), softmax_weights(sims, temperature))
@@ -406,7 +398,7 @@ class Geolocator:
         self._lat, self._lon = lat, lon
         self._ids = gallery.metadata["id"].astype(str).to_numpy(dtype=object)
         self._rows_of_id: dict[str, list[int]] | None = None
-        self._default_prior: "TextPrior | None" = None
+        self._default_prior: TextPrior | None = None
 
     @classmethod
     def from_store(
@@ -438,8 +430,6 @@ class Geolocator:
             LocateError: the gallery is empty, the encoder is not the gallery's, or ``device``
                 was given with a loaded encoder.
         """
-        from geosolver.index import KnnIndex
-
         store = gallery if isinstance(gallery, EmbeddingStore) else EmbeddingStore(gallery)
         if len(store) == 0:
             raise LocateError(f"gallery {store.path} is empty: nothing to retrieve from")
@@ -519,7 +509,7 @@ class Geolocator:
         exclude_ids: Sequence[Any] | None = None,
         batch_size: int = 4096,
         with_country: bool = True,
-        prior: "TextPrior | str | None" = None,
+        prior: LocationPrior | str | None = None,
     ) -> list[Prediction]:
         """Locate precomputed embeddings.
 
@@ -531,16 +521,15 @@ class Geolocator:
             exclude_ids: per input, a gallery id (or ids) never to return (leave-one-out).
             batch_size: queries per search batch.
             with_country: reverse-geocode each guess.
-            prior: a :class:`~geosolver.prior.TextPrior` (:meth:`text_prior`), or ``"text"`` for
+            prior: a :class:`~geosolver.prior.LocationPrior` — the text prior (:meth:`text_prior`)
+                or a location head (:func:`geosolver.heads.load_head`) — or ``"text"`` for
                 :meth:`text_prior` with its defaults: each neighbour's vote is multiplied by the
-                zero-shot probability of its country (see :mod:`geosolver.prior`). ``None`` or
+                prior's probability of its place (see :mod:`geosolver.prior`). ``None`` or
                 ``"none"``: the plain vote.
 
         Returns:
             One :class:`Prediction` per row of ``emb``.
         """
-        from geosolver.places import country_of
-
         emb = np.asarray(emb)
         if emb.ndim == 1:
             emb = emb[None, :]
@@ -555,11 +544,9 @@ class Geolocator:
             nb = self.neighbours(emb[s : s + batch_size], k, None if excl_all is None else excl_all[s : s + batch_size])
             factors, text_top = None, [[] for _ in range(len(nb))]
             if prior is not None:
-                from geosolver.prior import neighbour_groups, neighbour_prior
-
-                probs, keys = prior.group_probs(emb[s : s + batch_size])
-                factors = neighbour_prior(probs, keys, neighbour_groups(nb.lat, nb.lon, prior.by), prior.weight)
-                text_top = prior.top_groups(probs, keys)
+                factors = vote_factors(prior, emb[s : s + batch_size], nb.lat, nb.lon)
+            if isinstance(prior, TextPrior):
+                text_top = prior.top_groups(*prior.group_probs(emb[s : s + batch_size]))
             v = nb.vote(strategy, temperature=temperature, radius_km=radius_km, prior=factors)
             cc = country_of(v.lat, v.lon) if with_country else np.full(len(v.lat), "", dtype=object)
             dist = nb.distances_km(v.lat, v.lon)
@@ -578,7 +565,7 @@ class Geolocator:
 
     def text_prior(
         self, by: str = "country", weight: float | None = None, temperature: float | None = None, template: str | None = None
-    ) -> "TextPrior":
+    ) -> TextPrior:
         """The text prior of this gallery's encoder (a CLIP with a text tower), for ``prior=``.
 
         Args:
@@ -590,16 +577,11 @@ class Geolocator:
         Raises:
             geosolver.errors.ZeroShotError: the encoder has no text tower.
         """
-        from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, TextPrior
-        from geosolver.zeroshot import ZeroShot
-
-        if by not in PRIOR_BY:
-            raise LocateError(f"unknown prior grouping {by!r}; use one of {', '.join(PRIOR_BY)}")
-        level = "countries" if by == "country" else "regions"
+        level = TEXT_GROUPING[check_grouping(by)]["level"]
         zs = ZeroShot(self.encoder, level=level, template=template, temperature=temperature)
         return TextPrior(zs, by=by, weight=DEFAULT_PRIOR_WEIGHT if weight is None else weight)
 
-    def _prior(self, prior: "TextPrior | str | None") -> "TextPrior | None":
+    def _prior(self, prior: LocationPrior | str | None) -> LocationPrior | None:
         if prior is None or (isinstance(prior, str) and prior == "none"):
             return None
         if isinstance(prior, str):
@@ -616,10 +598,6 @@ class Geolocator:
         Raises:
             geosolver.images.ImageReadError: an input cannot be decoded (names it).
         """
-        from PIL import Image
-
-        from geosolver.images import open_image
-
         images = [x if isinstance(x, Image.Image) else open_image(x) for x in inputs]
         emb = np.asarray(self.encoder.embed_images(images, batch_size=batch_size, tta=tta), dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.gallery.dim:
@@ -649,8 +627,6 @@ class Geolocator:
         Returns:
             One :class:`Prediction` per input, in order.
         """
-        from PIL import Image
-
         if isinstance(inputs, (str, bytes, os.PathLike, Image.Image)):
             inputs = [inputs]
         emb = self.embed(list(inputs), batch_size=batch_size, tta=tta)
@@ -661,8 +637,6 @@ def _encoder_source(name: str, device: str | None) -> "str | EncoderSpec":
     """What :func:`_load_encoder` loads: the name itself, or a spec pinning the device."""
     if device is None:
         return name
-    from geosolver.encoders import EncoderSpec
-
     return EncoderSpec(name, device=str(device))
 
 
@@ -670,8 +644,6 @@ def _resolve_encoder(encoder: "Encoder | EncoderSpec | str | os.PathLike", devic
     """A loaded encoder from a name / path, an ``EncoderSpec`` (loaded on ``device`` if given) or an encoder."""
     if isinstance(encoder, (str, os.PathLike)):
         return _load_encoder(_encoder_source(os.fspath(encoder), device))
-    from geosolver.encoders import EncoderSpec
-
     if isinstance(encoder, EncoderSpec):
         return _load_encoder(encoder if device is None else encoder.on(device=device))
     if device is not None:
@@ -680,10 +652,6 @@ def _resolve_encoder(encoder: "Encoder | EncoderSpec | str | os.PathLike", devic
 
 
 def _load_encoder(source: "str | EncoderSpec") -> "Encoder":
-    try:
-        from geosolver.encoders import load_encoder
-    except ImportError as e:  # pragma: no cover - encoders not installed in this checkout
-        raise LocateError(f"cannot load encoder {source!r}: geosolver.encoders is unavailable ({e})") from None
     return load_encoder(source)
 
 

@@ -1,4 +1,16 @@
-"""The text prior: a zero-shot CLIP's belief about a photo's country, fused with the kNN vote.
+"""Location priors fused with the kNN vote: one interface, :class:`LocationPrior`.
+
+A location prior is any model that, from a query's embedding alone, says how probable a place
+is: the zero-shot text model (:class:`TextPrior`, below) or a learned location head
+(:mod:`geosolver.heads`: geocell classifier, flow on the sphere). Every prior answers one
+question — :meth:`LocationPrior.probabilities`: *for each query, how probable is each of its
+neighbours' locations?* — as an ``(n, k)`` array in [0, 1]; :func:`prior_factors` turns those
+into vote factors ``(p + ε)^λ`` and :meth:`geosolver.locate.Neighbours.vote` (``prior=``)
+multiplies them into the neighbours' softmax weights. ``λ = 0`` gives factors of exactly 1,
+which the vote treats as no prior at all (bit-for-bit the plain vote). Dependencies point one
+way: ``prior`` imports neither :mod:`geosolver.locate` nor :mod:`geosolver.zeroshot`.
+
+The text prior: a zero-shot CLIP's belief about a photo's country, fused with the kNN vote.
 
 Retrieval alone is fooled by look-alikes: a Brazilian road can be the nearest neighbour of a
 Portuguese one. A CLIP with a text tower can also say, from the photo alone, how likely each
@@ -31,13 +43,15 @@ weaker neighbours in the country it believes in.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 
 from geosolver.errors import LocateError
+from geosolver.places import load_places, nearest_places
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # TextPrior is handed a ready ZeroShot; prior never builds one
     from geosolver.zeroshot import ZeroShot
 
 PRIORS = ("none", "text")
@@ -46,15 +60,49 @@ PRIOR_BY = ("country", "region")
 DEFAULT_PRIOR_WEIGHT = 1.0
 #: ε: the probability floor added before raising to λ.
 PRIOR_FLOOR = 1e-4
+#: The one table from a prior grouping to the zero-shot model's words for it: the label level a
+#: text prior loads and the key :meth:`ZeroShot.probs_by` sums labels by.
+TEXT_GROUPING = {"country": {"level": "countries", "probs_by": "cc"}, "region": {"level": "regions", "probs_by": "region"}}
+
+
+@runtime_checkable
+class LocationPrior(Protocol):
+    """What every prior fused with the kNN vote provides (the text prior, the location heads).
+
+    Attributes:
+        weight: λ, the exponent on the probabilities (0: the plain vote).
+    """
+
+    weight: float
+
+    def probabilities(self, emb: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """``(n, k)`` float64 in [0, 1]: for query ``i`` (embedding ``emb[i]``, ``(n, dim)``), how
+        probable the prior finds the place of its neighbour ``j`` at ``lat[i, j], lon[i, j]`` (degrees)."""
+        ...
+
+    def describe(self) -> dict:
+        """What this prior is (JSON-ready), for configs and answers."""
+        ...
+
+
+def check_grouping(by: str) -> str:
+    """``by`` if it is a prior grouping (:data:`PRIOR_BY`); one line naming the choices otherwise."""
+    if by not in PRIOR_BY:
+        raise LocateError(f"unknown prior grouping {by!r}; use one of {', '.join(PRIOR_BY)}")
+    return by
+
+
+def check_weight(weight: float) -> float:
+    """``weight`` as a float if it is a finite number >= 0 (λ); one line otherwise."""
+    if not (np.isfinite(weight) and weight >= 0):
+        raise LocateError(f"prior weight must be a finite number >= 0, got {weight}")
+    return float(weight)
 
 
 def neighbour_groups(lat: np.ndarray, lon: np.ndarray, by: str = "country") -> np.ndarray:
     """The group of each point: ISO country code (``by="country"``) or ``"CC/admin1"`` (``by="region"``)
     of its nearest GeoNames populated place; any shape, returned as an object array of that shape."""
-    from geosolver.places import load_places, nearest_places
-
-    if by not in PRIOR_BY:
-        raise LocateError(f"unknown prior grouping {by!r}; use one of {', '.join(PRIOR_BY)}")
+    check_grouping(by)
     lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
     if lat.size == 0:
         return np.empty(lat.shape, dtype=object)
@@ -84,8 +132,6 @@ def neighbour_probs(group_probs: np.ndarray, group_keys: np.ndarray, groups: np.
         raise LocateError(
             f"text prior: group_probs {p.shape}, {len(group_keys)} group keys and neighbour groups {groups.shape} do not fit"
         )
-    import pandas as pd
-
     keys = pd.Index(np.asarray(group_keys).astype(str))
     if not keys.is_unique:
         raise LocateError("text prior: the group keys are not unique")
@@ -100,11 +146,16 @@ def prior_factors(probs: np.ndarray, weight: float = DEFAULT_PRIOR_WEIGHT, floor
     Raises:
         LocateError: ``weight`` is not a finite number >= 0 or ``floor`` not a finite number > 0.
     """
-    if not (np.isfinite(weight) and weight >= 0):
-        raise LocateError(f"prior weight must be a finite number >= 0, got {weight}")
+    weight = check_weight(weight)
     if not (np.isfinite(floor) and floor > 0):
         raise LocateError(f"prior floor must be a finite number > 0, got {floor}")
-    return (np.asarray(probs, np.float64) + floor) ** float(weight)
+    return (np.asarray(probs, np.float64) + floor) ** weight
+
+
+def vote_factors(prior: LocationPrior, emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, weight: float | None = None) -> np.ndarray:
+    """``(n, k)`` vote factors of any :class:`LocationPrior` for queries ``emb`` whose neighbours lie at
+    ``lat, lon`` — :func:`prior_factors` of its probabilities at λ = ``weight`` (``None``: the prior's)."""
+    return prior_factors(prior.probabilities(emb, lat, lon), prior.weight if weight is None else weight)
 
 
 def neighbour_prior(
@@ -120,35 +171,28 @@ def neighbour_prior(
 
 
 class TextPrior:
-    """The text prior of a :class:`~geosolver.zeroshot.ZeroShot` model, ready to weight kNN votes.
+    """The text prior of a :class:`~geosolver.zeroshot.ZeroShot` model (a :class:`LocationPrior`).
 
     Args:
-        zeroshot: the zero-shot model (same encoder as the gallery).
+        zeroshot: the zero-shot model (same encoder as the gallery), at the level ``by`` needs
+            (``TEXT_GROUPING[by]["level"]``, or finer).
         by: ``"country"`` or ``"region"`` — what the neighbours are matched on.
         weight: λ (see the module docstring).
     """
 
     def __init__(self, zeroshot: "ZeroShot", by: str = "country", weight: float = DEFAULT_PRIOR_WEIGHT):
-        if by not in PRIOR_BY:
-            raise LocateError(f"unknown prior grouping {by!r}; use one of {', '.join(PRIOR_BY)}")
-        if not (np.isfinite(weight) and weight >= 0):
-            raise LocateError(f"prior weight must be a finite number >= 0, got {weight}")
+        self.by = check_grouping(by)
+        self.weight = check_weight(weight)
         self.zeroshot = zeroshot
-        self.by = by
-        self.weight = float(weight)
 
     def group_probs(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(n, G)`` zero-shot probabilities per group and the ``(G,)`` group keys."""
-        return self.zeroshot.probs_by(emb, by="cc" if self.by == "country" else "region")
+        """``(n, G)`` zero-shot probabilities per group (country or region, as ``by``) and the ``(G,)`` group keys."""
+        return self.zeroshot.probs_by(emb, by=TEXT_GROUPING[self.by]["probs_by"])
 
-    def factors(self, emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, weight: float | None = None) -> np.ndarray:
-        """``(n, k)`` vote factors for queries ``emb`` ``(n, dim)`` whose neighbours lie at ``lat, lon`` ``(n, k)``."""
+    def probabilities(self, emb: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """``(n, k)`` zero-shot probability of each neighbour's group (:func:`neighbour_probs`)."""
         probs, keys = self.group_probs(emb)
-        return self.factors_of(neighbour_probs(probs, keys, neighbour_groups(lat, lon, self.by)), weight)
-
-    def factors_of(self, probs: np.ndarray, weight: float | None = None) -> np.ndarray:
-        """Vote factors of neighbour probabilities :func:`neighbour_probs` at λ = ``weight`` (``None``: this prior's)."""
-        return prior_factors(probs, self.weight if weight is None else weight)
+        return neighbour_probs(probs, keys, neighbour_groups(lat, lon, self.by))
 
     def top_groups(self, probs: np.ndarray, keys: np.ndarray, top: int = 5) -> list[list[dict]]:
         """Per query, the ``top`` most probable groups best first: ``{"group", "name", "probability"}``."""

@@ -30,6 +30,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("locate", "geosolver.cli.locate_cmd", "geolocate photos against a gallery store, or zero-shot against place names"),
     ("evaluate", "geosolver.cli.evaluate_cmd", "locate every query of a store in a gallery and report Geoscore etc."),
     ("compare", "geosolver.cli.evaluate_cmd", "several evaluation runs in one table"),
+    ("head", "geosolver.cli.head_cmd", "train a location head (geocells, flow on the sphere) on a store's embeddings"),
     ("analyze", "geosolver.cli.analyze_cmd", "how well do encoders' embeddings reflect geography? (plots, correlations, diagnostics)"),
     ("enrich", "geosolver.cli.enrich_cmd", "add offline geographic metadata (country, climate, land cover, land, cell) to a store"),
     ("curate", "geosolver.cli.curate_cmd", "curate a small, representative gallery from a store"),

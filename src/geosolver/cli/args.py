@@ -72,16 +72,21 @@ def add_overwrite_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
-    """Add one option per field of the dataclass ``config_cls``, from each field's ``metadata``:
-    ``help``; ``flag`` (default ``--field-name``; ``None``: not on the command line); ``kind`` (the
-    name of a value type of this module, or ``"float"``/``"int"``); ``choices``. A field without a
-    default is required; a boolean flips its default (``False`` → ``--name``, ``True`` → ``--no-name``)."""
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
+    """Add one option per field of the dataclass ``config_cls`` (except ``skip``), so a setting is
+    declared once, in the dataclass. From each field's ``metadata``: ``help``; ``flag`` (default
+    ``--field-name``; ``None``: not on the command line); ``kind`` (the name of a value type of this
+    module, or ``"float"``/``"int"``; default: the field's annotation, ``int``/``float`` parsed as
+    numbers, anything else as text); ``choices``. A field without a default is required; a boolean
+    flips its default (``False`` → ``--name``, ``True`` → ``--no-name``); a help text that does not
+    name its default gets ``(default X)`` appended."""
     import dataclasses
 
     types = {"float": float, "int": int, "positive_int": positive_int, "non_negative_int": non_negative_int,
              "positive_float": positive_float, "non_negative_float": non_negative_float}
     for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
         meta = f.metadata
         name = f.name.replace("_", "-")
         if f.default is not dataclasses.MISSING and isinstance(f.default, bool):
@@ -92,15 +97,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         flag = meta.get("flag", f"--{name}")
         if flag is None:
             continue
-        kw = {"dest": f.name, "help": meta.get("help")}
+        help_text = meta.get("help") or ""
+        kw = {"dest": f.name}
+        annotation = str(f.type).split(" ")[0]
         if "kind" in meta:
             kw["type"] = types[meta["kind"]]
+        elif annotation in ("int", "float"):
+            kw["type"] = lambda text, t=types[annotation]: _number(t, text)
         if "choices" in meta:
             kw["choices"] = meta["choices"]
         if f.default is dataclasses.MISSING:
             kw["required"] = True
         else:
             kw["default"] = f.default
+            if f.default is not None and "default" not in help_text:
+                help_text += f" (default {f.default})"
+        kw["help"] = help_text.replace("%", "%%") or None
         parser.add_argument(flag, **kw)
 
 

@@ -43,7 +43,7 @@ EXCLUDE_SELF_HELP = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from geosolver.evaluate import DEFAULT_KS
+    from geosolver.evaluate import DEFAULT_KS, FUSE
     from geosolver.index import KINDS
     from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES
 
@@ -87,6 +87,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"also score the text model alone, one of {', '.join(LEVELS)} (its own row, strategy zero-shot-LEVEL)")
     z.add_argument("--text-temperature", type=positive_float, default=None, help="zero-shot softmax temperature (default: the CLIP's logit scale)")
     z.add_argument("--prompt", default=None, metavar="TEMPLATE", help="prompt template with {country}, {region}, {city} (default: StreetCLIP's forms)")
+    h = p.add_argument_group("location head (geosolver head train)")
+    h.add_argument("--head", default=None, metavar="DIR", help="a head trained on this encoder's embeddings: adds the head's own "
+                   "row and, per setting, the vote fused with it (and, for a cells head, refined inside its top cells)")
+    h.add_argument("--fuse", type=_csv(_choice(FUSE)), default=None,
+                   help="with --head, comma-separated of none,head: the plain vote and/or the vote fused with the head (default none,head)")
+    h.add_argument("--head-weight", type=_csv(non_negative_float), default=None,
+                   help="exponent λ on the head's probabilities; comma-separated values are swept (default 1)")
+    h.add_argument("--refine-top", type=non_negative_int, default=None,
+                   help="cells head: also vote with the neighbours inside its N most probable cells; 0 = no such rows (default 5)")
     p.set_defaults(func=run)
 
     c = sub.add_parser("compare", help="several evaluation runs in one table")
@@ -113,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_out(args.out, "evaluate")  # before the evaluation, not after it: the user's folder is refused at once
 
+    if args.head is None and (args.fuse is not None or args.head_weight is not None or args.refine_top is not None):
+        from geosolver.errors import UserError
+
+        raise UserError("--fuse, --head-weight and --refine-top set how a location head is used: add --head DIR")
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EvaluateWarning)  # printed below, once, from the result
         res = evaluate(
@@ -122,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
             bootstrap=args.bootstrap, seed=args.seed, plots=not args.no_plots, nprobe=args.nprobe,
             priors=args.prior, prior_by=args.prior_by or PRIOR_BY[0],
             prior_weight=DEFAULT_PRIOR_WEIGHT if args.prior_weight is None else args.prior_weight, zero_shot=args.zero_shot,
-            text_temperature=args.text_temperature, prompt=args.prompt,
+            text_temperature=args.text_temperature, prompt=args.prompt, head=args.head,
+            fuse=args.fuse or ["none", "head"], head_weight=[1.0] if args.head_weight is None else args.head_weight,
+            refine_top=5 if args.refine_top is None else args.refine_top,
         )
     note = res["self_overlap"].get("note")
     if note:

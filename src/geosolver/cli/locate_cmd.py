@@ -56,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--prior-by", choices=PRIOR_BY, default=None, help=f"what --prior text matches (default {PRIOR_BY[0]})")
     z.add_argument("--prior-weight", type=non_negative_float, default=None,
                    help=f"exponent on the prior's probabilities; 0 = no prior (default {DEFAULT_PRIOR_WEIGHT:g})")
+    h = p.add_argument_group("location head (geosolver head train)")
+    h.add_argument("--head", default=None, metavar="DIR", help="with --gallery: a head trained on the gallery's embeddings. "
+                   "Alone it answers with the head's own guess (cells: its top cell's point; flow: the densest of its samples)")
+    h.add_argument("--fuse", action="store_true", help="with --head: the kNN vote with each neighbour's vote multiplied by the "
+                   "head's probability of its place (cells: its cell's; flow: the density there), instead of the head alone")
+    h.add_argument("--head-weight", type=non_negative_float, default=None, help="--fuse: exponent λ on the head's probabilities (default 1)")
     p.set_defaults(func=run)
 
 
@@ -76,6 +82,14 @@ def _check_modes(args: argparse.Namespace) -> None:
         raise UserError("--prompt and --text-temperature need --prior text (or --zero-shot)")
     if args.prior == "none" and (args.prior_by is not None or args.prior_weight is not None):
         raise UserError("--prior-by and --prior-weight set the text prior: add --prior text")
+    if args.head is None and (args.fuse or args.head_weight is not None):
+        raise UserError("--fuse and --head-weight set how a location head is used: add --head DIR")
+    if args.head is not None and args.zero_shot is not None:
+        raise UserError("--head needs --gallery STORE (the head was trained on a gallery's embeddings), not --zero-shot")
+    if args.head is not None and args.prior != "none":
+        raise UserError("one prior at a time: --prior text or --head DIR --fuse")
+    if args.head_weight is not None and not args.fuse:
+        raise UserError("--head-weight sets the fused vote: add --fuse")
 
 
 def _open_images(srcs: list[str]) -> tuple[list, list[str], int]:
@@ -110,11 +124,38 @@ def run(args: argparse.Namespace) -> int:
     if args.prior == "text":
         prior = geo.text_prior(by=args.prior_by or PRIOR_BY[0], weight=args.prior_weight, temperature=args.text_temperature,
                                template=args.prompt)
-    preds = geo.locate(
-        images, k=args.k, strategy=args.strategy, tta=args.tta, temperature=args.temperature, radius_km=args.radius_km, prior=prior
-    )
+    head = _open_head(args, geo)
+    if head is not None and args.fuse:
+        prior = head
+    emb = geo.embed(images, tta=args.tta)
+    preds = geo.locate_embeddings(emb, k=args.k, strategy=args.strategy, temperature=args.temperature, radius_km=args.radius_km, prior=prior)
+    if head is not None and not args.fuse:
+        _answer_with_head(head, emb, preds)
     _emit(args, names, preds, _knn_lines)
     return 2 if failed else 0
+
+
+def _open_head(args: argparse.Namespace, geo):
+    if args.head is None:
+        return None
+    from geosolver.heads.train import load_head  # torch: loaded only when a head is used
+
+    head = load_head(args.head, weight=1.0 if args.head_weight is None else args.head_weight)
+    head.check_store(geo.gallery)
+    return head
+
+
+def _answer_with_head(head, emb, preds: list) -> None:
+    """Replace each kNN guess by the head's own (the neighbours stay listed, distances to the new guess)."""
+    from geosolver.geo import haversine
+    from geosolver.places import country_of
+
+    g = head.predict(emb)
+    cc = country_of(g.lat, g.lon)
+    for i, p in enumerate(preds):
+        p.lat, p.lon, p.confidence, p.country, p.strategy, p.k = float(g.lat[i]), float(g.lon[i]), float(g.confidence[i]), str(cc[i]), f"head-{head.kind}", 0
+        for nb in p.neighbours:
+            nb["distance_km"] = float(haversine(p.lat, p.lon, nb["lat"], nb["lon"], check=False))
 
 
 def _run_zero_shot(args: argparse.Namespace) -> int:

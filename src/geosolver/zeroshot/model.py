@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from geosolver.errors import EncoderError, ZeroShotError
-from geosolver.locate import softmax_weights
+from geosolver.numeric import softmax_weights
 from geosolver.zeroshot.labels import LEVELS, LabelSet, _check_level, _groups, label_set
 
 log = logging.getLogger(__name__)
