@@ -37,7 +37,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("terrain", "geosolver.cli.terrain_cmd", "build the offline terrain world (a folder + CSV dataset of rendered map tiles)"),
     ("train", "geosolver.cli.train_cmd", "fine-tune an encoder so similarity falls with distance (distance-consistency, "
      "geo-contrastive, rank-n-contrast, soft-contrastive)"),
-    ("serve", "geosolver.cli.serve_cmd", "web app: drop a photo, see the guess on a map (+ JSON API)"),
+    ("serve", "geosolver.cli.serve_cmd", "web app: drop a photo, see the guess on a map (+ JSON API, Play mode)"),
     ("download", "geosolver.cli.download_cmd", "download OSV5M or a model from the Hugging Face hub (resumable)"),
     ("study", "geosolver.cli.study_cmd", "the founding study on OSV5M: encoders, analysis, curation, fine-tuning, one report"),
 )
