@@ -46,9 +46,50 @@ def non_negative_float(text: str) -> float:
     return v
 
 
+def fraction(text: str) -> float:
+    """A number in (0, 1] (a recall target, a share)."""
+    v = _number(float, text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return v
+
+
 def port(text: str) -> int:
     """A TCP port, 1–65535."""
     v = _number(int, text)
     if not 1 <= v <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {v}")
     return v
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One option per field of a job's config dataclass (``pq_m`` → ``--pq-m``), so a setting is
+    declared once. Each field's ``metadata`` gives ``help``, and optionally ``type`` (the name of a
+    value type of this module), ``choices``, ``positional`` (an argument, not an option) and
+    ``cli=False`` (not on the command line). Booleans become ``--x`` / ``--no-x``."""
+    from dataclasses import MISSING, fields
+
+    for f in fields(config_cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        kw = {"help": meta["help"]}
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
+        if "type" in meta:
+            kw["type"] = globals()[meta["type"]]
+        if meta.get("positional"):
+            parser.add_argument(f.name, **kw)
+            continue
+        default = None if f.default is MISSING else f.default
+        if isinstance(default, bool):
+            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default, help=meta["help"])
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default, **kw)
+
+
+def config_from_args(args: argparse.Namespace, config_cls):
+    """The config dataclass of parsed arguments (fields not on the command line keep their defaults)."""
+    from dataclasses import fields
+
+    return config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls) if f.metadata.get("cli", True)})
