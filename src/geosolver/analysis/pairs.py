@@ -123,6 +123,7 @@ class PairStats:
         self.near_hist = np.zeros(FINE_SIM_BINS, np.int64)
         self.far_hist = np.zeros(FINE_SIM_BINS, np.int64)
         self.exp_sum = 0.0  # Σ exp(−2‖x−y‖²) = Σ exp(4s − 4) for unit vectors (uniformity)
+        self.kept: np.ndarray | None = None  # similarities of all_pairs_stats(keep_pairs=...), in that order
 
     # -- accumulation -----------------------------------------------------------------
     def add(self, sim: np.ndarray, blk: DistanceBlock) -> None:
@@ -311,6 +312,7 @@ def all_pairs_stats(
     dist_edges: np.ndarray | None = None,
     sim_bins: int = DEFAULT_SIM_BINS,
     progress: bool = True,
+    keep_pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[PairStats]:
     """Statistics over all ``n(n−1)/2`` unordered pairs ``i < j``, for several encoders at once.
 
@@ -321,6 +323,9 @@ def all_pairs_stats(
         dist_edges: display distance-bin edges in km (default :func:`default_distance_edges`).
         sim_bins: similarity bins of the 2-D histogram.
         progress: show a tqdm bar.
+        keep_pairs: ``(i, j)`` with ``i < j``: pairs whose similarity is also kept
+            (:attr:`PairStats.kept`, in the given order) — read from the blocks the pass computes
+            anyway, instead of gathering both rows of every pair again (Spearman's sample).
 
     Returns:
         one :class:`PairStats` per encoder.
@@ -331,6 +336,7 @@ def all_pairs_stats(
     sub_edges = stats[0].sub_edges if stats else _sub_edges(edges)
     n = lat_a.shape[0]
     xyz = latlon_to_xyz(lat_a, lon_a)  # (n, 3) float64
+    keep = _KeptPairs(keep_pairs, n, len(embs)) if keep_pairs is not None else None
     from tqdm import tqdm
 
     starts = list(range(0, max(n - 1, 0), block))
@@ -339,12 +345,47 @@ def all_pairs_stats(
         tri = np.triu_indices(b - a, k=1)  # pairs inside the block's own rows
         blk_in = DistanceBlock(arc_km(xyz[a:b] @ xyz[a:b].T)[tri], sub_edges)
         blk_out = DistanceBlock(arc_km(xyz[a:b] @ xyz[b:].T), sub_edges) if b < n else None  # rows a:b × later rows
-        for e, st in zip(embs, stats):
+        for k, (e, st) in enumerate(zip(embs, stats)):
             ea = e[a:b]
-            st.add((ea @ ea.T)[tri], blk_in)
-            if blk_out is not None:
-                st.add(ea @ e[b:].T, blk_out)
+            inner = ea @ ea.T
+            st.add(inner[tri], blk_in)
+            outer = ea @ e[b:].T if blk_out is not None else None
+            if outer is not None:
+                st.add(outer, blk_out)
+            if keep is not None:
+                keep.take(k, a, b, inner, outer)
+    if keep is not None:
+        for k, st in enumerate(stats):
+            st.kept = keep.result(k)
     return stats
+
+
+class _KeptPairs:
+    """Similarities of chosen pairs ``(i, j)``, ``i < j``, picked out of the all-pairs blocks."""
+
+    def __init__(self, pairs: tuple[np.ndarray, np.ndarray], n: int, n_enc: int):
+        i, j = (np.asarray(x, np.int64) for x in pairs)
+        if i.shape != j.shape or (i.size and (i.min() < 0 or j.max() >= n or (i >= j).any())):
+            raise ValueError(f"kept pairs must be (i, j) with 0 <= i < j < {n}")
+        self.order = np.argsort(i, kind="stable")
+        self.i, self.j = i[self.order], j[self.order]
+        self.sims = [np.empty(i.size, np.float32) for _ in range(n_enc)]
+
+    def take(self, k: int, a: int, b: int, inner: np.ndarray, outer: np.ndarray | None) -> None:
+        lo, hi = np.searchsorted(self.i, [a, b])
+        if lo == hi:
+            return
+        r, c = self.i[lo:hi] - a, self.j[lo:hi]
+        here = c < b
+        out = self.sims[k][lo:hi]
+        out[here] = inner[r[here], c[here] - a]
+        if outer is not None:
+            out[~here] = outer[r[~here], c[~here] - b]
+
+    def result(self, k: int) -> np.ndarray:
+        s = np.empty_like(self.sims[k])
+        s[self.order] = self.sims[k]
+        return s
 
 
 def sampled_pairs_stats(
@@ -399,15 +440,20 @@ def spearman_pairs(
     lon: np.ndarray,
     i: np.ndarray,
     j: np.ndarray,
+    sims: Sequence[np.ndarray] | None = None,
 ) -> list[float]:
-    """Spearman's ρ between similarity and distance over the given pairs, one value per encoder."""
+    """Spearman's ρ between similarity and distance over the given pairs, one value per encoder.
+
+    ``sims``: the pairs' similarities per encoder when already known (e.g. :attr:`PairStats.kept`);
+    otherwise they are computed from the rows of ``embs``.
+    """
     from scipy.stats import spearmanr
 
     embs, lat_a, lon_a = _check(embs, lat, lon)
     xyz = latlon_to_xyz(lat_a, lon_a)
     d = arc_km(np.einsum("ij,ij->i", xyz[i], xyz[j]))
     out = []
-    for e in embs:
-        s = pair_similarity(e, i, j)
+    for k, e in enumerate(embs):
+        s = sims[k] if sims is not None else pair_similarity(e, i, j)
         out.append(float(spearmanr(s, d).statistic) if len(s) > 2 else float("nan"))
     return out

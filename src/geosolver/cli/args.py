@@ -54,6 +54,11 @@ def fraction(text: str) -> float:
     return v
 
 
+def comma_list(text: str) -> list[str]:
+    """Comma-separated names (``"a, b"`` → ``["a", "b"]``)."""
+    return [t.strip() for t in text.split(",")]
+
+
 def port(text: str) -> int:
     """A TCP port, 1–65535."""
     v = _number(int, text)
@@ -65,17 +70,16 @@ def port(text: str) -> int:
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
     """One option per field of a job's config dataclass (``pq_m`` → ``--pq-m``), so a setting is
     declared once. Each field's ``metadata`` gives ``help``, and optionally ``type`` (the name of a
-    value type of this module), ``choices``, ``positional`` (an argument, not an option) and
-    ``cli=False`` (not on the command line). Booleans become ``--x`` / ``--no-x``."""
+    value type of this module), ``choices``, ``nargs``, ``metavar``, ``required``, ``positional``
+    (an argument, not an option) and ``cli=False`` (not on the command line). Booleans become
+    ``--x`` / ``--no-x``."""
     from dataclasses import MISSING, fields
 
     for f in fields(config_cls):
         meta = f.metadata
         if not meta.get("cli", True):
             continue
-        kw = {"help": meta["help"]}
-        if "choices" in meta:
-            kw["choices"] = meta["choices"]
+        kw = {"help": meta["help"], **{k: meta[k] for k in ("choices", "nargs", "metavar", "required") if k in meta}}
         if "type" in meta:
             kw["type"] = globals()[meta["type"]]
         if meta.get("positional"):
