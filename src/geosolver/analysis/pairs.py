@@ -29,10 +29,14 @@ computed once per block and shared.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from geosolver.geo import EARTH_RADIUS_KM, latlon_to_xyz, validate_coords
 
@@ -42,6 +46,10 @@ FALSE_FRIEND_QUANTILE = 0.95
 DEFAULT_SIM_BINS = 800
 FINE_SIM_BINS = 1 << 15
 MAX_KM = float(np.pi * EARTH_RADIUS_KM)
+#: The all-pairs pass accumulates even and odd blocks separately (two threads when there are two
+#: cores: numpy releases the GIL in its loops) and adds the two parts at the end — always two, so
+#: the float sums are the same on every machine.
+PASS_PARTS = 2
 
 
 def default_distance_edges() -> np.ndarray:
@@ -147,6 +155,12 @@ class PairStats:
             self.near_hist += np.bincount(_sim_index(s[blk.near], FINE_SIM_BINS), minlength=FINE_SIM_BINS)
         if blk.any_far:
             self.far_hist += np.bincount(_sim_index(s[blk.far], FINE_SIM_BINS), minlength=FINE_SIM_BINS)
+
+    def merge(self, other: "PairStats") -> None:
+        """Add another accumulator's pairs (same bins) into this one."""
+        for name in ("n", "s", "s2", "u", "u2", "su", "hist2d", "near_hist", "far_hist"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.exp_sum += other.exp_sum
 
     # -- derived quantities -----------------------------------------------------------
     @property
@@ -332,28 +346,38 @@ def all_pairs_stats(
     """
     embs, lat_a, lon_a = _check(embs, lat, lon)
     edges = default_distance_edges() if dist_edges is None else np.asarray(dist_edges, np.float64)
-    stats = [PairStats(edges, sim_bins) for _ in embs]
-    sub_edges = stats[0].sub_edges if stats else _sub_edges(edges)
+    parts = [[PairStats(edges, sim_bins) for _ in embs] for _ in range(PASS_PARTS)]
+    sub_edges = _sub_edges(edges)
     n = lat_a.shape[0]
     xyz = latlon_to_xyz(lat_a, lon_a)  # (n, 3) float64
     keep = _KeptPairs(keep_pairs, n, len(embs)) if keep_pairs is not None else None
-    from tqdm import tqdm
-
     starts = list(range(0, max(n - 1, 0), block))
-    for a in tqdm(starts, desc="pairs", unit="block", disable=not progress):
-        b = min(n, a + block)
-        tri = np.triu_indices(b - a, k=1)  # pairs inside the block's own rows
-        blk_in = DistanceBlock(arc_km(xyz[a:b] @ xyz[a:b].T)[tri], sub_edges)
-        blk_out = DistanceBlock(arc_km(xyz[a:b] @ xyz[b:].T), sub_edges) if b < n else None  # rows a:b × later rows
-        for k, (e, st) in enumerate(zip(embs, stats)):
-            ea = e[a:b]
-            inner = ea @ ea.T
-            st.add(inner[tri], blk_in)
-            outer = ea @ e[b:].T if blk_out is not None else None
-            if outer is not None:
-                st.add(outer, blk_out)
-            if keep is not None:
-                keep.take(k, a, b, inner, outer)
+
+    def run_part(p: int) -> None:
+        for a in starts[p::PASS_PARTS]:
+            b = min(n, a + block)
+            tri = np.triu_indices(b - a, k=1)  # pairs inside the block's own rows
+            blk_in = DistanceBlock(arc_km(xyz[a:b] @ xyz[a:b].T)[tri], sub_edges)
+            blk_out = DistanceBlock(arc_km(xyz[a:b] @ xyz[b:].T), sub_edges) if b < n else None  # rows a:b × later rows
+            for k, (e, st) in enumerate(zip(embs, parts[p])):
+                ea = e[a:b]
+                inner = ea @ ea.T
+                st.add(inner[tri], blk_in)
+                outer = ea @ e[b:].T if blk_out is not None else None
+                if outer is not None:
+                    st.add(outer, blk_out)
+                if keep is not None:
+                    keep.take(k, a, b, inner, outer)
+            bar.update(1)
+
+    threads = min(PASS_PARTS, os.cpu_count() or 1)
+    with tqdm(total=len(starts), desc="pairs", unit="block", disable=not progress) as bar, \
+            threadpool_limits(1 if threads > 1 else None, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run_part, range(PASS_PARTS)))
+    stats = parts[0]
+    for other in parts[1:]:
+        for st, o in zip(stats, other):
+            st.merge(o)
     if keep is not None:
         for k, st in enumerate(stats):
             st.kept = keep.result(k)
@@ -406,8 +430,6 @@ def sampled_pairs_stats(
     edges = default_distance_edges() if dist_edges is None else np.asarray(dist_edges, np.float64)
     stats = [PairStats(edges, sim_bins) for _ in embs]
     xyz = latlon_to_xyz(lat_a, lon_a)
-    from tqdm import tqdm
-
     for a in tqdm(range(0, i.size, block), desc="pairs", unit="block", disable=not progress):
         ii, jj = i[a : a + block], j[a : a + block]
         blk = DistanceBlock(arc_km(np.einsum("ij,ij->i", xyz[ii], xyz[jj])), stats[0].sub_edges)
