@@ -138,7 +138,7 @@ class AnalyzeConfig:
     pairs: int | None = field(default=None, metadata=_opt("instead: M random pairs drawn from all shared images", type="positive_int"))
     seed: int = field(default=0, metadata=_opt("random seed of the sample and pairs (default 0)", type="non_negative_int"))
     names: Sequence[str] | None = field(default=None, metadata=_opt("comma-separated display names, one per store", type="comma_list"))
-    block: int = field(default=256, metadata=_opt("rows per block of the pair pass (default 256; memory ≈ block × N × 100 bytes)", type="positive_int"))
+    block: int = field(default=256, metadata=_opt("rows per block of the pair pass (default 256; memory ≈ 2 threads × block × N × 100 bytes)", type="positive_int"))
     spearman_exact_max_pairs: int = field(default=SPEARMAN_EXACT_MAX_PAIRS, metadata=_opt("Spearman is exact over all pairs up to this many", cli=False))
     spearman_subsample: int = field(default=SPEARMAN_SUBSAMPLE_PAIRS, metadata=_opt("above: Spearman on this many uniformly random pairs", cli=False))
     progress: bool = field(default=True, metadata=_opt("progress bars (shown only when stderr is a terminal)"))

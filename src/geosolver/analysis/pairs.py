@@ -333,7 +333,7 @@ def all_pairs_stats(
     Args:
         embs: one ``(n, d_k)`` float array per encoder, rows L2-normalised, same row order.
         lat, lon: ``(n,)`` degrees.
-        block: rows per block; memory is about ``block × n × 100`` bytes.
+        block: rows per block; memory is about ``2 × block × n × 100`` bytes (two blocks at a time).
         dist_edges: display distance-bin edges in km (default :func:`default_distance_edges`).
         sim_bins: similarity bins of the 2-D histogram.
         progress: show a tqdm bar.
