@@ -4,7 +4,10 @@ Embeddings come from :func:`geosolver.analysis.synthetic.geo_embeddings` (random
 of the location + noise, so similarity falls with distance), written as float16 stores like
 ``geosolver embed`` does. ``analyze_stores`` runs in a child process so its peak RSS is its own.
 Prints a markdown table: N, dim, encoders, pairs, seconds per stage (from ``stats.json``
-``timings``), total seconds, peak RSS of the analysis, load average before → after.
+``timings``), total seconds, peak RSS of the analysis, load average before → after — and beside
+it **the limit**: one float32 matmul of the same FLOPs (``N × d`` by ``d × N/2``: the similarity of
+every pair once, per encoder), timed in the same way just before and just after the analysis
+(their mean), and the ratio analysis / limit.
 
     python benchmarks/analysis.py                 # N = 20 000, d = 768, one encoder
     python benchmarks/analysis.py --n 5000 --encoders 3
@@ -30,6 +33,16 @@ def _analyze(paths: list[str], out: str, n: int, block: int) -> None:
     analyze_stores(paths, out, sample=n, block=block, progress=False)
 
 
+def sgemm_seconds(n: int, dim: int, encoders: int) -> float:
+    """Seconds of float32 matmuls with the FLOPs of the pair pass (``n·(n/2)·dim`` multiply-adds per encoder)."""
+    x = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
+    half = np.ascontiguousarray(x[: n // 2])
+    t = time.perf_counter()
+    for _ in range(encoders):
+        x @ half.T
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Time geosolver analyze on generated embeddings.")
     ap.add_argument("--n", type=int, default=20_000, help="images (all pairs are analysed)")
@@ -51,6 +64,7 @@ def main() -> None:
             write_store(p, geo_embeddings(lat, lon, args.dim, signal=1.0 + k, rng=k), meta, {"name": f"synthetic-{k}", "dim": args.dim})
             paths.append(p)
         load0 = os.getloadavg()[0]
+        limit0 = sgemm_seconds(args.n, args.dim, args.encoders)
         t = time.perf_counter()
         proc = mp.get_context("spawn").Process(target=_analyze, args=(paths, f"{tmp}/out", args.n, args.block))
         proc.start()
@@ -58,15 +72,16 @@ def main() -> None:
         wall = time.perf_counter() - t
         if proc.exitcode != 0:
             raise SystemExit(f"analysis failed (exit {proc.exitcode})")
+        limit = 0.5 * (limit0 + sgemm_seconds(args.n, args.dim, args.encoders))
         load1 = os.getloadavg()[0]
         rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         res = json.loads(open(f"{tmp}/out/stats.json").read())
     tm = res["timings"]
-    cols = ["N", "dim", "encoders", "pairs", "load s", "pair pass s", "spearman s", "diagnostics s", "report s", "total s", "peak RSS MB", "load avg"]
+    cols = ["N", "dim", "encoders", "pairs", "load s", "pair pass s", "spearman s", "diagnostics s", "report s", "total s", "sgemm limit s", "total / limit", "peak RSS MB", "load avg"]
     vals = [
         f"{args.n:,}", str(args.dim), str(args.encoders), f"{res['n_pairs']:,}",
         *(f"{tm.get(k, 0):.1f}" for k in ("load_s", "pairs_s", "spearman_s", "diagnostics_s", "report_s")),
-        f"{wall:.1f}", f"{rss_mb:.0f}", f"{load0:.1f} → {load1:.1f}",
+        f"{wall:.1f}", f"{limit:.1f}", f"{wall / limit:.1f}×", f"{rss_mb:.0f}", f"{load0:.1f} → {load1:.1f}",
     ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -337,3 +337,37 @@ def test_spearman_on_a_random_subsample_when_pairs_are_too_many(two_stores, tmp_
     assert "exact" in exact["spearman_method"] and "20,000 uniformly random pairs" in sub["spearman_method"]
     rho_e, rho_s = exact["encoders"]["geo-enc"]["spearman"], sub["encoders"]["geo-enc"]["spearman"]
     assert rho_s != rho_e and abs(rho_s - rho_e) < 0.03  # sampling error ≈ 1/sqrt(20 000)
+
+
+def test_spearman_of_a_hand_ranked_case(tmp_path):
+    # four photos on the equator at lon 0, 10, 30, 70: pair distances 10, 30, 70, 20, 60, 40 degrees (no ties)
+    lon = np.array([0.0, 10.0, 30.0, 70.0])
+    lat = np.zeros(4)
+
+    def on_circle(deg):
+        a = np.radians(deg)
+        return np.stack([np.cos(a), np.sin(a), np.zeros(4), np.zeros(4)], 1).astype(np.float32)
+
+    meta = pd.DataFrame({"id": ["a", "b", "c", "d"], "lat": lat, "lon": lon})
+    # A: similarity = cos(lon difference): falls with every distance, rho = -1
+    write_store(tmp_path / "A", on_circle(lon), meta, {"name": "A", "dim": 4})
+    # B: angles 0, 70, 10, 30. Distance ranks of pairs (01, 12, 02, 23, 13, 03) = 1..6; their similarity
+    # ranks (angle gaps 70, 60, 10, 20, 40, 30) = 1, 2, 6, 5, 3, 4; sum of squared rank differences
+    # 0 + 0 + 9 + 1 + 4 + 4 = 18, so rho = 1 - 6*18 / (6*(36-1)) = 17/35
+    write_store(tmp_path / "B", on_circle(np.array([0.0, 70.0, 10.0, 30.0])), meta, {"name": "B", "dim": 4})
+    res = analyze_stores([tmp_path / "A", tmp_path / "B"], tmp_path / "o", sample=4, block=3, progress=False, report=False)
+    assert res["spearman_method"].startswith("exact over all 6 pairs")
+    assert res["encoders"]["A"]["spearman"] == pytest.approx(-1.0, abs=1e-12)
+    assert res["encoders"]["B"]["spearman"] == pytest.approx(17 / 35, abs=1e-12)
+
+
+def test_kept_pair_similarities_are_read_from_the_blocks_exactly():
+    rng = np.random.default_rng(4)
+    lat, lon = random_points_on_sphere(50, 4)
+    emb = l2_normalize(rng.normal(size=(50, 16))).astype(np.float32)
+    i = np.array([0, 3, 3, 48, 7, 6, 0])  # inside a block of 7 rows, across blocks, the last pair, repeats
+    j = np.array([1, 4, 40, 49, 13, 7, 1])
+    (st,) = all_pairs_stats([emb], lat, lon, block=7, progress=False, keep_pairs=(i, j))
+    np.testing.assert_allclose(st.kept, np.einsum("kd,kd->k", emb[i].astype(np.float64), emb[j].astype(np.float64)), atol=1e-6)
+    with pytest.raises(ValueError, match="i < j"):
+        all_pairs_stats([emb], lat, lon, progress=False, keep_pairs=(np.array([5]), np.array([5])))

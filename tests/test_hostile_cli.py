@@ -17,6 +17,7 @@ BAD_OPTIONS = [
     ("locate", "--k", "0"), ("locate", "--temperature", "nan"), ("locate", "--radius-km", "-3"),
     ("evaluate", "--bootstrap", "-1"), ("evaluate", "--nprobe", "0"), ("evaluate", "--temperature", "inf"),
     ("index build", "--nlist", "0"), ("index build", "--nprobe", "-2"), ("index build", "--memory-budget-gb", "0"),
+    ("index build", "--target-recall", "1.5"), ("index build", "--target-recall", "0"),
     ("analyze", "--sample", "0"), ("curate select", "--size", "-10"), ("terrain build", "--gallery", "0"),
     ("demo", "--queries", "-1"), ("enrich", "--cell-size", "nan"),
 ]

@@ -68,7 +68,7 @@ def test_ivfpq_recall_and_save_load_round_trip(tmp_path):
     store = _store(tmp_path / "g", emb)
     q = clustered(200, 32, 40, np.random.default_rng(1))  # same cluster centres
     _, truth = brute_force(store.embeddings(), q, 10)
-    idx = build_index(store, kind="ivfpq", nlist=32, pq_m=16, nprobe=8, rerank=0, progress=False)
+    idx = build_index(store, kind="ivfpq", nlist=32, pq_m=16, nprobe=8, rerank=0, recall_queries=0, progress=False)
     _, rows = idx.search(q, 10)
     r = recall_at(rows, truth)
     assert r > 0.5, r
@@ -88,7 +88,7 @@ def test_for_store_loads_a_fresh_index_and_rebuilds_a_stale_one(tmp_path, monkey
     built = KnnIndex.for_store(store, kind="ivf", nlist=16, nprobe=16)  # ivf: saved by default
     assert index_paths(store.path, "ivf")[0].exists()
 
-    import geosolver.index as gi
+    import geosolver.index.builder as gi
 
     def no_build(*a, **k):
         raise AssertionError("rebuilt a fresh index")
@@ -183,7 +183,7 @@ def test_a_saved_index_of_another_shape_is_refused(tmp_path):
 def test_ivfpq_on_a_small_store_warns_once_not_per_subquantiser(tmp_path, capfd):
     store = _store(tmp_path / "g", clustered(2000, 64, 8, np.random.default_rng(7)))  # < 39·256 rows for PQ codebooks
     capfd.readouterr()
-    idx = build_index(store, kind="ivfpq", progress=False)  # pq_m 64: 64 k-means runs on too few points
+    idx = build_index(store, kind="ivfpq", recall_queries=0, progress=False)  # pq_m 64: 64 k-means runs on too few points
     err = capfd.readouterr().err
     assert len(idx) == 2000 and idx.settings["pq_m"] == 64
     assert sum("training points" in ln for ln in err.splitlines()) <= 1, err
@@ -217,3 +217,57 @@ def test_ivfpq_plan_counts_training_adding_and_recall_buffers():
     assert p["bytes"] <= 1e9
     with pytest.raises(IndexBuildError, match="too small"):
         plan_ivfpq(300_000, 768, 0.5)
+
+
+def test_build_tunes_the_smallest_nprobe_that_reaches_the_target_on_held_out_rows(tmp_path):
+    rng = np.random.default_rng(5)
+    store = _store(tmp_path / "g", clustered(4000, 16, 40, rng, spread=0.6))
+    idx = build_index(store, kind="ivf", nlist=64, train_size=2500, recall_queries=300, target_recall=0.9, progress=False)
+    tune = np.asarray(idx.settings["tuning_query_rows"])
+    report = np.asarray(idx.settings["recall_query_rows"])
+    assert len(tune) == len(report) == 300 and not set(tune) & set(report)  # two disjoint held-out samples
+    gal = store.embeddings()
+    _, truth = brute_force(gal, gal[tune], 10)
+
+    def recall_with(nprobe):
+        idx.set_nprobe(nprobe)
+        return recall_at(idx.search(gal[tune], 10)[1], truth)
+
+    chosen = idx.settings["nprobe"]
+    ladder = [1, 2, 4, 8, 16, 32, 64]
+    assert chosen in ladder and chosen > 1, chosen  # nprobe 1 cannot reach 0.9 on these overlapping clusters
+    assert recall_with(chosen) >= 0.9
+    assert recall_with(ladder[ladder.index(chosen) - 1]) < 0.9  # the next smaller setting does not reach it
+    assert idx.settings["target_reached"] is True
+
+
+def test_rerank_from_memory_and_from_store_score_candidates_exactly(tmp_path):
+    rng = np.random.default_rng(6)
+    store = _store(tmp_path / "g", clustered(3000, 32, 30, rng))
+    idx = build_index(store, kind="ivfpq", nlist=16, pq_m=4, nprobe=16, rerank=20, recall_queries=0, progress=False)
+    gal = store.embeddings().astype(np.float64)
+    q = store.embeddings(np.arange(0, 3000, 50))
+    idx.settings["rerank_from"] = "memory"
+    s_mem, r_mem = idx.search(q, 10)
+    idx.settings["rerank_from"] = "store"
+    s_sto, r_sto = idx.search(q, 10)
+    np.testing.assert_array_equal(r_mem, r_sto)
+    exact = np.einsum("nd,nkd->nk", q.astype(np.float64), gal[r_mem])  # each returned similarity is the exact inner product
+    np.testing.assert_allclose(s_mem, exact, atol=1e-5)
+    np.testing.assert_allclose(s_sto, exact, atol=1e-5)
+    assert (np.diff(s_mem, axis=1) <= 1e-7).all()  # best first
+    _, truth = brute_force(store.embeddings(), q, 10)
+    assert recall_at(r_mem, truth) > 0.95  # 200 PQ candidates over 3000 rows, all cells probed
+
+
+def test_plan_keeps_the_float16_rerank_copy_in_ram_only_when_it_fits():
+    from geosolver.index import plan_ivfpq
+
+    # 300k x 768 at 1 GB: inverted lists 1.25*300k*(64+8) = 27.0 MB + centroids 2048*768*4 + codebooks 256*768*4,
+    # float16 copy 2*300k*768 = 460.8 MB, exact-search batch 65536*768*4 + 64 MiB: 763 MB <= 1 GB
+    assert plan_ivfpq(300_000, 768, 1.0)["rerank_from"] == "memory"
+    # 2M x 768 at 2 GB: the copy alone is 3.07 GB
+    assert plan_ivfpq(2_000_000, 768, 2.0)["rerank_from"] == "store"
+    # 300k x 768 at 0.75 GB: lists 34 MB + copy 461 MB + batch 268 MB = 763 MB > 750 MB
+    p = plan_ivfpq(300_000, 768, 0.75)
+    assert p["rerank_from"] == "store" and p["pq_m"] == 64

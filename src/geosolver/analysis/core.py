@@ -1,4 +1,4 @@
-"""``analyze_stores``: compare how well encoders' embedding spaces reflect geography.
+"""``analyze`` (:class:`AnalyzeConfig` → :func:`analyze` → :class:`AnalyzeResult`): compare how well encoders' embedding spaces reflect geography.
 
 For one or more :class:`~geosolver.store.EmbeddingStore` (one per encoder, same images) this
 aligns the stores by ``id``, draws one sample for all of them, accumulates exact pair
@@ -13,6 +13,7 @@ import os
 import re
 import time
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -25,15 +26,8 @@ from geosolver.store import EmbeddingStore
 
 from .curve import count_rises, fit_monotone_curve, MonotoneCurve
 from .diagnostics import diagnostics
-from .pairs import (
-    FAR_KM,
-    NEAR_KM,
-    PairStats,
-    all_pairs_stats,
-    random_pairs,
-    sampled_pairs_stats,
-    spearman_pairs,
-)
+from .pairs import FAR_KM, NEAR_KM, PairStats, all_pairs_stats, random_pairs, sampled_pairs_stats, spearman_pairs
+from .report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -128,51 +122,97 @@ def encoder_summary(st: PairStats, spearman: float, diag: dict) -> tuple[dict, M
     return out, curve
 
 
-def analyze_stores(
-    paths: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    sample: int = 5000,
-    pairs: int | None = None,
-    seed: int = 0,
-    names: Sequence[str] | None = None,
-    block: int = 256,
-    spearman_exact_max_pairs: int = SPEARMAN_EXACT_MAX_PAIRS,
-    spearman_subsample: int = SPEARMAN_SUBSAMPLE_PAIRS,
-    progress: bool = True,
-    report: bool = True,
-) -> dict:
-    """Analyse one or more embedding stores of the same images and write a report.
+def _opt(help: str, cli: bool = True, **kw) -> dict:
+    """A config field's metadata: its command-line help (and argparse type / nargs / ...)."""
+    return {"help": help, "cli": cli, **kw}
 
-    Args:
-        paths: store directories, one per encoder.
-        out: output directory (created): ``report.html``, ``report.md`` + PNGs, ``stats.json``,
-            ``config.json``, ``curve_<name>.json`` (the fitted μ(d), see :class:`MonotoneCurve`).
-        sample: N, images drawn (without replacement) from the shared ids; all ``N(N−1)/2``
-            pairs are analysed, and the collapse diagnostics use these N images.
-        pairs: if given, analyse this many random pairs of distinct images drawn from *all*
-            shared ids instead of all pairs of the sample (diagnostics still use the sample).
-        seed: random seed of the sample and pairs (same images and pairs for every store).
-        names: display names, one per store (default: the encoders' names).
-        block: rows per block of the all-pairs pass.
-        spearman_exact_max_pairs: Spearman is exact over all pairs up to this many pairs;
-            above, it is computed on ``spearman_subsample`` uniformly random pairs.
-        progress: show progress bars.
-        report: write report.html / report.md / PNGs (stats.json and config.json always).
 
-    Returns:
-        The content of ``stats.json``: ``n_images``, ``n_pairs``, ``mode``, ``spearman_method``,
-        and per encoder (``encoders[name]``) every number of the report.
+@dataclass
+class AnalyzeConfig:
+    """Every setting of ``geosolver analyze`` (the command's options are derived from these fields)."""
+
+    stores: Sequence[str] = field(metadata=_opt("embedding store directories (one per encoder)", positional=True, nargs="+", metavar="STORE"))
+    out: str = field(metadata=_opt(
+        "output directory: report.html, report.md + PNGs, stats.json, config.json, curve_<name>.json (the fitted mu(d))", required=True))
+    sample: int = field(default=5000, metadata=_opt("N images; all N(N-1)/2 pairs are analysed (default 5000)", type="positive_int"))
+    pairs: int | None = field(default=None, metadata=_opt("instead: M random pairs drawn from all shared images", type="positive_int"))
+    seed: int = field(default=0, metadata=_opt("random seed of the sample and pairs (default 0)", type="non_negative_int"))
+    names: Sequence[str] | None = field(default=None, metadata=_opt("comma-separated display names, one per store", type="comma_list"))
+    block: int = field(default=256, metadata=_opt("rows per block of the pair pass (default 256; memory ≈ 2 threads × block × N × 100 bytes)", type="positive_int"))
+    spearman_exact_max_pairs: int = field(default=SPEARMAN_EXACT_MAX_PAIRS, metadata=_opt("Spearman is exact over all pairs up to this many", cli=False))
+    spearman_subsample: int = field(default=SPEARMAN_SUBSAMPLE_PAIRS, metadata=_opt("above: Spearman on this many uniformly random pairs", cli=False))
+    progress: bool = field(default=True, metadata=_opt("progress bars (shown only when stderr is a terminal)"))
+    report: bool = field(default=True, metadata=_opt("write report.html / report.md / PNGs (stats.json and config.json always)", cli=False))
+
+
+@dataclass
+class AnalyzeResult:
+    """What :func:`analyze` wrote: ``stats`` is the content of ``stats.json`` (``n_images``,
+    ``n_pairs``, ``mode``, ``spearman_method``, ``timings``, and per encoder ``encoders[name]``
+    every number of the report)."""
+
+    out: Path
+    stats: dict
+    seconds: float
+
+
+def _pair_pass(cfg: AnalyzeConfig, stores, rows, lat, lon, diag_sel, rng, lap):
+    """The pair statistics, Spearman ρ and the diagnostics' embeddings, all-pairs or random-pairs mode."""
+    if cfg.pairs is None:
+        embs = [s.embeddings(r[diag_sel]) for s, r in zip(stores, rows)]
+        la, lo = lat[diag_sel], lon[diag_sel]
+        lap("load_s")
+        n = diag_sel.size
+        n_pairs = n * (n - 1) // 2
+        if n_pairs <= cfg.spearman_exact_max_pairs:
+            si, sj = np.triu_indices(n, k=1)
+            sp_method = f"exact over all {n_pairs:,} pairs"
+        else:
+            si, sj = random_pairs(n, cfg.spearman_subsample, rng)
+            sp_method = f"{cfg.spearman_subsample:,} uniformly random pairs of the {n_pairs:,} (seed {cfg.seed})"
+        stats = all_pairs_stats(embs, la, lo, block=cfg.block, progress=cfg.progress, keep_pairs=(si, sj))
+        lap("pairs_s")
+        spear = spearman_pairs(embs, la, lo, si, sj, sims=[st.kept for st in stats])
+        lap("spearman_s")
+        return stats, spear, sp_method, embs, n_pairs, n
+    pi, pj = random_pairs(len(lat), int(cfg.pairs), rng)
+    used, inv = np.unique(np.concatenate([pi, pj]), return_inverse=True)
+    pi, pj = inv[: len(pi)], inv[len(pi) :]
+    embs = [s.embeddings(r[used]) for s, r in zip(stores, rows)]
+    la, lo = lat[used], lon[used]
+    lap("load_s")
+    stats = sampled_pairs_stats(embs, la, lo, pi, pj, progress=cfg.progress)
+    lap("pairs_s")
+    n_pairs = int(cfg.pairs)
+    k = n_pairs if n_pairs <= cfg.spearman_exact_max_pairs else min(cfg.spearman_subsample, n_pairs)
+    spear = spearman_pairs(embs, la, lo, pi[:k], pj[:k])
+    sp_method = f"exact over all {n_pairs:,} pairs" if k == n_pairs else f"the first {k:,} of the {n_pairs:,} random pairs"
+    lap("spearman_s")
+    del embs
+    diag_embs = [s.embeddings(r[diag_sel]) for s, r in zip(stores, rows)]
+    return stats, spear, sp_method, diag_embs, n_pairs, int(len(used))
+
+
+def analyze(cfg: AnalyzeConfig) -> AnalyzeResult:
+    """Analyse one or more embedding stores of the same images and write a report into ``cfg.out``.
+
+    N = ``cfg.sample`` images are drawn (without replacement) from the shared ids; all ``N(N−1)/2``
+    pairs are analysed, and the collapse diagnostics use these N images. With ``cfg.pairs``, that
+    many random pairs of distinct images drawn from *all* shared ids are analysed instead
+    (diagnostics still use the sample). Spearman is exact over all pairs up to
+    ``spearman_exact_max_pairs`` pairs; above, it is computed on ``spearman_subsample`` uniformly
+    random pairs (same images and pairs for every store).
     """
     t0 = time.time()
-    paths = [Path(p) for p in paths]
+    paths = [Path(p) for p in cfg.stores]
     if not paths:
         raise AnalysisError("give at least one embedding store")
-    if sample < 2:
-        raise AnalysisError(f"--sample must be at least 2, got {sample}")
-    if pairs is not None and pairs < 1:
-        raise AnalysisError(f"--pairs must be positive, got {pairs}")
+    if cfg.sample < 2:
+        raise AnalysisError(f"--sample must be at least 2, got {cfg.sample}")
+    if cfg.pairs is not None and cfg.pairs < 1:
+        raise AnalysisError(f"--pairs must be positive, got {cfg.pairs}")
     stores = [EmbeddingStore(p) for p in paths]
-    names = list(names) if names else _default_names(stores)
+    names = list(cfg.names) if cfg.names else _default_names(stores)
     if len(names) != len(stores):
         raise AnalysisError(f"got {len(names)} name(s) for {len(stores)} store(s): {names}")
     if len(set(names)) < len(names):
@@ -190,50 +230,15 @@ def analyze_stores(
         timings[key] = round(timings.get(key, 0.0) + now - tick, 2)
         tick = now
 
-    run = RunDir(out, "analyze")  # before the long part: a --out that is a file fails now
+    run = RunDir(cfg.out, "analyze")  # before the long part: a --out that is a file fails now
     rows, ids, lat, lon = align_stores(stores)
     validate_coords(lat, lon, f"coordinates of {stores[0].path}")
     m = len(ids)
-    rng = np.random.default_rng(seed)
-    diag_sel = np.sort(rng.choice(m, size=min(sample, m), replace=False))
+    rng = np.random.default_rng(cfg.seed)
+    diag_sel = np.sort(rng.choice(m, size=min(cfg.sample, m), replace=False))
     log.info("%d shared images; sample %d", m, diag_sel.size)
-
-    if pairs is None:
-        sel = diag_sel
-        embs = [s.embeddings(r[sel]) for s, r in zip(stores, rows)]
-        la, lo = lat[sel], lon[sel]
-        lap("load_s")
-        stats = all_pairs_stats(embs, la, lo, block=block, progress=progress)
-        lap("pairs_s")
-        n = sel.size
-        n_pairs = n * (n - 1) // 2
-        if n_pairs <= spearman_exact_max_pairs:
-            si, sj = np.triu_indices(n, k=1)
-            sp_method = f"exact over all {n_pairs:,} pairs"
-        else:
-            si, sj = random_pairs(n, spearman_subsample, rng)
-            sp_method = f"{spearman_subsample:,} uniformly random pairs of the {n_pairs:,} (seed {seed})"
-        spear = spearman_pairs(embs, la, lo, si, sj)
-        lap("spearman_s")
-        diag_embs = embs
-        mode = "all_pairs"
-    else:
-        pi, pj = random_pairs(m, int(pairs), rng)
-        used, inv = np.unique(np.concatenate([pi, pj]), return_inverse=True)
-        pi, pj = inv[: len(pi)], inv[len(pi) :]
-        embs = [s.embeddings(r[used]) for s, r in zip(stores, rows)]
-        la, lo = lat[used], lon[used]
-        lap("load_s")
-        stats = sampled_pairs_stats(embs, la, lo, pi, pj, progress=progress)
-        lap("pairs_s")
-        n_pairs = int(pairs)
-        k = n_pairs if n_pairs <= spearman_exact_max_pairs else min(spearman_subsample, n_pairs)
-        spear = spearman_pairs(embs, la, lo, pi[:k], pj[:k])
-        sp_method = f"exact over all {n_pairs:,} pairs" if k == n_pairs else f"the first {k:,} of the {n_pairs:,} random pairs"
-        lap("spearman_s")
-        diag_embs = [s.embeddings(r[diag_sel]) for s, r in zip(stores, rows)]
-        mode = "random_pairs"
-        del embs
+    stats, spear, sp_method, diag_embs, n_pairs, n_images = _pair_pass(cfg, stores, rows, lat, lon, diag_sel, rng, lap)
+    mode = "all_pairs" if cfg.pairs is None else "random_pairs"
 
     encoders: dict[str, dict] = {}
     curves: dict[str, MonotoneCurve] = {}
@@ -241,15 +246,14 @@ def analyze_stores(
         # all-pairs mode: the pair pass already summed the uniformity over exactly these images
         diag = diagnostics(e, uniformity_value=st.uniformity() if mode == "all_pairs" else None)
         summ, curve = encoder_summary(st, rho, diag)
-        summ = {"store": str(store.path), "encoder": store.encoder, "slug": slug, **summ}
-        encoders[name] = summ
+        encoders[name] = {"store": str(store.path), "encoder": store.encoder, "slug": slug, **summ}
         curves[name] = curve
     lap("diagnostics_s")
 
     result = jsonable(
         {
             "n_shared_images": m,
-            "n_images": int(diag_sel.size) if pairs is None else int(len(used)),
+            "n_images": n_images,
             "n_diagnostics_images": int(diag_sel.size),
             "n_pairs": n_pairs,
             "mode": mode,
@@ -264,25 +268,29 @@ def analyze_stores(
     config = {
         "stores": [str(p) for p in paths],
         "names": names,
-        "out": str(out),
-        "sample": sample,
-        "pairs": pairs,
-        "seed": seed,
-        "block": block,
-        "spearman_exact_max_pairs": spearman_exact_max_pairs,
-        "spearman_subsample": spearman_subsample,
+        "out": str(cfg.out),
+        "sample": cfg.sample,
+        "pairs": cfg.pairs,
+        "seed": cfg.seed,
+        "block": cfg.block,
+        "spearman_exact_max_pairs": cfg.spearman_exact_max_pairs,
+        "spearman_subsample": cfg.spearman_subsample,
         "distance_bins_km": stats[0].dist_edges,
         "similarity_bins": stats[0].sim_bins,
     }
     run.write_config(config)
     for name, slug in zip(names, slugs):
         run.write_text(f"curve_{slug}.json", curves[name].to_json() + "\n")
-    if report:
-        from .report import write_report
-
+    if cfg.report:
         write_report(run.path, result, dict(zip(names, stats)), curves)
         lap("report_s")
     result["timings"] = dict(timings)
     result["seconds"] = round(time.time() - t0, 2)
     run.write_json("stats.json", result)
-    return result
+    return AnalyzeResult(out=run.path, stats=result, seconds=result["seconds"])
+
+
+def analyze_stores(paths: Sequence[str | os.PathLike], out: str | os.PathLike, **settings) -> dict:
+    """:func:`analyze` with an :class:`AnalyzeConfig` of ``paths``, ``out`` and the other settings
+    (its fields); returns the content of ``stats.json``."""
+    return analyze(AnalyzeConfig(stores=[str(p) for p in paths], out=str(out), **settings)).stats

@@ -29,10 +29,14 @@ computed once per block and shared.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+from geosolver.progress import tqdm
 
 from geosolver.errors import AnalysisError
 from geosolver.geo import EARTH_RADIUS_KM, latlon_to_xyz, validate_coords
@@ -43,6 +47,10 @@ FALSE_FRIEND_QUANTILE = 0.95
 DEFAULT_SIM_BINS = 800
 FINE_SIM_BINS = 1 << 15
 MAX_KM = float(np.pi * EARTH_RADIUS_KM)
+#: The all-pairs pass accumulates even and odd blocks separately (two threads when there are two
+#: cores: numpy releases the GIL in its loops) and adds the two parts at the end — always two, so
+#: the float sums are the same on every machine.
+PASS_PARTS = 2
 
 
 def default_distance_edges() -> np.ndarray:
@@ -124,6 +132,7 @@ class PairStats:
         self.near_hist = np.zeros(FINE_SIM_BINS, np.int64)
         self.far_hist = np.zeros(FINE_SIM_BINS, np.int64)
         self.exp_sum = 0.0  # Σ exp(−2‖x−y‖²) = Σ exp(4s − 4) for unit vectors (uniformity)
+        self.kept: np.ndarray | None = None  # similarities of all_pairs_stats(keep_pairs=...), in that order
 
     # -- accumulation -----------------------------------------------------------------
     def add(self, sim: np.ndarray, blk: DistanceBlock) -> None:
@@ -147,6 +156,12 @@ class PairStats:
             self.near_hist += np.bincount(_sim_index(s[blk.near], FINE_SIM_BINS), minlength=FINE_SIM_BINS)
         if blk.any_far:
             self.far_hist += np.bincount(_sim_index(s[blk.far], FINE_SIM_BINS), minlength=FINE_SIM_BINS)
+
+    def merge(self, other: "PairStats") -> None:
+        """Add another accumulator's pairs (same bins) into this one."""
+        for name in ("n", "s", "s2", "u", "u2", "su", "hist2d", "near_hist", "far_hist"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.exp_sum += other.exp_sum
 
     # -- derived quantities -----------------------------------------------------------
     @property
@@ -312,40 +327,90 @@ def all_pairs_stats(
     dist_edges: np.ndarray | None = None,
     sim_bins: int = DEFAULT_SIM_BINS,
     progress: bool = True,
+    keep_pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[PairStats]:
     """Statistics over all ``n(n−1)/2`` unordered pairs ``i < j``, for several encoders at once.
 
     Args:
         embs: one ``(n, d_k)`` float array per encoder, rows L2-normalised, same row order.
         lat, lon: ``(n,)`` degrees.
-        block: rows per block; memory is about ``block × n × 100`` bytes.
+        block: rows per block; memory is about ``2 × block × n × 100`` bytes (two blocks at a time).
         dist_edges: display distance-bin edges in km (default :func:`default_distance_edges`).
         sim_bins: similarity bins of the 2-D histogram.
         progress: show a tqdm bar.
+        keep_pairs: ``(i, j)`` with ``i < j``: pairs whose similarity is also kept
+            (:attr:`PairStats.kept`, in the given order) — read from the blocks the pass computes
+            anyway, instead of gathering both rows of every pair again (Spearman's sample).
 
     Returns:
         one :class:`PairStats` per encoder.
     """
     embs, lat_a, lon_a = _check(embs, lat, lon)
     edges = default_distance_edges() if dist_edges is None else np.asarray(dist_edges, np.float64)
-    stats = [PairStats(edges, sim_bins) for _ in embs]
-    sub_edges = stats[0].sub_edges if stats else _sub_edges(edges)
+    parts = [[PairStats(edges, sim_bins) for _ in embs] for _ in range(PASS_PARTS)]
+    sub_edges = _sub_edges(edges)
     n = lat_a.shape[0]
     xyz = latlon_to_xyz(lat_a, lon_a)  # (n, 3) float64
-    from geosolver.progress import tqdm
-
+    keep = _KeptPairs(keep_pairs, n, len(embs)) if keep_pairs is not None else None
     starts = list(range(0, max(n - 1, 0), block))
-    for a in tqdm(starts, desc="pairs", unit="block", disable=not progress):
-        b = min(n, a + block)
-        tri = np.triu_indices(b - a, k=1)  # pairs inside the block's own rows
-        blk_in = DistanceBlock(arc_km(xyz[a:b] @ xyz[a:b].T)[tri], sub_edges)
-        blk_out = DistanceBlock(arc_km(xyz[a:b] @ xyz[b:].T), sub_edges) if b < n else None  # rows a:b × later rows
-        for e, st in zip(embs, stats):
-            ea = e[a:b]
-            st.add((ea @ ea.T)[tri], blk_in)
-            if blk_out is not None:
-                st.add(ea @ e[b:].T, blk_out)
+
+    def run_part(p: int) -> None:
+        for a in starts[p::PASS_PARTS]:
+            b = min(n, a + block)
+            tri = np.triu_indices(b - a, k=1)  # pairs inside the block's own rows
+            blk_in = DistanceBlock(arc_km(xyz[a:b] @ xyz[a:b].T)[tri], sub_edges)
+            blk_out = DistanceBlock(arc_km(xyz[a:b] @ xyz[b:].T), sub_edges) if b < n else None  # rows a:b × later rows
+            for k, (e, st) in enumerate(zip(embs, parts[p])):
+                ea = e[a:b]
+                inner = ea @ ea.T
+                st.add(inner[tri], blk_in)
+                outer = ea @ e[b:].T if blk_out is not None else None
+                if outer is not None:
+                    st.add(outer, blk_out)
+                if keep is not None:
+                    keep.take(k, a, b, inner, outer)
+            bar.update(1)
+
+    threads = min(PASS_PARTS, os.cpu_count() or 1)
+    with tqdm(total=len(starts), desc="pairs", unit="block", disable=not progress) as bar, \
+            threadpool_limits(1 if threads > 1 else None, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run_part, range(PASS_PARTS)))
+    stats = parts[0]
+    for other in parts[1:]:
+        for st, o in zip(stats, other):
+            st.merge(o)
+    if keep is not None:
+        for k, st in enumerate(stats):
+            st.kept = keep.result(k)
     return stats
+
+
+class _KeptPairs:
+    """Similarities of chosen pairs ``(i, j)``, ``i < j``, picked out of the all-pairs blocks."""
+
+    def __init__(self, pairs: tuple[np.ndarray, np.ndarray], n: int, n_enc: int):
+        i, j = (np.asarray(x, np.int64) for x in pairs)
+        if i.shape != j.shape or (i.size and (i.min() < 0 or j.max() >= n or (i >= j).any())):
+            raise ValueError(f"kept pairs must be (i, j) with 0 <= i < j < {n}")
+        self.order = np.argsort(i, kind="stable")
+        self.i, self.j = i[self.order], j[self.order]
+        self.sims = [np.empty(i.size, np.float32) for _ in range(n_enc)]
+
+    def take(self, k: int, a: int, b: int, inner: np.ndarray, outer: np.ndarray | None) -> None:
+        lo, hi = np.searchsorted(self.i, [a, b])
+        if lo == hi:
+            return
+        r, c = self.i[lo:hi] - a, self.j[lo:hi]
+        here = c < b
+        out = self.sims[k][lo:hi]
+        out[here] = inner[r[here], c[here] - a]
+        if outer is not None:
+            out[~here] = outer[r[~here], c[~here] - b]
+
+    def result(self, k: int) -> np.ndarray:
+        s = np.empty_like(self.sims[k])
+        s[self.order] = self.sims[k]
+        return s
 
 
 def sampled_pairs_stats(
@@ -366,8 +431,6 @@ def sampled_pairs_stats(
     edges = default_distance_edges() if dist_edges is None else np.asarray(dist_edges, np.float64)
     stats = [PairStats(edges, sim_bins) for _ in embs]
     xyz = latlon_to_xyz(lat_a, lon_a)
-    from geosolver.progress import tqdm
-
     for a in tqdm(range(0, i.size, block), desc="pairs", unit="block", disable=not progress):
         ii, jj = i[a : a + block], j[a : a + block]
         blk = DistanceBlock(arc_km(np.einsum("ij,ij->i", xyz[ii], xyz[jj])), stats[0].sub_edges)
@@ -400,15 +463,20 @@ def spearman_pairs(
     lon: np.ndarray,
     i: np.ndarray,
     j: np.ndarray,
+    sims: Sequence[np.ndarray] | None = None,
 ) -> list[float]:
-    """Spearman's ρ between similarity and distance over the given pairs, one value per encoder."""
+    """Spearman's ρ between similarity and distance over the given pairs, one value per encoder.
+
+    ``sims``: the pairs' similarities per encoder when already known (e.g. :attr:`PairStats.kept`);
+    otherwise they are computed from the rows of ``embs``.
+    """
     from scipy.stats import spearmanr
 
     embs, lat_a, lon_a = _check(embs, lat, lon)
     xyz = latlon_to_xyz(lat_a, lon_a)
     d = arc_km(np.einsum("ij,ij->i", xyz[i], xyz[j]))
     out = []
-    for e in embs:
-        s = pair_similarity(e, i, j)
+    for k, e in enumerate(embs):
+        s = sims[k] if sims is not None else pair_similarity(e, i, j)
         out.append(float(spearmanr(s, d).statistic) if len(s) > 2 else float("nan"))
     return out

@@ -1,13 +1,18 @@
-"""``geosolver analyze``: similarity-vs-distance analysis and collapse diagnostics of embedding stores."""
+"""``geosolver analyze``: similarity-vs-distance analysis and collapse diagnostics of embedding stores.
+
+The options are derived from :class:`geosolver.analysis.AnalyzeConfig` (a setting is declared once)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_int
+from geosolver.cli.args import add_config_arguments, add_overwrite_option, config_from_args
 
 
 def register(sub) -> None:
+    from geosolver.analysis import AnalyzeConfig  # numpy / pandas: not at `geosolver --help` start-up
+
     p = sub.add_parser(
         "analyze",
         help="how well do encoders' embeddings reflect geography? (plots, correlations, diagnostics)",
@@ -18,27 +23,18 @@ def register(sub) -> None:
             "PNGs, stats.json, config.json and curve_<name>.json into --out."
         ),
     )
-    p.add_argument("stores", nargs="+", metavar="STORE", help="embedding store directories (one per encoder)")
-    p.add_argument("--out", required=True, help="output directory")
+    add_config_arguments(p, AnalyzeConfig)
     add_overwrite_option(p)
-    p.add_argument("--sample", type=positive_int, default=5000, help="N images; all N(N-1)/2 pairs are analysed (default 5000)")
-    p.add_argument("--pairs", type=positive_int, default=None, help="instead: M random pairs drawn from all shared images")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    p.add_argument("--names", default=None, help="comma-separated display names, one per store")
-    p.add_argument("--block", type=positive_int, default=256, help="rows per block of the pair pass (default 256; memory ≈ block × N × 100 bytes)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from geosolver.analysis import analyze_stores
+    from geosolver.analysis import AnalyzeConfig, analyze
     from geosolver.analysis.report import table_rows
 
-    names = [n.strip() for n in args.names.split(",")] if args.names else None
-    res = analyze_stores(
-        args.stores, args.out, sample=args.sample, pairs=args.pairs, seed=args.seed, names=names,
-        block=args.block, progress=not args.no_progress,
-    )
+    cfg = config_from_args(AnalyzeConfig, args)
+    cfg.progress = cfg.progress and sys.stderr.isatty()
+    res = analyze(cfg).stats
     header, rows = table_rows(res)
     widths = [max(len(r[k]) for r in [header] + rows) for k in range(len(header))]
     for r in [header] + rows:

@@ -46,6 +46,19 @@ def non_negative_float(text: str) -> float:
     return v
 
 
+def fraction(text: str) -> float:
+    """A number in (0, 1] (a recall target, a share)."""
+    v = _number(float, text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return v
+
+
+def comma_list(text: str) -> list[str]:
+    """Comma-separated names (``"a, b"`` → ``["a", "b"]``)."""
+    return [t.strip() for t in text.split(",")]
+
+
 def port(text: str) -> int:
     """A TCP port, 1–65535."""
     v = _number(int, text)
@@ -73,47 +86,53 @@ def add_overwrite_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
-    """Add one option per field of the dataclass ``config_cls`` (except ``skip``), so a setting is
-    declared once, in the dataclass. From each field's ``metadata``: ``help``; ``flag`` (default
-    ``--field-name``; ``None``: not on the command line); ``kind`` (the name of a value type of this
-    module, or ``"float"``/``"int"``; default: the field's annotation, ``int``/``float`` parsed as
-    numbers, anything else as text); ``choices``. A field without a default is required; a boolean
-    flips its default (``False`` → ``--name``, ``True`` → ``--no-name``); a help text that does not
-    name its default gets ``(default X)`` appended."""
+    """One option per field of a job's config dataclass (``pq_m`` → ``--pq-m``), so a setting is
+    declared once, in the dataclass (``skip``: fields left off the command line).
+
+    Each field's ``metadata`` may give: ``help``; ``flag`` (the option's name instead of
+    ``--field-name``; ``None``: not on the command line — ``cli=False`` says the same);
+    ``kind`` or ``type`` (the name of a value type of this module, or ``"float"``/``"int"``;
+    default: the field's annotation, ``int``/``float`` parsed as numbers, anything else as text);
+    ``choices``, ``nargs``, ``metavar``, ``required``; ``positional`` (an argument, not an option).
+    A field without a default is required. A boolean is ``--x`` / ``--no-x`` (with ``flag``: only
+    that flag, flipping the default). A help text that does not name its default gets
+    ``(default X)`` appended.
+    """
     import dataclasses
 
-    types = {"float": float, "int": int, "positive_int": positive_int, "non_negative_int": non_negative_int,
-             "positive_float": positive_float, "non_negative_float": non_negative_float}
+    named = {"float": float, "int": int}
     for f in dataclasses.fields(config_cls):
-        if f.name in skip:
-            continue
         meta = f.metadata
+        if f.name in skip or not meta.get("cli", True) or ("flag" in meta and meta["flag"] is None):
+            continue
         name = f.name.replace("_", "-")
-        if f.default is not dataclasses.MISSING and isinstance(f.default, bool):
-            flag = meta.get("flag", f"--no-{name}" if f.default else f"--{name}")
-            if flag is not None:
-                parser.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true", help=meta.get("help"))
-            continue
-        flag = meta.get("flag", f"--{name}")
-        if flag is None:
-            continue
         help_text = meta.get("help") or ""
-        kw = {"dest": f.name}
+        has_default = f.default is not dataclasses.MISSING
+        if has_default and isinstance(f.default, bool):
+            if "flag" in meta:
+                parser.add_argument(meta["flag"], dest=f.name, action="store_false" if f.default else "store_true", help=help_text or None)
+            else:
+                parser.add_argument(f"--{name}", dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                    help=help_text or None)
+            continue
+        kw = {k: meta[k] for k in ("choices", "nargs", "metavar", "required") if k in meta}
+        type_name = meta.get("kind", meta.get("type"))
         annotation = str(f.type).split(" ")[0]
-        if "kind" in meta:
-            kw["type"] = types[meta["kind"]]
+        if type_name is not None:
+            kw["type"] = named.get(type_name) or globals()[type_name]
         elif annotation in ("int", "float"):
-            kw["type"] = lambda text, t=types[annotation]: _number(t, text)
-        if "choices" in meta:
-            kw["choices"] = meta["choices"]
-        if f.default is dataclasses.MISSING:
-            kw["required"] = True
-        else:
-            kw["default"] = f.default
-            if f.default is not None and "default" not in help_text:
-                help_text += f" (default {f.default})"
+            kw["type"] = lambda text, t=named[annotation]: _number(t, text)
+        if has_default and f.default is not None and "default" not in help_text:
+            help_text += f" (default {f.default})"
         kw["help"] = help_text.replace("%", "%%") or None
-        parser.add_argument(flag, **kw)
+        if meta.get("positional"):
+            parser.add_argument(f.name, **kw)
+            continue
+        if has_default:
+            kw["default"] = f.default
+        elif f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            kw.setdefault("required", True)
+        parser.add_argument(meta.get("flag", f"--{name}"), dest=f.name, **kw)
 
 
 def config_from_args(config_cls, args: argparse.Namespace):
