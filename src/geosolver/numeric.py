@@ -1,5 +1,6 @@
 """Low-level numerics shared by the vote (:mod:`geosolver.locate`), the priors
-(:mod:`geosolver.prior`, :mod:`geosolver.heads`) and zero-shot (:mod:`geosolver.zeroshot`).
+(:mod:`geosolver.prior`, :mod:`geosolver.heads`), zero-shot (:mod:`geosolver.zeroshot`), the
+store and the analysis (``l2_normalize``).
 
 It sits below all of them (imports only numpy and :mod:`geosolver.errors`), so none of those
 modules has to import another to share it.
@@ -34,3 +35,10 @@ def softmax_weights(sims: np.ndarray, temperature: float) -> np.ndarray:
     e[~np.isfinite(s)] = 0.0
     tot = e.sum(axis=1, keepdims=True)
     return e / np.where(tot > 0, tot, 1.0)
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm, as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, eps)

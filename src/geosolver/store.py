@@ -37,6 +37,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from geosolver.numeric import l2_normalize  # noqa: F401  (re-exported: geosolver.store.l2_normalize)
 from geosolver.errors import StoreError
 from geosolver.files import atomic_write_json, atomic_write_npy, atomic_write_parquet, sha256_file, temp_target, version
 
@@ -45,13 +46,6 @@ MANIFEST = "manifest.json"
 FAILURES = "failures.parquet"
 SKIPPED = "skipped.parquet"
 REQUIRED_COLUMNS = ("id", "lat", "lon")
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm, as float32."""
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, eps)
 
 
 def check_columns(meta: pd.DataFrame, where: str) -> None:

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ from geosolver.geo import haversine, validate_coords
 from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore
 
+from .config import AnalyzeConfig
 from .curve import count_rises, fit_monotone_curve, MonotoneCurve
 from .diagnostics import diagnostics
 from .pairs import FAR_KM, NEAR_KM, PairStats, all_pairs_stats, random_pairs, sampled_pairs_stats, spearman_pairs
@@ -31,8 +32,6 @@ from .report import write_report
 
 log = logging.getLogger(__name__)
 
-SPEARMAN_EXACT_MAX_PAIRS = 2_000_000
-SPEARMAN_SUBSAMPLE_PAIRS = 1_000_000
 COORD_TOLERANCE_KM = 1.0
 
 
@@ -120,29 +119,6 @@ def encoder_summary(st: PairStats, spearman: float, diag: dict) -> tuple[dict, M
         },
     }
     return out, curve
-
-
-def _opt(help: str, cli: bool = True, **kw) -> dict:
-    """A config field's metadata: its command-line help (and argparse type / nargs / ...)."""
-    return {"help": help, "cli": cli, **kw}
-
-
-@dataclass
-class AnalyzeConfig:
-    """Every setting of ``geosolver analyze`` (the command's options are derived from these fields)."""
-
-    stores: Sequence[str] = field(metadata=_opt("embedding store directories (one per encoder)", positional=True, nargs="+", metavar="STORE"))
-    out: str = field(metadata=_opt(
-        "output directory: report.html, report.md + PNGs, stats.json, config.json, curve_<name>.json (the fitted mu(d))", required=True))
-    sample: int = field(default=5000, metadata=_opt("N images; all N(N-1)/2 pairs are analysed (default 5000)", type="positive_int"))
-    pairs: int | None = field(default=None, metadata=_opt("instead: M random pairs drawn from all shared images", type="positive_int"))
-    seed: int = field(default=0, metadata=_opt("random seed of the sample and pairs (default 0)", type="non_negative_int"))
-    names: Sequence[str] | None = field(default=None, metadata=_opt("comma-separated display names, one per store", type="comma_list"))
-    block: int = field(default=256, metadata=_opt("rows per block of the pair pass (default 256; memory ≈ 2 threads × block × N × 100 bytes)", type="positive_int"))
-    spearman_exact_max_pairs: int = field(default=SPEARMAN_EXACT_MAX_PAIRS, metadata=_opt("Spearman is exact over all pairs up to this many", cli=False))
-    spearman_subsample: int = field(default=SPEARMAN_SUBSAMPLE_PAIRS, metadata=_opt("above: Spearman on this many uniformly random pairs", cli=False))
-    progress: bool = field(default=True, metadata=_opt("progress bars (shown only when stderr is a terminal)"))
-    report: bool = field(default=True, metadata=_opt("write report.html / report.md / PNGs (stats.json and config.json always)", cli=False))
 
 
 @dataclass

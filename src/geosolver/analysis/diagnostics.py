@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from geosolver.errors import AnalysisError
-from geosolver.store import l2_normalize
+from geosolver.numeric import l2_normalize
 
 
 def diagnostics(emb: np.ndarray, block: int = 2048, uniformity_value: float | None = None) -> dict[str, float]:

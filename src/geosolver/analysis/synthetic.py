@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from geosolver.geo import latlon_to_xyz
-from geosolver.store import l2_normalize
+from geosolver.numeric import l2_normalize
 
 
 def geo_embeddings(
