@@ -79,6 +79,13 @@ def test_miniature_study_end_to_end_then_resume_skips_every_step(hub, tmp_path, 
     assert "geosolver evaluate --queries" in html and "Hardware" in html and "zero-shot-countries" in html
     assert "--prior none,text" in html and html.count("data:image/png;base64,") >= 4
     assert (out / "report.md").exists() and (out / "config.json").exists()
+    # location heads on the model's gallery embeddings: each head alone and fused with kNN, in the report
+    heads = json.loads((out / "heads" / "streetclip" / "heads.json").read_text())
+    methods = [r["method"] for r in heads["rows"]]
+    assert {"head-cells", "head-flow"} <= set(methods) and sum("head prior" in m for m in methods) == 2
+    assert all((out / "heads" / "streetclip" / f"head-{k}" / "head.json").is_file() for k in ("cells", "flow"))
+    assert "4b. " in (out / "report.md").read_text() and "head-flow" in html
+    assert any(c.startswith("geosolver head train ") for c in sum(summary["commands"].values(), []))
 
     # resumed: every step skipped, the hub not asked anything, the numbers unchanged
     hub.reset_log()

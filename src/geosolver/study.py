@@ -16,7 +16,8 @@ Steps (each skipped when its output already exists, so a killed study resumes wh
    (:func:`geosolver.enrich.enrich_store` + :func:`geosolver.curate.group_table`);
 4. kNN evaluation of test against the train-slice gallery for both encoders (:func:`geosolver.evaluate.evaluate`);
    for the model, when it has a text tower (StreetCLIP does), one more run: kNN vs zero-shot
-   (countries) vs kNN with the text prior at k = 10 (run ``{label}-text``);
+   (countries) vs kNN with the text prior at k = 10 (run ``{label}-text``); then both location heads
+   (cells, flow) trained on the model's gallery embeddings, alone and fused with kNN (``heads/{label}``);
 5. curated (``grouped-clustered``) vs ``random`` galleries of ``gallery_sizes`` images, evaluated on
    the same queries (:func:`geosolver.curate.curate_store`);
 6. fine-tuning the model on the train slice with each of :data:`ARMS` — soft-target contrastive (the best
@@ -44,7 +45,7 @@ from typing import Callable, Sequence
 
 from geosolver.encoders import DEFAULT_ENCODER, PRECISIONS
 from geosolver.errors import GeosolverError, UserError
-from geosolver.files import atomic_write_text
+from geosolver.files import atomic_write_json, atomic_write_text, jsonable
 from geosolver.htmlreport import img_tag, markdown_table_html, page
 from geosolver.encoders import has_text_tower
 from geosolver.rundir import RunDir
@@ -472,6 +473,28 @@ def _evaluate(st: _Study) -> None:
             st.store(label, "train"), dict(ks=[10], priors=["none", "text"], prior_weight=[1.0], zero_shot="countries"),
             ["--k", "10", "--prior", "none,text", "--prior-weight", "1", "--zero-shot", "countries"],
         )
+    _heads_step(st, label)
+
+
+def _heads_step(st: _Study, label: str) -> None:
+    """Both location heads (cells, flow) trained on the model's train-slice gallery embeddings, then
+    kNN vs each head vs each fused with kNN on the test queries (``OUT/heads/<label>/heads.md``)."""
+    hd = st.out / "heads" / label
+    gallery, queries = st.store(label, "train"), st.store(label, "test")
+
+    def run() -> None:
+        from geosolver.heads.study import study_step
+
+        res = study_step(gallery, queries, hd, device=st.cfg.device, k=10, progress=False)
+        atomic_write_text(hd / "heads.md", res["markdown"] + "\n")
+        atomic_write_json(hd / "heads.json", jsonable({"rows": res["rows"], "heads": res["heads"]}))  # the step's commit point
+
+    cmds = [shlex.join(["geosolver", "head", "train", "--gallery", str(gallery), "--kind", kind, "--out", str(hd / f"head-{kind}"),
+                        "--device", st.cfg.device]) for kind in ("cells", "flow")]
+    cmds += [shlex.join(["geosolver", "evaluate", "--queries", str(queries), "--gallery", str(gallery), "--strategy", "densest",
+                         "--k", "10", "--head", str(hd / "head-cells"), "--fuse", "none,head", "--head-weight", "1",
+                         "--out", str(hd / "eval-cells")])]
+    st.steps.run(f"4 heads {st.names['model']}: kNN vs location heads vs fused", lambda: (hd / "heads.json").is_file(), run, cmds)
 
 
 def _has_text_tower(store: Path) -> bool:
@@ -623,6 +646,7 @@ class _ReportParts:
     encoders: str
     encoders_all: str
     text: str
+    heads: str
     curation: str
     finetune: str
     analysis: str
@@ -653,6 +677,7 @@ def _report_parts(st: _Study, total_s: float) -> _ReportParts:
         encoders=compare_runs(full)[1], encoders_all=compare_runs(full, all_rows=True)[1], curation=md_curation,
         text=metrics_markdown(json.loads((text_run / "metrics.json").read_text())) if text_run else
         f"({st.names['model']} has no text tower: no zero-shot or text prior)",
+        heads=(out / "heads" / st.labels["model"] / "heads.md").read_text().strip(),
         finetune=compare_runs(ft)[1], analysis=_analysis_md(out / "analysis"),
         analysis_ft=_analysis_md(out / "analysis-finetune"), groups=_groups_md(out),
         training="\n".join(["| arm | steps | kept step | seconds | base Geoscore (val) | kept Geoscore (val) |",
@@ -693,6 +718,7 @@ def _report_md(st: _Study, p: _ReportParts) -> str:
         "## 2. Embedding space (similarity vs distance)", "", p.analysis, "",
         "## 3. Group sizes of the test split", "", p.groups, "",
         f"## 4. {names['model']}: kNN vs zero-shot vs the text prior (k = 10)", "", p.text, "",
+        f"## 4b. {names['model']}: kNN vs location heads (cells, flow) vs each fused with kNN (k = 10, λ = 1)", "", p.heads, "",
         "## 5. Curated vs random galleries", "", p.curation, "",
         "## 6. Fine-tuning", "", p.training, "", p.finetune, "", p.analysis_ft, "",
         "## Plots", "", f"![error map]({p.first.relative_to(out)}/errors_map.png)", "",
@@ -732,6 +758,9 @@ def _report_html(st: _Study, p: _ReportParts) -> str:
         f"<p>{p.groups.splitlines()[0]}</p>",
         f"<h2>4. {names['model']}: kNN vs zero-shot (countries) vs kNN with the text prior (k = 10)</h2>",
         *_text_html(p.text),
+        f"<h2>4b. {names['model']}: kNN vs location heads (cells, flow) vs each fused with kNN (k = 10, λ = 1)</h2>",
+        "<p>Heads trained on the gallery's stored embeddings (no image re-read); see the README's heads section.</p>",
+        markdown_table_html(p.heads),
         "<h2>5. Curated (grouped-clustered) vs random galleries</h2>",
         "<p>Same size, chosen two ways from the model's train-slice gallery; the same test queries.</p>",
         markdown_table_html(p.curation) if p.has_curation else f"<p>{p.curation}</p>",
