@@ -53,6 +53,8 @@ FILE_CATEGORY = {
     "test_embed.py": "crash/kill",
     "test_engines.py": "crash/kill",
     "test_download.py": "crash/kill",
+    "test_train_resume.py": "crash/kill",
+    "test_heads.py": "crash/kill",
 }
 #: the crash/kill tests of files that hold other tests too, by node id (file::function).
 KILL_TESTS = (
@@ -63,6 +65,8 @@ KILL_TESTS = (
     "tests/test_download.py::test_a_killed_or_interrupted_download_resumes_with_a_range_request_to_identical_bytes",
     "tests/test_download.py::test_a_connection_dropped_mid_zip_is_resumed_with_a_range_request",
     "tests/test_download.py::test_a_partial_file_that_does_not_match_the_hub_checksum_is_fetched_again_from_zero",
+    "tests/test_train_resume.py::test_sigkilled_cli_run_resumes_to_the_same_weights",
+    "tests/test_heads.py::test_a_killed_head_training_resumes_to_the_same_weights",
 )
 #: the order of the table's rows (categories not listed here follow, alphabetically).
 ORDER = ("data faults", "crash/kill", "concurrent writers", "disk full / OS errors", "damaged stores", "untrusted files",
