@@ -42,6 +42,7 @@ FILE_CATEGORY = {
     "test_hostile_jobs.py": "disk full / OS errors",
     "test_hostile_models.py": "untrusted files",
     "test_serve_hostile.py": "server abuse",
+    "test_hostile_serve_bombs.py": "server abuse",
     "test_hostile_cli.py": "CLI arguments",
     "test_hostile_study.py": "study pre-flight checks",
     "test_hostile_text_play.py": "zero-shot, text prior & play",

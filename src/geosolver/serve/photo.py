@@ -32,6 +32,8 @@ MAX_PHOTO_SIDE = 1600
 PHOTO_QUALITIES = range(80, 91)
 #: Most pixels trimmed from each edge of a Play photo per showing (drawn at random).
 PHOTO_MAX_TRIM = 3
+#: Formats PIL can decode reduced (JPEG draft): their budget is checked at the reduced size, in decode.
+_DRAFT_FORMATS = ("JPEG", "MPO")
 #: Decoded images at least this large trigger a ``gc.collect()`` once they are dropped.
 _GC_PIXELS = 4_000_000
 
@@ -95,6 +97,9 @@ def decode_photo(
     w, h = probe.size
     if fit_long_side and min_side is None and max(w, h) > fit_long_side and min(w, h) > 0:
         min_side = max(1, math.ceil(fit_long_side * min(w, h) / max(w, h)))
+    if max_pixels and fmt not in _DRAFT_FORMATS and w * h > max_pixels:
+        # before the EXIF read: PIL loads a whole PNG to find an EXIF chunk after its pixel data
+        raise _over_budget(name, w, h, (w, h), max_pixels)
     try:
         gps = exif_gps(probe)
         orientation = int(probe.getexif().get(0x0112, 1))
@@ -103,18 +108,23 @@ def decode_photo(
     try:
         img = decode(probe, min_side=min_side, max_pixels=max_pixels, name=name)
     except PixelLimitError as e:
-        dw, dh = e.decoded
-        reduced = "" if (dw, dh) == (w, h) else f" (decoded reduced: {dw}x{dh} = {dw * dh:,})"
-        raise PhotoError(
-            422,
-            f"{name}: {w}x{h} = {w * h:,} pixels{reduced} is more than this server's limit of {e.limit:,} pixels "
-            f"(geosolver serve --max-pixels); refused before decoding as a possible decompression bomb: send a smaller photo",
-        ) from None
+        raise _over_budget(name, w, h, e.decoded, e.limit) from None
     except ImageReadError as e:
         raise PhotoError(422, f"{name}: the image data is truncated or corrupt ({_reason(e)})") from None
     if orientation in (5, 6, 7, 8):
         w, h = h, w  # turned by 90 degrees (decode applied the EXIF orientation)
     return Photo(img, fmt, gps, w, h)
+
+
+def _over_budget(name: str, w: int, h: int, decoded: tuple[int, int], limit: int) -> PhotoError:
+    """422 for a photo over the server's pixel budget (``decoded``: the size it would decode at)."""
+    dw, dh = decoded
+    reduced = "" if (dw, dh) == (w, h) else f" (decoded reduced: {dw}x{dh} = {dw * dh:,})"
+    return PhotoError(
+        422,
+        f"{name}: {w}x{h} = {w * h:,} pixels{reduced} is more than this server's limit of {limit:,} pixels "
+        f"(geosolver serve --max-pixels); refused before decoding as a possible decompression bomb: send a smaller photo",
+    )
 
 
 def _reason(e: ImageReadError) -> str:
