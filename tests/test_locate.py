@@ -381,7 +381,8 @@ def test_vote_k_uses_only_the_k_most_similar():
 def test_densest_counts_a_neighbour_exactly_at_the_radius():
     """Equator: A (lon 0) and B (lon 1) equally similar, C (lon 90) more similar than either but
     less than both. With the radius exactly |AB|, A and B are each other's neighbours: the guess
-    is their equal-weight mean, lon 0.5 (a radius test with ``<`` would answer C)."""
+    is their equal-weight mean, lon 0.5 (a radius test with ``<`` would answer C); likewise B counts
+    towards the confidence of a guess at A."""
     from geosolver.geo import haversine
 
     radius = float(haversine(np.array([[[0.0], [0.0], [0.0]]]), np.array([[[90.0], [0.0], [1.0]]]),
@@ -390,6 +391,10 @@ def test_densest_counts_a_neighbour_exactly_at_the_radius():
     nb = _neighbours([0.82, 0.80, 0.80], [0.0, 0.0, 0.0], [90.0, 0.0, 1.0])  # e^16.4 < 2·e^16
     v = nb.vote("densest", temperature=0.05, radius_km=radius)
     assert v.lat[0] == pytest.approx(0.0, abs=1e-9) and v.lon[0] == pytest.approx(0.5, abs=1e-9)
+    # nn answers A (lon 0); its confidence, the weight within the radius of the guess, counts B at exactly |AB|
+    nn = _neighbours([0.82, 0.80, 0.80], [0.0, 0.0, 0.0], [0.0, 1.0, 90.0]).vote("nn", temperature=0.05, radius_km=radius)
+    a, b = math.exp(0.82 / 0.05), math.exp(0.80 / 0.05)
+    assert (nn.lon[0], nn.confidence[0]) == (0.0, pytest.approx((a + b) / (a + 2 * b), rel=1e-6))
 
 
 def test_neighbours_search_returns_the_exact_top_rows():
