@@ -545,7 +545,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         r["is_best"] = r is best
     warnings = _warnings(overlap, max((r for r in result_rows if r["k"]), key=lambda r: r["geoscore"], default=best))
     for w in warnings:
-        _warnings_module.warn(w, EvaluateWarning, stacklevel=2)
+        _warnings_module.warn(w, EvaluateWarning, stacklevel=_outside_stacklevel())
     config = {
         "queries": str(qs.path.resolve()),
         "gallery": str(gs.path.resolve()),
@@ -573,6 +573,17 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     if cfg.out is not None:
         write_outputs(result.as_dict(), pd.concat(pred_frames, ignore_index=True), Path(cfg.out), plots=cfg.plots)
     return result
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this module, so that a warning of
+    :func:`run_evaluate` points at the user's line whether it came through :func:`evaluate` or not."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _warnings(overlap: dict, best: dict) -> list[str]:
