@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -37,10 +38,17 @@ def test_score_matches_the_haversine_package_on_random_points():
     assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.2)
 
 
-def test_bootstrap_is_seeded():
-    v = np.random.default_rng(1).exponential(size=100)
-    assert bootstrap_ci(v, 200, seed=3) == bootstrap_ci(v, 200, seed=3)
-    assert bootstrap_ci(v, 200, seed=3) != bootstrap_ci(v, 200, seed=4)
+def test_bootstrap_interval_by_hand():
+    """Values (0, 0, 0, 1): a resample's mean is j/4 with j ~ Binomial(4, 1/4), so
+    P(mean = 0) = 0.316 and P(mean <= 0.5) = 0.949, P(mean <= 0.75) = 0.996: the 2.5 % and
+    97.5 % percentiles are exactly 0 and 0.75. A constant has a zero-width interval."""
+    assert bootstrap_ci(np.array([0.0, 0.0, 0.0, 1.0]), 4000, seed=5) == (0.0, 0.75)
+    assert bootstrap_ci(np.full(7, 3.5), 50, seed=1) == (3.5, 3.5)
+    # 400 fair coin flips: the interval is about mean ± 1.96·0.5/√400 = ± 0.049
+    v = np.array([0.0, 1.0] * 200)
+    lo, hi = bootstrap_ci(v, 2000, seed=3)
+    assert lo == pytest.approx(0.5 - 0.049, abs=0.006) and hi == pytest.approx(0.5 + 0.049, abs=0.006)
+    assert bootstrap_ci(v, 2000, seed=4) != (lo, hi)  # the seed picks the resamples
 
 
 @pytest.fixture(scope="module")
@@ -143,18 +151,56 @@ def test_compare_and_cli(stores, tmp_path, capsys):
     assert "no metrics.json" in capsys.readouterr().err
 
 
-def test_tune_grid_is_sorted_and_agrees_with_evaluate(stores):
+def _three_point_stores(d):
+    """One query at (0, 0); gallery A (1, 0) and B (-1, 0) with similarity 0.5, C (0, 90) with
+    similarity 0.75 (every value exact in float16)."""
+    q = np.zeros((1, 32))
+    q[0, 0] = 1.0
+    ab = np.zeros(32)
+    ab[:4] = 0.5
+    c = np.zeros(32)
+    c[:5] = [0.75, 0.5, 0.25, 0.25, 0.25]
+    gal = pd.DataFrame({"id": ["A", "B", "C"], "lat": [1.0, -1.0, 0.0], "lon": [0.0, 0.0, 90.0]})
+    return (write_store(d / "g3", np.array([ab, ab, c]), gal, ENC),
+            write_store(d / "q3", q, pd.DataFrame({"id": ["q"], "lat": [0.0], "lon": [0.0]}), ENC))
+
+
+def test_tune_and_evaluate_against_hand_computed_geoscores(tmp_path):
+    """Softmax weights ∝ e^(sim/T): C : A = e^(0.25/T). densest with radius 250 km (|AB| = 222 km)
+    picks {A, B} when 2·e^(0.5/T) > e^(0.75/T), i.e. T > 0.25/ln 2 = 0.36: at T = 0.5 the guess
+    is their mean (0, 0), Geoscore 5000; at T = 0.1, or with radius 100 km, it is C, 90° away.
+    weighted-mean answers the equator at lon atan2(e^(0.25/T), 2·cos 1°)."""
     from geosolver.evaluate import tune
 
-    g, q = stores
-    grid = tune(q, g, ks=[5, 10], temperatures=[0.02, 0.1], radii_km=[250, 1000], progress=False)
-    assert len(grid) == 2 * 2 * 1 + 2 * 2 * 2  # weighted-mean ignores the radius
+    g, q = _three_point_stores(tmp_path)
+    km_deg = 6371.0 * math.pi / 180  # one degree on the equator
+
+    def gs(deg):
+        return 5000 * math.exp(-deg * km_deg / 1492.7)
+
+    def wm(t):
+        return math.degrees(math.atan2(math.exp(0.25 / t), 2 * math.cos(math.radians(1.0))))
+
+    want = {("densest", 0.5, 250.0): gs(0), ("densest", 0.5, 100.0): gs(90), ("densest", 0.1, 250.0): gs(90),
+            ("densest", 0.1, 100.0): gs(90), ("weighted-mean", 0.5, None): gs(wm(0.5)), ("weighted-mean", 0.1, None): gs(wm(0.1))}
+    assert gs(90) == pytest.approx(6.128, abs=0.001) and wm(0.1) == pytest.approx(80.7, abs=0.1)  # the hand numbers
+    grid = tune(q, g, ks=[3], temperatures=[0.1, 0.5], radii_km=[100, 250], progress=False)
+    got = {(r.strategy, r.temperature, None if r.radius_km != r.radius_km else r.radius_km): r.geoscore for r in grid.itertuples()}
+    assert got.keys() == want.keys()
+    for key, v in want.items():
+        assert got[key] == pytest.approx(v, rel=1e-4, abs=1e-3), key
     assert list(grid.geoscore) == sorted(grid.geoscore, reverse=True)
-    assert grid.loc[grid.strategy == "weighted-mean", "radius_km"].isna().all()
-    top = grid.iloc[0]
-    assert top.strategy == "densest"
-    res = evaluate(q, g, strategies=[top.strategy], ks=[int(top.k)], temperature=top.temperature, radius_km=top.radius_km, bootstrap=10, progress=False)
-    assert res["rows"][0]["geoscore"] == pytest.approx(top.geoscore)
+    assert (grid.iloc[0].strategy, grid.iloc[0].temperature, grid.iloc[0].radius_km) == ("densest", 0.5, 250.0)
+    from geosolver.evaluate import EvaluateWarning
+
+    with pytest.warns(EvaluateWarning, match="perfect score"):  # 5000 is said aloud, even when it is honest
+        res = evaluate(q, g, strategies=["densest", "weighted-mean"], ks=[3], temperature=[0.1, 0.5], radius_km=[100, 250],
+                       bootstrap=10, progress=False)
+    rows = {(r["strategy"], r["temperature"], r["radius_km"]): r for r in res["rows"]}
+    assert rows.keys() == want.keys()  # an unused setting is None
+    for key, v in want.items():
+        assert rows[key]["geoscore"] == pytest.approx(v, rel=1e-4, abs=1e-3), key
+    assert res["best"]["geoscore"] == pytest.approx(5000.0) and rows[("densest", 0.5, 250.0)]["is_best"]
 
 
 # ----------------------------------------------------------------------------------------------

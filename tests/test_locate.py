@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -341,14 +343,63 @@ def test_weighted_mean_weighs_by_softmax_similarity():
     assert nb.vote("weighted-mean", temperature=t, radius_km=2500.0).confidence[0] == pytest.approx(0.75, rel=1e-5)
 
 
-def test_neighbours_head_search_and_vote_k():
-    from geosolver.index import build_index
-    from geosolver.locate import Neighbours, aggregate
+def _hand_mean(weights, lats, lons):
+    """The weighted spherical mean by hand (plain math): the direction of sum w·(x, y, z)."""
+    x = sum(w * math.cos(math.radians(a)) * math.cos(math.radians(o)) for w, a, o in zip(weights, lats, lons))
+    y = sum(w * math.cos(math.radians(a)) * math.sin(math.radians(o)) for w, a, o in zip(weights, lats, lons))
+    z = sum(w * math.sin(math.radians(a)) for w, a, o in zip(weights, lats, lons))
+    return math.degrees(math.atan2(z, math.hypot(x, y))), math.degrees(math.atan2(y, x))
 
-    nb = _neighbours([0.9, 0.8, 0.7], [1.0, 2.0, 3.0], [10.0, 20.0, 30.0])
+
+def test_weighted_mean_of_three_neighbours_by_hand():
+    """sims 0.9 / 0.8 / 0.7 at T = 0.05: softmax weights e^18 : e^16 : e^14, normalised by hand;
+    the guess is the direction of the weighted sum of the three unit vectors."""
+    sims, lat, lon = [0.9, 0.8, 0.7], [40.0, 10.0, -20.0], [10.0, 60.0, 100.0]
+    e = [math.exp(s / 0.05) for s in sims]
+    w = [x / sum(e) for x in e]  # 0.8668, 0.1173, 0.0159
+    want_lat, want_lon = _hand_mean(w, lat, lon)
+    v = _neighbours(sims, lat, lon).vote("weighted-mean", temperature=0.05, radius_km=500.0)
+    assert v.lat[0] == pytest.approx(want_lat, abs=1e-4) and v.lon[0] == pytest.approx(want_lon, abs=1e-4)  # sims are float32
+    assert 30 < want_lat < 40 and 10 < want_lon < 20  # pulled from the first point towards the second
+
+
+def test_vote_k_uses_only_the_k_most_similar():
+    """k = 2 of (0.9, 0.8, 0.7): the third neighbour has no say; nn is the first whatever k;
+    its confidence is its softmax weight among the k voters (within 500 km: only itself)."""
+    nb = _neighbours([0.9, 0.8, 0.7], [1.0, 2.0, 50.0], [10.0, 20.0, 80.0])
+    e18, e16 = math.exp(0.9 / 0.05), math.exp(0.8 / 0.05)
+    want_lat, want_lon = _hand_mean([e18, e16], [1.0, 2.0], [10.0, 20.0])
+    v = nb.vote("weighted-mean", k=2, temperature=0.05, radius_km=500.0)
+    assert v.lat[0] == pytest.approx(want_lat, abs=1e-4) and v.lon[0] == pytest.approx(want_lon, abs=1e-4)  # sims are float32
     h = nb.head(2)
     assert h.k == 2 and h.lat.tolist() == [[1.0, 2.0]] and nb.head(10) is nb
-    assert nb.vote("nn", k=2) == h.vote("nn")
+    nn = nb.vote("nn", k=2, temperature=0.05, radius_km=500.0)
+    assert (nn.lat[0], nn.lon[0]) == (1.0, 10.0)
+    assert nn.confidence[0] == pytest.approx(e18 / (e18 + e16), rel=1e-6)  # 0.8808 (sims held as float32)
+
+
+def test_densest_counts_a_neighbour_exactly_at_the_radius():
+    """Equator: A (lon 0) and B (lon 1) equally similar, C (lon 90) more similar than either but
+    less than both. With the radius exactly |AB|, A and B are each other's neighbours: the guess
+    is their equal-weight mean, lon 0.5 (a radius test with ``<`` would answer C); likewise B counts
+    towards the confidence of a guess at A."""
+    from geosolver.geo import haversine
+
+    radius = float(haversine(np.array([[[0.0], [0.0], [0.0]]]), np.array([[[90.0], [0.0], [1.0]]]),
+                             np.array([[[0.0, 0.0, 0.0]]]), np.array([[[90.0, 0.0, 1.0]]]), check=False)[0, 1, 2])
+    assert radius == pytest.approx(6371.0 * math.pi / 180, rel=1e-9)  # the input: one degree on the equator
+    nb = _neighbours([0.82, 0.80, 0.80], [0.0, 0.0, 0.0], [90.0, 0.0, 1.0])  # e^16.4 < 2·e^16
+    v = nb.vote("densest", temperature=0.05, radius_km=radius)
+    assert v.lat[0] == pytest.approx(0.0, abs=1e-9) and v.lon[0] == pytest.approx(0.5, abs=1e-9)
+    # nn answers A (lon 0); its confidence, the weight within the radius of the guess, counts B at exactly |AB|
+    nn = _neighbours([0.82, 0.80, 0.80], [0.0, 0.0, 0.0], [0.0, 1.0, 90.0]).vote("nn", temperature=0.05, radius_km=radius)
+    a, b = math.exp(0.82 / 0.05), math.exp(0.80 / 0.05)
+    assert (nn.lon[0], nn.confidence[0]) == (0.0, pytest.approx((a + b) / (a + 2 * b), rel=1e-6))
+
+
+def test_neighbours_search_returns_the_exact_top_rows():
+    from geosolver.index import build_index
+    from geosolver.locate import Neighbours
 
     rng = np.random.default_rng(3)
     lat, lon = clustered_points(60, 5, 1.0, rng)
@@ -364,10 +415,7 @@ def test_neighbours_head_search_and_vote_k():
     np.testing.assert_array_equal(got.lat, lat[got.rows])  # coordinates of the rows returned
     best = np.argsort(-(emb[:4] @ emb.T), axis=1)  # exact search by hand
     assert got.rows[1].tolist() == best[1, :3].tolist()
-    plat, plon, conf = aggregate(got.sims, got.lat, got.lon, "densest")
-    v = got.vote("densest")
-    np.testing.assert_array_equal(v.lat, plat)
-    np.testing.assert_array_equal(v.confidence, conf)
+    assert got.rows[0].tolist() == [j for j in best[0] if j != 0][:3]  # leave-one-out: the next three
 
 
 def test_from_store_takes_an_encoder_spec_and_a_device(tiny_clip_dir, tmp_path):

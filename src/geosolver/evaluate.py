@@ -25,7 +25,8 @@ the reverse geocode of the guess (:func:`geosolver.places.country_of`).
 **Sweeps.** ``temperature`` and ``radius_km`` may be lists: every combination that changes the
 guess is voted from the same neighbours (``weighted-mean`` per temperature, ``densest`` per
 temperature × radius, ``nn`` once) and reported as its own row, the best one marked
-(``is_best``). A setting that does not change a row's guess is ``NaN`` in that row.
+(``is_best``). A setting that does not change a row's guess is ``None`` in that row (``null``
+in ``metrics.json``, ``NaN`` in ``predictions.parquet``).
 
 **Text prior and zero-shot.** With a CLIP gallery (a text tower), ``priors=("none", "text")``
 votes every setting twice: plainly and with each neighbour's vote multiplied by the zero-shot
@@ -58,6 +59,7 @@ import math
 import os
 import time
 import warnings as _warnings_module
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,12 +70,13 @@ from geosolver.progress import tqdm
 from geosolver.errors import EvaluateError
 from geosolver.files import version
 from geosolver.geo import ACCURACY_THRESHOLDS_KM, distance_metrics, geoscore, haversine, latlon_to_xyz
+from geosolver.index import KINDS
 from geosolver.locate import DEFAULT_RADIUS_KM, DEFAULT_TEMPERATURE, STRATEGIES, Geolocator, Neighbours
 from geosolver.places import country_of
-from geosolver.prior import PRIORS, prior_factors
+from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS, prior_factors
 from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore, encoder_compatible
-from geosolver.zeroshot import ZeroShot
+from geosolver.zeroshot import LEVELS, ZeroShot
 
 log = logging.getLogger(__name__)
 
@@ -230,30 +233,29 @@ def positive_values(name: str, values: float | Sequence[float], allow_zero: bool
 
 def settings_grid(
     strategies: Sequence[str], ks: Sequence[int], temperatures: Sequence[float], radii_km: Sequence[float]
-) -> list[tuple[str, int, float, float]]:
+) -> list[tuple[str, int, float | None, float | None]]:
     """Every ``(strategy, k, temperature, radius_km)`` voted, ``(strategy, k)`` as :func:`combos`.
 
-    Only settings that change the guess vary: ``nn`` neither (``NaN`` for both),
-    ``weighted-mean`` the temperature (radius ``NaN``), ``densest`` both."""
-    nan = float("nan")
-    out: list[tuple[str, int, float, float]] = []
+    Only settings that change the guess vary: ``nn`` neither (``None`` for both),
+    ``weighted-mean`` the temperature (radius ``None``), ``densest`` both."""
+    out: list[tuple[str, int, float | None, float | None]] = []
     for s, k in combos(strategies, ks):
         if s == "nn":
-            out.append((s, k, nan, nan))
+            out.append((s, k, None, None))
         elif s == "weighted-mean":
-            out.extend((s, k, t, nan) for t in temperatures)
+            out.extend((s, k, t, None) for t in temperatures)
         else:
             out.extend((s, k, t, r) for t in temperatures for r in radii_km)
     return out
 
 
 def vote_setting(
-    nb: Neighbours, strategy: str, k: int, temperature: float, radius_km: float, default_t: float, default_r: float,
+    nb: Neighbours, strategy: str, k: int, temperature: float | None, radius_km: float | None, default_t: float, default_r: float,
     prior: np.ndarray | None = None,
 ):
-    """``nb.vote`` for one grid setting (a ``NaN`` setting, unused by the strategy, takes the default)."""
-    t = default_t if temperature != temperature else temperature
-    r = default_r if radius_km != radius_km else radius_km
+    """``nb.vote`` for one grid setting (a ``None`` setting, unused by the strategy, takes the default)."""
+    t = default_t if temperature is None else temperature
+    r = default_r if radius_km is None else radius_km
     return nb.vote(strategy, k, t, r, prior=prior)
 
 
@@ -342,90 +344,133 @@ def self_overlap(qs: EmbeddingStore, gs: EmbeddingStore) -> dict:
     return {"queries_in_gallery": inside, "n_queries": int(len(q_ids)), "same_store": bool(same_store), "same_ids": bool(same_ids)}
 
 
-def evaluate(
-    queries: EmbeddingStore | str | os.PathLike,
-    gallery: EmbeddingStore | str | os.PathLike,
-    strategies: Sequence[str] = STRATEGIES,
-    ks: Sequence[int] = DEFAULT_KS,
-    exclude_self: bool | str = False,
-    out: str | os.PathLike | None = None,
-    temperature: float | Sequence[float] = DEFAULT_TEMPERATURE,
-    radius_km: float | Sequence[float] = DEFAULT_RADIUS_KM,
-    index_kind: str = "flat",
-    index: Any = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    batch_size: int = 8192,
-    plots: bool = True,
-    progress: bool = True,
-    priors: Sequence[str] = ("none",),
-    prior_by: str = "country",
-    prior_weight: float | Sequence[float] = 1.0,
-    zero_shot: str | None = None,
-    text_temperature: float | None = None,
-    prompt: str | None = None,
-    head: Any = None,
-    fuse: Sequence[str] = ("none", "head"),
-    head_weight: float | Sequence[float] = 1.0,
-    refine_top: int = 5,
-    **index_params: Any,
-) -> dict:
-    """Locate every query of ``queries`` in ``gallery`` and measure the errors.
+_TEXT = "text prior and zero-shot (a CLIP gallery with a text tower, e.g. streetclip)"
+_HEAD = "location head (geosolver head train)"
 
-    Args:
-        queries: store of query embeddings with true ``lat``/``lon`` (degrees).
-        gallery: store to retrieve from (same encoder as ``queries``).
-        strategies: aggregation strategies (see :mod:`geosolver.locate`).
-        ks: neighbour counts.
-        exclude_self: leave-one-out: never retrieve a gallery row whose ``id`` equals the
-            query's (use when the gallery contains the queries). ``"auto"``: on when queries and
-            gallery are the same store (same path or the same set of ids), off otherwise.
-            Either way, queries found in the gallery are counted (``self_overlap``) and, with
-            leave-one-out off, warned about.
-        out: directory for ``metrics.json``, ``metrics.md``, ``predictions.parquet``,
-            ``config.json``, ``errors_map.png``, ``errors_hist.png`` (``None``: write nothing).
-        temperature, radius_km: aggregation settings (softmax temperature; radius in km); a
-            list of values is swept (every combination is a row, see the module docstring).
-        index_kind: ``flat`` / ``ivf`` / ``ivfpq`` gallery index (ignored if ``index`` given).
-        index: a ready :class:`~geosolver.index.KnnIndex` over ``gallery``.
-        bootstrap: bootstrap repetitions for the Geoscore interval.
-        seed: seed of the bootstrap and of the random reference.
-        batch_size: queries per search batch.
-        plots: draw the map and the error distribution.
-        progress: progress bar.
-        priors: ``"none"`` and/or ``"text"`` — vote plainly and/or with the text prior
-            (:mod:`geosolver.prior`; needs the gallery's encoder to be a CLIP with a text tower).
-        prior_by: ``"country"`` or ``"region"``: what the text prior matches.
-        prior_weight: λ of the text prior; a list is swept.
-        zero_shot: ``None``, or a zero-shot level (``countries`` / ``regions`` / ``cities``) whose
-            text-only guesses are scored as their own row.
-        text_temperature, prompt: zero-shot softmax temperature (``None``: the CLIP's logit
-            scale) and prompt template (``None``: the StreetCLIP forms).
-        head: a location head (its directory, or a loaded :class:`~geosolver.heads.Head`) trained
-            on this encoder's embeddings; ``None``: none.
-        fuse: with ``head``: ``"none"`` and/or ``"head"`` — the plain vote and/or the vote fused
-            with the head as rows.
-        head_weight: λ of the head prior; a list is swept.
-        refine_top: a cells head: also vote inside its ``refine_top`` best cells (0: not).
-        **index_params: passed to :meth:`KnnIndex.for_store` (nlist, nprobe, ...).
 
-    Returns:
-        ``{"rows": [per (strategy, k, temperature, radius_km, prior) metrics, the best with
-        is_best=True], "best": row with the highest mean Geoscore, "references": {"random": ...,
-        "oracle": ...}, "self_overlap": {...}, "warnings": [...], "config": ...}``.
+@dataclass
+class EvaluateConfig:
+    """Everything one evaluation depends on (the ``geosolver evaluate`` options are derived from it,
+    :func:`geosolver.cli.args.add_config_arguments`). Lists are swept: every combination is a row."""
+
+    queries: Any = field(metadata={"help": "query embedding store (true lat/lon)", "required": True})
+    gallery: Any = field(metadata={"help": "gallery embedding store", "required": True})
+    strategies: Sequence[str] = field(default=STRATEGIES, metadata={
+        "flag": "--strategy", "metavar": "STRATEGY", "kind": "name_list", "help": f"comma-separated, of {','.join(STRATEGIES)} (default all)"})
+    ks: Sequence[int] = field(default=DEFAULT_KS, metadata={
+        "flag": "--k", "metavar": "K", "kind": "positive_int_list", "help": f"comma-separated neighbour counts (default {','.join(map(str, DEFAULT_KS))})"})
+    #: leave-one-out: ``True``, ``False`` or ``"auto"`` (on when queries and gallery are the same store); the CLI's default is "auto"
+    exclude_self: bool | str = field(default=False, metadata={"cli": False})
+    temperature: float | Sequence[float] = field(default=(DEFAULT_TEMPERATURE,), metadata={
+        "kind": "positive_float_list", "help": f"softmax temperature; comma-separated values are swept (default {DEFAULT_TEMPERATURE:g})"})
+    radius_km: float | Sequence[float] = field(default=(DEFAULT_RADIUS_KM,), metadata={
+        "kind": "positive_float_list",
+        "help": f"densest-cluster radius in km; comma-separated values are swept (default {DEFAULT_RADIUS_KM:g}). "
+                "Every (strategy, k, temperature, radius) combination is a row of metrics.md/metrics.json, the best marked"})
+    index_kind: str = field(default=KINDS[0], metadata={"flag": "--index", "choices": KINDS, "help": f"gallery index kind (default {KINDS[0]})"})
+    #: a ready :class:`~geosolver.index.KnnIndex` over the gallery (then ``index_kind`` is ignored)
+    index: Any = field(default=None, metadata={"cli": False})
+    nprobe: int | None = field(default=None, metadata={"kind": "positive_int", "help": "IVF cells visited per query"})
+    bootstrap: int = field(default=1000, metadata={"kind": "non_negative_int", "help": "bootstrap repetitions for the 95 % interval"})
+    seed: int = field(default=0, metadata={"kind": "non_negative_int", "help": "seed of the bootstrap resamples and the random baseline (default 0)"})
+    out: Any = field(default=None, metadata={"required": True, "help": "output directory"})
+    plots: bool = field(default=True, metadata={"flag": "--no-plots", "help": "skip errors_map.png and errors_hist.png"})
+    batch_size: int = field(default=8192, metadata={"cli": False})
+    progress: bool = field(default=True, metadata={"cli": False})
+    priors: Sequence[str] = field(default=("none",), metadata={
+        "flag": "--prior", "metavar": "PRIOR", "item_choices": PRIORS, "group": _TEXT,
+        "help": "comma-separated, of none,text: 'text' multiplies each neighbour's vote by the zero-shot probability of "
+                "its country; 'none,text' reports both (default none)"})
+    prior_by: str = field(default=PRIOR_BY[0], metadata={
+        "choices": PRIOR_BY, "given_only": True, "group": _TEXT, "help": f"what --prior text matches (default {PRIOR_BY[0]})"})
+    prior_weight: float | Sequence[float] = field(default=DEFAULT_PRIOR_WEIGHT, metadata={
+        "kind": "non_negative_float_list", "given_only": True, "group": _TEXT,
+        "help": f"exponent λ on the prior's probabilities; comma-separated values are swept (default {DEFAULT_PRIOR_WEIGHT:g})"})
+    zero_shot: str | None = field(default=None, metadata={
+        "choices": LEVELS, "metavar": "LEVEL", "group": _TEXT,
+        "help": f"also score the text model alone, one of {', '.join(LEVELS)} (its own row, strategy zero-shot-LEVEL)"})
+    text_temperature: float | None = field(default=None, metadata={
+        "kind": "positive_float", "group": _TEXT, "help": "zero-shot softmax temperature (default: the CLIP's logit scale)"})
+    prompt: str | None = field(default=None, metadata={
+        "metavar": "TEMPLATE", "group": _TEXT, "help": "prompt template with {country}, {region}, {city} (default: StreetCLIP's forms)"})
+    head: Any = field(default=None, metadata={
+        "metavar": "DIR", "group": _HEAD, "help": "a head trained on this encoder's embeddings: adds the head's own row and, per "
+        "setting, the vote fused with it (and, for a cells head, refined inside its top cells)"})
+    fuse: Sequence[str] = field(default=FUSE, metadata={
+        "item_choices": FUSE, "given_only": True, "group": _HEAD,
+        "help": "with --head, comma-separated of none,head: the plain vote and/or the vote fused with the head (default none,head)"})
+    head_weight: float | Sequence[float] = field(default=1.0, metadata={
+        "kind": "non_negative_float_list", "given_only": True, "group": _HEAD,
+        "help": "exponent λ on the head's probabilities; comma-separated values are swept (default 1)"})
+    refine_top: int = field(default=5, metadata={
+        "kind": "non_negative_int", "given_only": True, "group": _HEAD,
+        "help": "cells head: also vote with the neighbours inside its N most probable cells; 0 = no such rows (default 5)"})
+    #: more :meth:`KnnIndex.for_store` settings (nlist, ...)
+    index_params: dict = field(default_factory=dict, metadata={"cli": False})
+
+
+@dataclass
+class EvaluateResult:
+    """What :func:`run_evaluate` measured: ``rows`` (one per setting, the best with
+    ``is_best=True``; a setting a row's strategy does not use is ``None``), ``best``, the
+    ``references`` (``random``, ``oracle``), ``self_overlap``, the ``warnings``, the recorded
+    ``config`` (JSON) and ``timing_s`` (``search``, ``total``)."""
+
+    rows: list[dict]
+    best: dict
+    references: dict[str, dict]
+    self_overlap: dict
+    warnings: list[str]
+    config: dict
+    timing_s: dict[str, float]
+
+    def as_dict(self) -> dict:
+        """The result as the dict :func:`evaluate` returns and ``metrics.json`` holds."""
+        return {"rows": self.rows, "best": self.best, "references": self.references, "self_overlap": self.self_overlap,
+                "warnings": self.warnings, "config": self.config, "timing_s": self.timing_s}
+
+
+def evaluate(queries: EmbeddingStore | str | os.PathLike, gallery: EmbeddingStore | str | os.PathLike, **kw: Any) -> dict:
+    """:func:`run_evaluate` with the settings as keywords (the fields of :class:`EvaluateConfig`;
+    any other keyword goes to :meth:`KnnIndex.for_store`: nlist, ...), its result as a dict
+    (:meth:`EvaluateResult.as_dict`)."""
+    names = {f.name for f in fields(EvaluateConfig)}
+    extra = {k: kw.pop(k) for k in list(kw) if k not in names}
+    cfg = EvaluateConfig(queries, gallery, **kw)
+    cfg.index_params = {**cfg.index_params, **extra}
+    return run_evaluate(cfg).as_dict()
+
+
+def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
+    """Locate every query of ``cfg.queries`` in ``cfg.gallery`` and measure the errors.
+
+    ``cfg.queries`` holds query embeddings with true ``lat``/``lon`` (degrees); ``cfg.gallery``
+    the store to retrieve from (same encoder). With ``cfg.out`` it writes ``metrics.json``,
+    ``metrics.md``, ``predictions.parquet``, ``config.json``, ``errors_map.png`` and
+    ``errors_hist.png`` there (:data:`OUTPUT_FILES`). Leave-one-out (``exclude_self``): never
+    retrieve a gallery row whose ``id`` equals the query's; ``"auto"``: on when queries and
+    gallery are the same store (same path or the same set of ids). Either way, queries found in
+    the gallery are counted (``self_overlap``) and, with leave-one-out off, warned about.
+    ``priors`` ``"text"`` needs the gallery's encoder to be a CLIP with a text tower
+    (:mod:`geosolver.prior`); ``head`` is a head's directory or a loaded
+    :class:`~geosolver.heads.Head`; ``refine_top`` 0 adds no refined rows.
 
     Raises:
         EvaluateError: stores from different encoders or of different dims, empty query store,
         a temperature or radius that is not a finite number > 0.
     """
+    queries, gallery, strategies, ks, exclude_self = cfg.queries, cfg.gallery, cfg.strategies, cfg.ks, cfg.exclude_self
+    index, index_kind, bootstrap, seed, batch_size, progress = cfg.index, cfg.index_kind, cfg.bootstrap, cfg.seed, cfg.batch_size, cfg.progress
+    zero_shot, head, refine_top = cfg.zero_shot, cfg.head, cfg.refine_top
+    index_params = {**cfg.index_params, **({} if cfg.nprobe is None else {"nprobe": cfg.nprobe})}
     t0 = time.time()
-    temps = positive_values("temperature", temperature)
-    radii = positive_values("radius_km", radius_km)
+    temps = positive_values("temperature", cfg.temperature)
+    radii = positive_values("radius_km", cfg.radius_km)
     todo = settings_grid(strategies, ks, temps, radii)
-    priors = _check_priors(priors)
-    weights = positive_values("prior_weight", prior_weight, allow_zero=True) if "text" in priors else []
-    fuse = _check_fuse(fuse, head)
-    head_weights = positive_values("head_weight", head_weight, allow_zero=True) if "head" in fuse else []
+    priors = _check_priors(cfg.priors)
+    weights = positive_values("prior_weight", cfg.prior_weight, allow_zero=True) if "text" in priors else []
+    fuse = _check_fuse(cfg.fuse, head)
+    head_weights = positive_values("head_weight", cfg.head_weight, allow_zero=True) if "head" in fuse else []
     qs, gs = _open(queries), _open(gallery)
     head = _open_head(head, gs)  # before the search: a head of another encoder is refused at once
     overlap = self_overlap(qs, gs)
@@ -454,17 +499,16 @@ def evaluate(
     g_lat, g_lon = gs.coords()
 
     true_cc = true_countries(qs)
-    text = _text_model(geo, qs, nb, "text" in priors, prior_by, zero_shot, text_temperature, prompt, batch_size, progress)
+    text = _text_model(geo, qs, nb, "text" in priors, cfg.prior_by, zero_shot, cfg.text_temperature, cfg.prompt, batch_size, progress)
     probs = {"text": text.get("nb_probs"), "head": _head_probs(head, qs, nb, batch_size) if "head" in fuse else None}
     plain = "none" in priors and (head is None or "none" in fuse)
-    nan = float("nan")
-    votes = [("none", nan)] * plain + [("text", lam) for lam in weights] + [("head", lam) for lam in head_weights]
+    votes = [("none", None)] * plain + [("text", lam) for lam in weights] + [("head", lam) for lam in head_weights]
     q_emb = qs.embeddings() if head is not None else None
     result_rows, pred_frames = [], []
 
     def add_row(v, strategy, k, t, r, tag, lam, conf) -> None:
         m, km, pcc = score(q_lat, q_lon, v[0], v[1], true_cc, bootstrap, seed)
-        result_rows.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "prior": tag, "prior_weight": None if lam != lam else lam, **m})
+        result_rows.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "prior": tag, "prior_weight": lam, **m})
         pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, v[0], v[1], km, true_cc, pcc, strategy, k, conf, t, r, lam, tag))
 
     for strategy, k, t, r in todo:
@@ -473,16 +517,17 @@ def evaluate(
             v = vote_setting(nb, strategy, k, t, r, temps[0], radii[0], factors)
             add_row(v, strategy, k, t, r, tag, lam, v.confidence)
         if head is not None and head.kind == "cells" and refine_top:
-            v = head.refine(q_emb, nb.head(k), refine_top, strategy, temperature=temps[0] if t != t else t, radius_km=radii[0] if r != r else r)
-            add_row(v, strategy, k, t, r, "refine", nan, v.confidence)
+            v = head.refine(q_emb, nb.head(k), refine_top, strategy, temperature=temps[0] if t is None else t,
+                            radius_km=radii[0] if r is None else r)
+            add_row(v, strategy, k, t, r, "refine", None, v.confidence)
     if head is not None:
         g = head.predict(q_emb)
-        add_row(g, f"head-{head.kind}", 0, nan, nan, "none", nan, g.confidence)
+        add_row(g, f"head-{head.kind}", 0, None, None, "none", None, g.confidence)
     if zero_shot is not None:
         name = f"zero-shot-{zero_shot}"
         zlat, zlon, zconf = text["zero_shot"]
         m, km, pcc = score(q_lat, q_lon, zlat, zlon, true_cc, bootstrap, seed)
-        result_rows.append({"strategy": name, "k": 0, "temperature": nan, "radius_km": nan, "prior": "none", "prior_weight": None, **m})
+        result_rows.append({"strategy": name, "k": 0, "temperature": None, "radius_km": None, "prior": "none", "prior_weight": None, **m})
         pred_frames.append(_pred_frame(q_ids, q_lat, q_lon, zlat, zlon, km, true_cc, pcc, name, 0, zconf))
 
     excl_rows = [geo.rows_of_ids([i]) for i in q_ids] if exclude_self else None
@@ -500,7 +545,7 @@ def evaluate(
         r["is_best"] = r is best
     warnings = _warnings(overlap, max((r for r in result_rows if r["k"]), key=lambda r: r["geoscore"], default=best))
     for w in warnings:
-        _warnings_module.warn(w, EvaluateWarning, stacklevel=2)
+        _warnings_module.warn(w, EvaluateWarning, stacklevel=_outside_stacklevel())
     config = {
         "queries": str(qs.path.resolve()),
         "gallery": str(gs.path.resolve()),
@@ -524,13 +569,21 @@ def evaluate(
         "geosolver_version": version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    result = {
-        "rows": result_rows, "best": best, "references": refs, "self_overlap": overlap, "warnings": warnings,
-        "config": config, "timing_s": {"search": search_s, "total": time.time() - t0},
-    }
-    if out is not None:
-        write_outputs(result, pd.concat(pred_frames, ignore_index=True), Path(out), plots=plots)
+    result = EvaluateResult(result_rows, best, refs, overlap, warnings, config, {"search": search_s, "total": time.time() - t0})
+    if cfg.out is not None:
+        write_outputs(result.as_dict(), pd.concat(pred_frames, ignore_index=True), Path(cfg.out), plots=cfg.plots)
     return result
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this module, so that a warning of
+    :func:`run_evaluate` points at the user's line whether it came through :func:`evaluate` or not."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _warnings(overlap: dict, best: dict) -> list[str]:
@@ -625,7 +678,7 @@ def tune(
     for strategy, k, t, r in todo:
         v = vote_setting(nb, strategy, k, t, r, temps[0], DEFAULT_RADIUS_KM)
         km = haversine(q_lat, q_lon, v.lat, v.lon, check=False)
-        out.append({"strategy": strategy, "k": k, "temperature": t, "radius_km": r, "geoscore": float(geoscore(km).mean()), "median_km": float(np.median(km))})
+        out.append({"strategy": strategy, "k": k, "temperature": np.nan if t is None else t, "radius_km": np.nan if r is None else r, "geoscore": float(geoscore(km).mean()), "median_km": float(np.median(km))})
     return pd.DataFrame(out).sort_values("geoscore", ascending=False, ignore_index=True)
 
 

@@ -59,6 +59,40 @@ def comma_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",")]
 
 
+def one_of(choices):
+    """A value type accepting one of ``choices`` (for the items of :func:`csv_of`)."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def csv_of(kind):
+    """A value type for comma-separated ``kind`` values (each checked by ``kind``; at least one;
+    duplicates dropped, order kept): ``csv_of(positive_int)("5,10,5")`` → ``[5, 10]``."""
+
+    def parse(text: str) -> list:
+        try:
+            vals = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"expected one or more comma-separated values, got {text!r}")
+        return list(dict.fromkeys(vals))
+
+    return parse
+
+
+#: comma-separated lists of the value types above (a sweep of ``k``, temperatures, weights, names)
+positive_int_list = csv_of(positive_int)
+positive_float_list = csv_of(positive_float)
+non_negative_float_list = csv_of(non_negative_float)
+name_list = csv_of(str)
+
+
 def port(text: str) -> int:
     """A TCP port, 1–65535."""
     v = _number(int, text)
@@ -93,7 +127,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tupl
     ``--field-name``; ``None``: not on the command line — ``cli=False`` says the same);
     ``kind`` or ``type`` (the name of a value type of this module, or ``"float"``/``"int"``;
     default: the field's annotation, ``int``/``float`` parsed as numbers, anything else as text);
-    ``choices``, ``nargs``, ``metavar``, ``required``; ``positional`` (an argument, not an option).
+    ``item_choices`` (a comma-separated list of these names, as :func:`csv_of` ``(one_of(...))``);
+    ``choices``, ``nargs``, ``metavar``, ``required``; ``positional`` (an argument, not an option);
+    ``group`` (the title of the argument group the option is listed under in ``--help``);
+    ``given_only`` (the option is absent from the parsed arguments unless given, so the command
+    can tell "not given" from the default, and :func:`config_from_args` keeps the field's default).
     A field without a default is required. A boolean is ``--x`` / ``--no-x`` (with ``flag``: only
     that flag, flipping the default). A help text that does not name its default gets
     ``(default X)`` appended.
@@ -101,10 +139,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tupl
     import dataclasses
 
     named = {"float": float, "int": int}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    top = parser
     for f in dataclasses.fields(config_cls):
         meta = f.metadata
         if f.name in skip or not meta.get("cli", True) or ("flag" in meta and meta["flag"] is None):
             continue
+        if meta.get("group") and meta["group"] not in groups:
+            groups[meta["group"]] = top.add_argument_group(meta["group"])
+        parser = groups[meta["group"]] if meta.get("group") else top
         name = f.name.replace("_", "-")
         help_text = meta.get("help") or ""
         has_default = f.default is not dataclasses.MISSING
@@ -118,7 +161,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tupl
         kw = {k: meta[k] for k in ("choices", "nargs", "metavar", "required") if k in meta}
         type_name = meta.get("kind", meta.get("type"))
         annotation = str(f.type).split(" ")[0]
-        if type_name is not None:
+        if meta.get("item_choices"):
+            kw["type"] = csv_of(one_of(meta["item_choices"]))
+        elif type_name is not None:
             kw["type"] = named.get(type_name) or globals()[type_name]
         elif annotation in ("int", "float"):
             kw["type"] = lambda text, t=named[annotation]: _number(t, text)
@@ -128,7 +173,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tupl
         if meta.get("positional"):
             parser.add_argument(f.name, **kw)
             continue
-        if has_default:
+        if meta.get("given_only"):
+            kw["default"] = argparse.SUPPRESS
+        elif has_default:
             kw["default"] = f.default
         elif f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             kw.setdefault("required", True)
