@@ -115,3 +115,21 @@ def test_cell_boxes_tile_the_sphere_as_the_cells_do(world):
     np.testing.assert_array_equal(inside.argmax(axis=1), cells.cell_of(lat, lon))  # ... the box of its cell
     # areas (in degrees²) add up to the whole lat/lon rectangle
     assert ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sum() == pytest.approx(180 * 360)
+
+
+def test_a_flow_heads_block_is_the_heaviest_cells_of_its_probability_grid(world, tmp_path):
+    from geosolver.heads import load_head, train_head
+    from geosolver.serve.headmap import FLOW_GRID_DEG, HeadMap
+
+    train_head(small_cfg(world["store"], tmp_path / "flow", "flow", epochs=3, samples=32, ode_steps=4), progress=False)
+    head = load_head(tmp_path / "flow")
+    emb = world["encoder"].embed_images([world["upload"]])
+    (block,) = HeadMap(head, top=20).blocks(emb)
+    assert block["kind"] == "flow" and len(block["cells"]) == 20 and len(json.dumps(block)) < 20_000
+    ps = [c["p"] for c in block["cells"]]
+    assert sum(ps) <= 1.0 and ps == sorted(ps, reverse=True) and ps[0] > 0
+    _, _, grid = head.density_map(emb[0], step_deg=FLOW_GRID_DEG)  # the whole map sums to 1: the top 20 of it
+    assert sum(ps) == pytest.approx(np.sort(grid, axis=None)[::-1][:20].sum(), abs=1e-4)
+    for c in block["cells"]:  # 5° boxes centred on the grid's points
+        s, w, n, e = c["bounds"]
+        assert (n - s, e - w) == pytest.approx((FLOW_GRID_DEG, FLOW_GRID_DEG)) and ((s + n) / 2, (w + e) / 2) == pytest.approx((c["lat"], c["lon"]))
