@@ -79,3 +79,39 @@ def geosolver_cache(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("GEOSOLVER_CACHE_DIR", str(path))
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# `geosolver serve` (tests/test_serve*.py, test_hostile_text_play.py): one world per test module
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(request, tmp_path_factory, tiny_clip_dir) -> dict:
+    """The serve test world of the requesting module (:func:`helpers_serve.build_world`: a tiny-CLIP
+    gallery embedded from the very photos the tests upload). A module serving another gallery
+    overrides this fixture with a dict holding at least ``store`` (the gallery) and ``encoder``."""
+    from helpers_serve import build_world
+
+    return build_world(tmp_path_factory.mktemp(request.module.__name__), tiny_clip_dir)
+
+
+@pytest.fixture(scope="module")
+def geoloc(world):
+    """A :class:`~geosolver.locate.Geolocator` over the module's ``world``."""
+    from geosolver.locate import Geolocator
+
+    return Geolocator.from_store(world["store"], encoder=world["encoder"])
+
+
+@pytest.fixture(scope="module")
+def serve_options() -> dict:
+    """``create_app`` keywords of the module's ``client`` (a module overrides this to change them)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def client(geoloc, serve_options):
+    """A FastAPI ``TestClient`` of ``create_app(geoloc, **serve_options)``, open for the module."""
+    from helpers_serve import serve_client
+
+    with serve_client(geoloc, **serve_options) as c:
+        yield c

@@ -1,9 +1,8 @@
 """The `geosolver serve` test world, shared by tests/test_serve*.py: a gallery of distinct block
 patterns at known places in Europe, embedded with the tiny random CLIP from the very bytes the
-tests upload; upload helpers; and the module-scoped ``world`` / ``geoloc`` / ``client`` fixtures.
-
-A test module takes the fixtures by importing them (``from helpers_serve import client, geoloc,
-world``); each importing module gets its own world (they are module-scoped).
+tests upload, and upload helpers. The module-scoped ``world`` / ``geoloc`` / ``serve_options`` /
+``client`` fixtures built from them live in tests/conftest.py (each test module gets its own world;
+a module overrides ``world`` and ``serve_options`` to serve another gallery or other options).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from helpers_data import make_exif
@@ -81,27 +79,13 @@ def build_world(root: Path, clip_dir: str, gps_photo: bytes | None = None) -> di
     return {"store": store, "encoder": enc, "meta": meta, "uploads": uploads, "clip_dir": clip_dir}
 
 
-@pytest.fixture(scope="module")
-def world(request, tmp_path_factory, tiny_clip_dir) -> dict:
-    """The test world of the requesting test module (built once per module)."""
-    return build_world(tmp_path_factory.mktemp(request.module.__name__), tiny_clip_dir)
-
-
-@pytest.fixture(scope="module")
-def geoloc(world):
-    from geosolver.locate import Geolocator
-
-    return Geolocator.from_store(world["store"], encoder=world["encoder"])
-
-
-@pytest.fixture(scope="module")
-def client(geoloc):
+def serve_client(geoloc, **options):
+    """A ``TestClient`` (use it as a context manager) of ``create_app(geoloc, **options)``."""
     from fastapi.testclient import TestClient
 
     from geosolver.serve import create_app
 
-    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc)) as c:
-        yield c
+    return TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, **options))
 
 
 def post(client, data: bytes, name: str = "photo.jpg", ctype: str = "application/octet-stream", params=None, form=None, field: str = "file"):

@@ -31,8 +31,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
-from helpers_serve import encode, gallery_coords, pattern  # noqa: E402
+from helpers_serve import encode, gallery_coords, pattern, serve_client  # noqa: E402
 
 from geosolver.cli import main as cli_main  # noqa: E402
 from geosolver.store import write_store  # noqa: E402
@@ -307,7 +306,8 @@ N_GALLERY = 8
 
 
 @pytest.fixture(scope="module")
-def play_world(tmp_path_factory):
+def world(tmp_path_factory):
+    """Overrides conftest's ``world``: a histogram gallery (``store``) and a small Play query store."""
     from geosolver.encoders import load_encoder
 
     root = tmp_path_factory.mktemp("hostile-play")
@@ -323,19 +323,12 @@ def play_world(tmp_path_factory):
     meta = pd.DataFrame({"id": ["q0", "q1", "q2"], "source": [str(root / f"q{j}.png") for j in range(3)],
                          "lat": [51.5, -33.9, 40.7], "lon": [-0.1, 151.2, -74.0]})
     queries = write_store(root / "queries", enc.embed_images(photos), meta, enc.identity())
-    return {"root": root, "gallery": gallery, "queries": queries, "encoder": enc, "meta": meta, "photos": photos}
+    return {"root": root, "store": gallery, "queries": queries, "encoder": enc, "meta": meta, "photos": photos}
 
 
-@pytest.fixture(scope="module")
-def geoloc(play_world):
-    from geosolver.locate import Geolocator
-
-    return Geolocator.from_store(play_world["gallery"], encoder=play_world["encoder"])
-
-
-def _query_store(play_world, path: Path, meta: pd.DataFrame) -> Path:
-    enc = play_world["encoder"]
-    write_store(path, enc.embed_images(play_world["photos"][: len(meta)]), meta, enc.identity())
+def _query_store(world, path: Path, meta: pd.DataFrame) -> Path:
+    enc = world["encoder"]
+    write_store(path, enc.embed_images(world["photos"][: len(meta)]), meta, enc.identity())
     return path
 
 
@@ -355,49 +348,47 @@ def _damage_metadata(store: Path, damage: str) -> None:
     meta.to_parquet(pq)
 
 
-def _serve_cli(play_world, queries: Path, monkeypatch, capsys) -> tuple[int, str]:
+def _serve_cli(world, queries: Path, monkeypatch, capsys) -> tuple[int, str]:
     import geosolver.serve.app as app_mod
 
     monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: pytest.fail("served despite a bad --play store"))
     capsys.readouterr()
-    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(queries)])
+    rc = cli_main(["serve", "--gallery", str(world["store"].path), "--model", "histogram", "--play", str(queries)])
     return rc, capsys.readouterr().err
 
 
-def test_play_store_without_a_source_column_exits_2_with_one_line(play_world, tmp_path, monkeypatch, capsys):
-    q = _query_store(play_world, tmp_path / "q", play_world["meta"].drop(columns=["source"]))
-    rc, err = _serve_cli(play_world, q, monkeypatch, capsys)
+def test_play_store_without_a_source_column_exits_2_with_one_line(world, tmp_path, monkeypatch, capsys):
+    q = _query_store(world, tmp_path / "q", world["meta"].drop(columns=["source"]))
+    rc, err = _serve_cli(world, q, monkeypatch, capsys)
     line = error_line(err, "serve")
     assert rc == 2 and "`source` column" in line and str(q) in line
 
 
-def test_play_store_whose_sources_are_all_empty_exits_2_with_one_line(play_world, tmp_path, monkeypatch, capsys):
-    meta = play_world["meta"].assign(source=["", None, ""])
-    q = _query_store(play_world, tmp_path / "q", meta)
-    rc, err = _serve_cli(play_world, q, monkeypatch, capsys)
+def test_play_store_whose_sources_are_all_empty_exits_2_with_one_line(world, tmp_path, monkeypatch, capsys):
+    meta = world["meta"].assign(source=["", None, ""])
+    q = _query_store(world, tmp_path / "q", meta)
+    rc, err = _serve_cli(world, q, monkeypatch, capsys)
     line = error_line(err, "serve")
     assert rc == 2 and "no query row" in line and "photo source" in line
 
 
 @pytest.mark.parametrize("damage", ["nan-coordinates", "text-coordinates", "no-lat-column", "garbage-parquet"])
-def test_play_store_with_damaged_coordinates_exits_2_with_one_line(damage, play_world, tmp_path, monkeypatch, capsys):
-    q = _query_store(play_world, tmp_path / "q", play_world["meta"])
+def test_play_store_with_damaged_coordinates_exits_2_with_one_line(damage, world, tmp_path, monkeypatch, capsys):
+    q = _query_store(world, tmp_path / "q", world["meta"])
     _damage_metadata(q, damage)
-    rc, err = _serve_cli(play_world, q, monkeypatch, capsys)
+    rc, err = _serve_cli(world, q, monkeypatch, capsys)
     line = error_line(err, "serve")
     assert rc == 2 and "--play" in line and str(q) in line
 
 
-def test_play_rows_with_nan_coordinates_are_never_drawn(play_world, geoloc, tmp_path):
+def test_play_rows_with_nan_coordinates_are_never_drawn(world, geoloc, tmp_path):
     """A partly damaged store still plays: its rows without valid coordinates are left out at start-up."""
-    from geosolver.serve import create_app
-
-    q = _query_store(play_world, tmp_path / "q", play_world["meta"])
+    q = _query_store(world, tmp_path / "q", world["meta"])
     (pq,) = q.glob("shard-*.parquet")
     meta = pd.read_parquet(pq)
     meta.loc[0, "lat"], meta.loc[2, "lon"] = np.nan, np.inf
     meta.to_parquet(pq)
-    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, play=q, warmup=False, k=3)) as c:
+    with serve_client(geoloc, play=q, warmup=False, k=3) as c:
         assert c.get("/api/play").json()["queries"] == 1
         play = c.app.state.serve.play
         for _ in range(5):
@@ -411,11 +402,9 @@ def test_play_rows_with_nan_coordinates_are_never_drawn(play_world, geoloc, tmp_
 # 6. Play mode: hostile guesses and tokens
 # ================================================================================================
 @pytest.fixture(scope="module")
-def client(geoloc, play_world):
-    from geosolver.serve import create_app
-
-    with TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, play=play_world["queries"].path, warmup=False, k=3, strategy="nn")) as c:
-        yield c
+def serve_options(world):
+    """conftest's ``client`` (over conftest's ``geoloc`` of this module's ``world``) serves Play, nn over 3 neighbours."""
+    return {"play": world["queries"].path, "warmup": False, "k": 3, "strategy": "nn"}
 
 
 def _token(client) -> str:
@@ -462,11 +451,11 @@ def test_hostile_guess_bodies_get_one_line_and_keep_the_round(client, body, stat
     ["..%2F..%2F..%2Fetc%2Fpasswd", "..", "%00", "A" * 10_000, "%F0%9F%8C%8D" * 50, "tok%20en%0Aline"],
     ids=["traversal", "dotdot", "nul", "10kB", "emoji", "space-newline"],
 )
-def test_hostile_tokens_are_unknown_rounds(client, token, play_world):
+def test_hostile_tokens_are_unknown_rounds(client, token, world):
     for r in (client.get(f"/api/round/{token}/photo"), client.post(f"/api/round/{token}/guess", json={"lat": 1, "lon": 2})):
         detail = _one_line_detail(r, 404)  # ".." is normalised away by the client: no route at all, still 404
         assert "A" * 100 not in detail and "passwd" not in detail  # the token is not echoed
-    assert (play_world["root"] / "q0.png").exists()
+    assert (world["root"] / "q0.png").exists()
 
 
 def test_concurrent_guesses_on_one_token_score_exactly_once(client):

@@ -27,8 +27,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from haversine import haversine as hv_km  # noqa: E402  (independent great-circle distance)
 from helpers_data import make_exif  # noqa: E402
-from helpers_serve import (  # noqa: E402, F401  (client, geoloc, world: the module-scoped fixtures)
-    GPS_ROW, N_GALLERY, PARIS, PNG_ROW, ROT_ROW, WEBP_ROW, client, encode, gallery_coords, geoloc, pattern, png_declaring, post, world,
+from helpers_serve import (  # noqa: E402  (the world's rows and upload helpers; its fixtures: conftest.py)
+    GPS_ROW, N_GALLERY, PARIS, PNG_ROW, ROT_ROW, WEBP_ROW, encode, gallery_coords, pattern, png_declaring, post,
 )
 
 from geosolver.cli import main as cli_main  # noqa: E402

@@ -163,8 +163,16 @@ def server(tmp_path_factory, request):
 
     _requirements()  # before building anything
     tiny_clip_dir = request.getfixturevalue("tiny_clip_dir")
-    world = build_world(tmp_path_factory.mktemp("browser"), tiny_clip_dir, gps_photo=phone_jpeg(PARIS))
-    argv = ["serve", "--gallery", str(world["store"]), "--model", tiny_clip_dir, "--device", "cpu", "--strategy", "nn", "--k", "8"]
+    from geosolver.heads import train_head
+    from helpers_heads import small_cfg
+    from geosolver.store import EmbeddingStore
+
+    root = tmp_path_factory.mktemp("browser")
+    world = build_world(root, tiny_clip_dir, gps_photo=phone_jpeg(PARIS))
+    world["head"] = root / "head"  # a cells head on the gallery, shown on the map (not fused: the guess stays nn's)
+    train_head(small_cfg(EmbeddingStore(world["store"]), world["head"], "cells", epochs=2, max_per_cell=8), progress=False)
+    argv = ["serve", "--gallery", str(world["store"]), "--model", tiny_clip_dir, "--device", "cpu", "--strategy", "nn", "--k", "8",
+            "--head", str(world["head"])]
     with _serving(argv) as base:
         yield base, world
 
@@ -191,6 +199,10 @@ def test_page_shows_the_guess_truth_and_score(server, tmp_path):
     assert page["guessMarkers"] == 1 and page["truthMarkers"] == 1
     assert page["neighbourMarkers"] == 8 and page["neighbourItems"] == 5
     assert page["outlinePaths"] > 100  # the offline world outline under the tiles
+    from geosolver.heads import load_head
+
+    n_cells = len(load_head(world["head"]).cells)  # every cell listed (fewer than 20): one rectangle each, and the head's guess
+    assert page["headCells"] == n_cells >= 2 and page["headGuess"] == 1
     # the numbers, against independent expectations
     lat, lon = gallery_coords(GPS_ROW)
     assert page["guessCoords"] == f"{abs(lat):.3f}° {'N' if lat >= 0 else 'S'}, {abs(lon):.3f}° {'E' if lon >= 0 else 'W'}"

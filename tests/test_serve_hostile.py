@@ -24,7 +24,6 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import helpers_serve as hs  # noqa: E402  (the gallery world and upload helpers)
-from helpers_serve import client, geoloc, world  # noqa: E402, F401  (the module-scoped fixtures)
 
 from geosolver.cli import main as cli_main  # noqa: E402
 
@@ -521,3 +520,37 @@ def test_serve_help_describes_the_command(capsys):
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "drop a photo" in out and "--play" in out and "--allow-host" in out and "--rounds-per-client" in out
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. --head: a directory that is not a head, or a head of another encoder or dim
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["missing", "not-a-head", "other-encoder", "other-dim", "fuse-alone"])
+def test_cli_serve_bad_head_is_one_line_exit_2(case, world, tmp_path, monkeypatch, capsys):
+    """The tiny CLIP gallery is 16-d: a head trained on a 16-d store of another encoder, or on an
+    8-d one, is refused at start-up (before the index is built), as is a folder that is no head."""
+    import geosolver.serve.app as app_mod
+    from geosolver.heads import train_head
+    from helpers_heads import ENC, cluster_store, small_cfg
+
+    monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: pytest.fail("served despite a bad --head"))
+    head, words = tmp_path / "head", []
+    if case == "missing":
+        words = ["does not exist", str(head)]
+    elif case == "not-a-head":
+        head.mkdir()
+        (head / "notes.txt").write_text("hello")
+        words = ["is not a trained head", "head.json"]
+    elif case in ("other-encoder", "other-dim"):
+        enc = {**ENC, "name": "another-encoder"} if case == "other-encoder" else {**ENC, "dim": 8}
+        store, _ = cluster_store(tmp_path / "g", n_per=5, encoder=enc)
+        train_head(small_cfg(store, head, "cells", epochs=1), progress=False)
+        words = ["another encoder"] if case == "other-encoder" else ["dim-8", "dim 16"]
+    argv = ["serve", "--gallery", str(world["store"]), "--model", world["clip_dir"], "--device", "cpu"]
+    argv += ["--fuse"] if case == "fuse-alone" else ["--head", str(head)]
+    words = words or ["--head DIR"]
+    capsys.readouterr()
+    rc = cli_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("geosolver serve: error:") and all(w in err for w in words), err

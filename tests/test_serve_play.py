@@ -3,8 +3,9 @@
 The world: a gallery of block patterns embedded with the offline ``histogram`` encoder, and a
 query store of photos kept as a file (a 2000x1500 JPEG with EXIF GPS, also a gallery photo), zip
 members and a tar member, plus one query whose photo is missing. Expected distances and scores are
-computed here with the independent ``haversine`` package and the published Geoscore formula; the
-model's guess is checked against ``Geolocator.locate_embeddings`` with the query left out.
+computed here with the independent ``haversine`` package and the published Geoscore formula. The
+model's leave-one-out guesses are planted: each scored query's nearest other gallery photo has its
+pixels (or its scene), so ``nn`` answers that photo's coordinates (``MODEL_ANSWER``, by hand).
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from haversine import haversine as hv_km  # noqa: E402  (independent great-circle distance)
 from helpers_data import make_exif  # noqa: E402
-from helpers_serve import encode, gallery_coords, pattern  # noqa: E402
+from helpers_serve import encode, gallery_coords, pattern, serve_client  # noqa: E402
 
 from geosolver.cli import main as cli_main  # noqa: E402
 
 N_GALLERY = 24
 TWIN = 3  # the query that is also gallery photo g003 (its file carries EXIF GPS)
+LOOK = 11  # gallery photo g011 is the twin's scene at 64x48 px: the twin's nearest gallery photo once g003 is left out
+#: Each query's leave-one-out ``nn`` answer, known by construction: the coordinates of the gallery
+#: photo with the same pixels (q-zip-1: g007, q-tar: g013) or scene (g003: g011), by hand from
+#: ``gallery_coords(i) = (36 + 7.3 i mod 24, -9 + 11.7 i mod 39)``.
+MODEL_ANSWER = {"q-zip-1": (39.1, -5.1), "q-tar": (58.9, 26.1), "g003": (44.3, 2.7)}
 EXIF_GPS = (48.8566, 2.3522)  # what the twin's EXIF claims (the served photo must not say it)
 
 
@@ -50,7 +56,8 @@ def _geoscore(km: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def play_world(tmp_path_factory):
+def world(tmp_path_factory):
+    """Overrides conftest's ``world``: the histogram gallery (``store``) and the Play query store."""
     from geosolver.encoders import load_encoder
     from geosolver.images import tar_source, zip_source
     from geosolver.store import write_store
@@ -60,16 +67,17 @@ def play_world(tmp_path_factory):
     twin = encode(pattern(TWIN, (2000, 1500)), "JPEG", make_exif(gps=EXIF_GPS, extra={0x0110: "Cam 1", 0x010E: "secret place"}), quality=90)
     gallery_src = [encode(pattern(i), "PNG") for i in range(N_GALLERY)]
     gallery_src[TWIN] = twin
+    gallery_src[LOOK] = encode(pattern(TWIN), "PNG")  # the twin's scene, small: its nearest other gallery photo
     lat, lon = zip(*(gallery_coords(i) for i in range(N_GALLERY)))
     gallery = write_store(root / "gallery", enc.embed_images(gallery_src),
                           pd.DataFrame({"id": [f"g{i:03d}" for i in range(N_GALLERY)], "lat": lat, "lon": lon}), enc.identity())
 
     (root / "twin.jpg").write_bytes(twin)
-    photos = {"q-zip-1": encode(pattern(101), "JPEG", quality=90), "q-zip-2": encode(pattern(102), "PNG")}
+    photos = {"q-zip-1": gallery_src[7], "q-zip-2": encode(pattern(102), "PNG")}  # q-zip-1: gallery photo g007's very bytes
     with zipfile.ZipFile(root / "photos.zip", "w") as z:
         for name, data in photos.items():
             z.writestr(f"imgs/{name}.img", data)
-    tar_photo = encode(pattern(103), "WEBP", lossless=True)
+    tar_photo = encode(pattern(13), "WEBP", lossless=True)  # g013's pixels (lossless): the same colour histogram
     with tarfile.open(root / "photos.tar", "w") as t:
         info = tarfile.TarInfo("x/q-tar.webp")
         info.size = len(tar_photo)
@@ -84,23 +92,14 @@ def play_world(tmp_path_factory):
     ids, sources, qlat, qlon, images = zip(*rows)
     meta = pd.DataFrame({"id": ids, "source": sources, "lat": qlat, "lon": qlon})
     queries = write_store(root / "queries", enc.embed_images(list(images)), meta, enc.identity())
-    return {"root": root, "gallery": gallery, "queries": queries, "encoder": enc, "meta": meta, "twin": twin}
-
-
-@pytest.fixture(scope="module")
-def geoloc(play_world):
-    from geosolver.locate import Geolocator
-
-    return Geolocator.from_store(play_world["gallery"], encoder=play_world["encoder"])
+    return {"root": root, "store": gallery, "queries": queries, "encoder": enc, "meta": meta, "twin": twin}
 
 
 def make_client(geoloc, queries=None, **kw):
-    from geosolver.serve import create_app
-
     kw.setdefault("strategy", "nn")
     kw.setdefault("k", 5)
     kw.setdefault("allow_gallery_queries", True)  # the twin query is gallery photo g003 (leave-one-out is under test)
-    return TestClient(base_url="http://127.0.0.1", app=create_app(geoloc, play=queries, warmup=False, **kw))
+    return serve_client(geoloc, play=queries, warmup=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +108,9 @@ def clock():
 
 
 @pytest.fixture(scope="module")
-def client(geoloc, play_world, clock):
-    with make_client(geoloc, play_world["queries"].path, clock=clock) as c:
-        yield c
+def serve_options(world, clock):
+    """conftest's ``client`` serves Play over the query store, nn over 5 neighbours, on the test's clock."""
+    return {"play": world["queries"].path, "clock": clock, "strategy": "nn", "k": 5, "allow_gallery_queries": True, "warmup": False}
 
 
 def _shown_at(size: tuple[int, int], full: tuple[int, int]) -> bool:
@@ -135,8 +134,8 @@ def round_for(client, qid: str) -> dict:
     raise AssertionError(f"query {qid} was never drawn")
 
 
-def truth_of(play_world, qid: str) -> tuple[float, float]:
-    m = play_world["meta"].set_index("id")
+def truth_of(world, qid: str) -> tuple[float, float]:
+    m = world["meta"].set_index("id")
     return float(m.loc[qid, "lat"]), float(m.loc[qid, "lon"])
 
 
@@ -147,7 +146,7 @@ def guess(client, token: str, lat, lon, **kw):
 # ------------------------------------------------------------------------------------------------
 # a round never gives the answer away
 # ------------------------------------------------------------------------------------------------
-def test_round_json_carries_no_coordinates_and_no_query_id(client, play_world):
+def test_round_json_carries_no_coordinates_and_no_query_id(client, world):
     seen = set()
     for _ in range(12):
         r = client.get("/api/round")
@@ -158,17 +157,17 @@ def test_round_json_carries_no_coordinates_and_no_query_id(client, play_world):
         assert len(d["token"]) >= 20
         seen.add(play_of(client).ids[play_of(client).book.peek(d["token"])])
         text = r.text
-        for qid, lat, lon in play_world["meta"][["id", "lat", "lon"]].itertuples(index=False):
+        for qid, lat, lon in world["meta"][["id", "lat", "lon"]].itertuples(index=False):
             assert qid not in text
             for v in (lat, lon):
                 assert f"{v:.2f}" not in text and f"{v:.1f}" not in text
     assert "q-gone" not in seen  # its photo is missing: never drawn
 
 
-def test_photo_is_a_metadata_free_jpeg_downscaled_from_the_exif_gps_original(client, play_world):
+def test_photo_is_a_metadata_free_jpeg_downscaled_from_the_exif_gps_original(client, world):
     from geosolver.images import exif_gps
 
-    assert exif_gps(play_world["twin"]) == pytest.approx(EXIF_GPS, abs=1e-3)  # guard: the original leaks the spot
+    assert exif_gps(world["twin"]) == pytest.approx(EXIF_GPS, abs=1e-3)  # guard: the original leaks the spot
     d = round_for(client, "g003")
     r = client.get(d["photo_url"])  # rendered when the round was drawn (cache)
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
@@ -185,7 +184,7 @@ def test_photo_is_a_metadata_free_jpeg_downscaled_from_the_exif_gps_original(cli
     r2 = client.get(d["photo_url"])
     assert r2.status_code == 200 and b"Exif" not in r2.content and _shown_at(Image.open(io.BytesIO(r2.content)).size, (1600, 1200))
     # and it is the picture: same colours as the original, downscaled
-    small = np.asarray(Image.open(io.BytesIO(play_world["twin"])).convert("RGB").resize((1600, 1200)), dtype=float)
+    small = np.asarray(Image.open(io.BytesIO(world["twin"])).convert("RGB").resize((1600, 1200)), dtype=float)
     w, h = im.size  # a few edge pixels trimmed: compare the centre, allowing the shift
     core = np.asarray(im.convert("RGB"), dtype=float)[10 : h - 10, 10 : w - 10]
     assert min(np.abs(core - small[10 + dy : h - 10 + dy, 10 + dx : w - 10 + dx]).mean() for dy in range(4) for dx in range(4)) < 8
@@ -203,45 +202,49 @@ def test_photos_of_archive_members_are_served(client, qid):
 # the guess: the player's and the model's scores
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("qid, click", [("q-zip-1", (-37.8136, 144.9631)), ("g003", (51.5074, -0.1278)), ("q-tar", (10.5, -66.9))])
-def test_guess_scores_the_player_and_the_leave_one_out_model(client, play_world, geoloc, qid, click):
+def test_guess_scores_the_player_and_the_leave_one_out_model(client, world, geoloc, qid, click):
     d = round_for(client, qid)
     r = guess(client, d["token"], *click)
     assert r.status_code == 200, r.text
     out = r.json()
-    truth = truth_of(play_world, qid)
+    truth = truth_of(world, qid)
     assert (out["truth"]["lat"], out["truth"]["lon"]) == pytest.approx(truth, abs=1e-9)
     assert out["truth"]["place"]["name"]
     km = hv_km(truth, click)
     assert (out["player"]["lat"], out["player"]["lon"]) == pytest.approx(click)
     assert out["player"]["km"] == pytest.approx(km, rel=2e-3)
     assert out["player"]["geoscore"] == pytest.approx(_geoscore(km), rel=2e-3)
-    # the model: the stored embedding, the query's own id excluded
-    q = play_world["queries"]
-    row = int(np.flatnonzero(q.metadata["id"].to_numpy() == qid)[0])
-    exp = geoloc.locate_embeddings(q.embeddings([row]), k=5, strategy="nn", exclude_ids=[qid])[0]
-    assert (out["model"]["lat"], out["model"]["lon"]) == pytest.approx((exp.lat, exp.lon), abs=1e-9)
-    mkm = hv_km(truth, (exp.lat, exp.lon))
+    # the model: the stored embedding, the query's own id excluded: the planted gallery look-alike's spot
+    assert (out["model"]["lat"], out["model"]["lon"]) == pytest.approx(MODEL_ANSWER[qid], abs=1e-9)
+    mkm = hv_km(truth, MODEL_ANSWER[qid])
     assert out["model"]["km"] == pytest.approx(mkm, rel=2e-3) and out["model"]["geoscore"] == pytest.approx(_geoscore(mkm), rel=2e-3)
     assert out["round"]["leave_one_out"] is True and out["round"]["strategy"] == "nn"
 
 
-def test_a_query_in_the_gallery_is_not_found_as_its_own_twin(client, play_world, geoloc):
-    q = play_world["queries"]
-    emb = q.embeddings([0])
-    own = gallery_coords(TWIN)
-    # guard: without leaving it out, the model would answer the query's own spot exactly
-    cheat = geoloc.locate_embeddings(emb, k=5, strategy="nn")[0]
-    assert cheat.neighbours[0]["id"] == "g003" and (cheat.lat, cheat.lon) == pytest.approx(own)
+def test_the_planted_answers_are_the_nearest_gallery_photos(world):
+    """Guard of MODEL_ANSWER, by brute force over the stored embeddings (not the code under test)."""
+    g, q = world["store"], world["queries"]
+    ids = g.metadata["id"].to_numpy()
+    G = g.embeddings(list(range(len(g))))
+    for qid, row in (("q-zip-1", 7), ("q-tar", 13), ("g003", LOOK)):
+        e = q.embeddings([int(np.flatnonzero(q.metadata["id"].to_numpy() == qid)[0])])[0]
+        sims = np.where(ids == qid, -np.inf, G @ e)
+        assert int(np.argmax(sims)) == row and np.sort(sims)[-2] < sims[row] - 1e-3, qid
+        assert gallery_coords(row) == MODEL_ANSWER[qid]
+    assert int(np.argmax(G @ q.embeddings([0])[0])) == TWIN  # without leave-one-out, g003 would answer itself
+
+
+def test_a_query_in_the_gallery_is_not_found_as_its_own_twin(client):
     out = guess(client, round_for(client, "g003")["token"], 0.0, 0.0).json()
-    assert (out["model"]["lat"], out["model"]["lon"]) != pytest.approx(own, abs=1e-3)
-    assert out["model"]["km"] > 1.0
+    assert (out["model"]["lat"], out["model"]["lon"]) != pytest.approx(gallery_coords(TWIN), abs=1e-3)
+    assert out["model"]["km"] == pytest.approx(hv_km(gallery_coords(TWIN), MODEL_ANSWER["g003"]), rel=2e-3)
 
 
-def test_guess_accepts_a_urlencoded_form(client, play_world):
+def test_guess_accepts_a_urlencoded_form(client, world):
     d = round_for(client, "q-zip-2")
     r = client.post(f"/api/round/{d['token']}/guess", data={"lat": "41.9", "lon": "12.5"})
     assert r.status_code == 200, r.text
-    assert r.json()["player"]["km"] == pytest.approx(hv_km(truth_of(play_world, "q-zip-2"), (41.9, 12.5)), rel=2e-3)
+    assert r.json()["player"]["km"] == pytest.approx(hv_km(truth_of(world, "q-zip-2"), (41.9, 12.5)), rel=2e-3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,7 +314,7 @@ def test_bad_bodies_get_clear_4xx(client):
         assert r.status_code == status and words in r.json()["detail"], (kw, r.text)
 
 
-def test_the_token_book_is_bounded(geoloc, play_world):
+def test_the_token_book_is_bounded(geoloc, world):
     from geosolver.serve.play import RoundBook
 
     book = RoundBook(ttl=60, max_rounds=3, clock=Clock())
@@ -321,7 +324,7 @@ def test_the_token_book_is_bounded(geoloc, play_world):
         with pytest.raises(Exception, match="unknown round"):
             book.peek(t)
     assert [book.peek(t) for t in tokens[2:]] == [2, 3, 4]
-    with make_client(geoloc, play_world["queries"].path, max_rounds=2) as c:
+    with make_client(geoloc, world["queries"].path, max_rounds=2) as c:
         first = c.get("/api/round").json()["token"]
         for _ in range(4):
             c.get("/api/round")
@@ -348,10 +351,10 @@ def test_old_tokens_are_forgotten_long_after_expiry():
 # ------------------------------------------------------------------------------------------------
 # unreadable photos, play mode off, the page
 # ------------------------------------------------------------------------------------------------
-def test_unreadable_photos_are_skipped_and_none_readable_is_503(geoloc, play_world, caplog):
+def test_unreadable_photos_are_skipped_and_none_readable_is_503(geoloc, world, caplog):
     from geosolver.store import write_store
 
-    enc, root = play_world["encoder"], play_world["root"]
+    enc, root = world["encoder"], world["root"]
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     meta = pd.DataFrame({"id": ["a", "b"], "source": [str(root / "nope.jpg"), str(root / "broken.jpg")], "lat": [1.0, 2.0], "lon": [3.0, 4.0]})
     bad = write_store(root / "bad-queries", np.ones((2, enc.dim), np.float32) / math.sqrt(enc.dim), meta, enc.identity())
@@ -385,8 +388,8 @@ def test_page_offers_play_mode(client):
     assert {"/api/round", "/api/round/{token}/photo", "/api/round/{token}/guess"} <= set(spec["paths"])
 
 
-def test_photo_respects_the_pixel_budget(geoloc, play_world):
-    with make_client(geoloc, play_world["queries"].path, max_pixels=10_000) as c:
+def test_photo_respects_the_pixel_budget(geoloc, world):
+    with make_client(geoloc, world["queries"].path, max_pixels=10_000) as c:
         for _ in range(30):  # the big twin photo is over budget: never drawn, the small ones are
             d = c.get("/api/round").json()
             assert play_of(c).ids[play_of(c).book.peek(d["token"])] not in ("g003", "q-gone")
@@ -402,31 +405,31 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-def test_cli_play_with_a_missing_store_exits_2_with_one_line(play_world, tmp_path, capsys, monkeypatch):
+def test_cli_play_with_a_missing_store_exits_2_with_one_line(world, tmp_path, capsys, monkeypatch):
     import geosolver.serve.app as app_mod
 
     monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: pytest.fail("served despite a bad --play"))
-    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(tmp_path / "nope")])
+    rc = cli_main(["serve", "--gallery", str(world["store"].path), "--model", "histogram", "--play", str(tmp_path / "nope")])
     err = _one_line_error(capsys)
     assert rc == 2 and "nope" in err and "--play" in err
     (tmp_path / "empty").mkdir()
-    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(tmp_path / "empty")])
+    rc = cli_main(["serve", "--gallery", str(world["store"].path), "--model", "histogram", "--play", str(tmp_path / "empty")])
     assert rc == 2 and "not an embedding store" in _one_line_error(capsys)
 
 
-def test_cli_play_with_another_encoders_store_exits_2_with_one_line(play_world, tmp_path, capsys, monkeypatch):
+def test_cli_play_with_another_encoders_store_exits_2_with_one_line(world, tmp_path, capsys, monkeypatch):
     import geosolver.serve.app as app_mod
     from geosolver.store import write_store
 
     monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: pytest.fail("served despite a bad --play"))
-    meta = play_world["meta"]
+    meta = world["meta"]
     write_store(tmp_path / "other", np.ones((len(meta), 512), np.float32), meta, {"name": "clip-vit-b-32", "dim": 512, "revision": "x"})
-    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(tmp_path / "other")])
+    rc = cli_main(["serve", "--gallery", str(world["store"].path), "--model", "histogram", "--play", str(tmp_path / "other")])
     err = _one_line_error(capsys)
     assert rc == 2 and "another encoder" in err and "clip-vit-b-32" in err
 
 
-def test_cli_play_runs_with_its_options(play_world, monkeypatch, capsys):
+def test_cli_play_runs_with_its_options(world, monkeypatch, capsys):
     import geosolver.serve.app as app_mod
 
     seen = {}
@@ -437,7 +440,7 @@ def test_cli_play_runs_with_its_options(play_world, monkeypatch, capsys):
             seen["round"] = c.get("/api/round").json()
 
     monkeypatch.setattr(app_mod, "serve", fake_serve)
-    rc = cli_main(["serve", "--gallery", str(play_world["gallery"].path), "--model", "histogram", "--play", str(play_world["queries"].path),
+    rc = cli_main(["serve", "--gallery", str(world["store"].path), "--model", "histogram", "--play", str(world["queries"].path),
                    "--round-ttl", "42", "--port", "8124", "--allow-gallery-queries"])
     assert rc == 0
     assert seen["play"]["enabled"] and seen["play"]["round_ttl_s"] == 42 and seen["round"]["expires_in"] == 42
@@ -445,42 +448,42 @@ def test_cli_play_runs_with_its_options(play_world, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("same_store", [False, True])
-def test_cli_play_refuses_queries_that_are_gallery_photos(play_world, monkeypatch, capsys, same_store):
+def test_cli_play_refuses_queries_that_are_gallery_photos(world, monkeypatch, capsys, same_store):
     """The twin query is gallery photo g003: /api/locate would answer its round exactly."""
     import geosolver.serve.app as app_mod
 
     monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: pytest.fail("served a Play store that overlaps the gallery"))
-    gallery = str(play_world["gallery"].path)
-    queries = gallery if same_store else str(play_world["queries"].path)
+    gallery = str(world["store"].path)
+    queries = gallery if same_store else str(world["queries"].path)
     rc = cli_main(["serve", "--gallery", gallery, "--model", "histogram", "--play", queries])
     err = _one_line_error(capsys)
     assert rc == 2 and "--allow-gallery-queries" in err
     assert ("is the gallery" in err) if same_store else ("1 of 5 queries share ids" in err and "'g003'" in err)
 
 
-def test_play_refuses_queries_sharing_photo_sources_with_the_gallery(play_world, geoloc, tmp_path):
+def test_play_refuses_queries_sharing_photo_sources_with_the_gallery(world, geoloc, tmp_path):
     """Other ids, same photo files: still the gallery's photos."""
     from geosolver.errors import ServeError
     from geosolver.serve.play import check_not_gallery
     from geosolver.store import EmbeddingStore, write_store
 
-    q = play_world["queries"]
+    q = world["queries"]
     meta = q.metadata.copy()
     meta["id"] = [f"other-{i}" for i in range(len(meta))]
-    gmeta = play_world["gallery"].metadata.copy()
+    gmeta = world["store"].metadata.copy()
     gmeta["source"] = ["elsewhere.jpg"] * len(gmeta)
     gmeta.loc[5, "source"] = meta["source"].iloc[2]
     emb = q.embeddings(list(range(len(meta))))
     renamed = write_store(tmp_path / "q", emb, meta, q.encoder)
-    gallery = write_store(tmp_path / "g", play_world["gallery"].embeddings(list(range(len(gmeta)))), gmeta, q.encoder)
+    gallery = write_store(tmp_path / "g", world["store"].embeddings(list(range(len(gmeta)))), gmeta, q.encoder)
     with pytest.raises(ServeError, match="1 of 5 queries share photo sources"):
         check_not_gallery(EmbeddingStore(renamed.path), EmbeddingStore(gallery.path))
-    check_not_gallery(EmbeddingStore(renamed.path), play_world["gallery"])  # no shared id, no source column: fine
+    check_not_gallery(EmbeddingStore(renamed.path), world["store"])  # no shared id, no source column: fine
 
 
-def test_create_app_refuses_a_query_store_sharing_gallery_ids(geoloc, play_world):
+def test_create_app_refuses_a_query_store_sharing_gallery_ids(geoloc, world):
     from geosolver.errors import ServeError
     from geosolver.serve import create_app
 
     with pytest.raises(ServeError, match="1 of 5 queries share ids with the gallery"):
-        create_app(geoloc, play=play_world["queries"].path, warmup=False)
+        create_app(geoloc, play=world["queries"].path, warmup=False)

@@ -44,6 +44,8 @@ try {
       guessMarkers: document.querySelectorAll(".gs-guess-marker").length,
       truthMarkers: document.querySelectorAll(".gs-truth-marker").length,
       neighbourMarkers: document.querySelectorAll("path.gs-neighbour").length,
+      headCells: document.querySelectorAll("path.gs-head-cell").length,
+      headGuess: document.querySelectorAll("path.gs-head-guess").length,
       outlinePaths: document.querySelectorAll(".leaflet-outline-pane path").length,
       photo: { naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight, shownWidth: img.clientWidth, shownHeight: img.clientHeight },
     };

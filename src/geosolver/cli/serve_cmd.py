@@ -79,20 +79,27 @@ def run(args) -> int:
         raise UserError(f"the web app needs the [serve] extra ({e.name} is missing): pip install 'geosolver[serve]'") from None
 
     options = serve_options(args)
-    if options.play:  # fail fast, before the gallery's index is built
+    if options.play or options.head:  # fail fast, before the gallery's index is built
+        from geosolver.serve.headmap import open_head
         from geosolver.serve.play import check_not_gallery, check_queries
         from geosolver.store import EmbeddingStore
 
         gallery = EmbeddingStore(args.gallery)
-        queries = check_queries(options.play, gallery.encoder)
-        if not options.allow_gallery_queries:
-            check_not_gallery(queries, gallery)
+        if options.play:
+            queries = check_queries(options.play, gallery.encoder)
+            if not options.allow_gallery_queries:
+                check_not_gallery(queries, gallery)
+        if options.head:  # a head of another encoder or dim: one line, before the index is built
+            options.head = open_head(options.head, gallery)
     geo = open_geolocator(args.gallery, args.model, device=args.device, index_kind=args.index)
     app = create_app(geo, options)
     print(f"geosolver serve: {geo.encoder.name} over {len(geo.gallery)} gallery photos ({geo.gallery.path})")
     if app.state.serve.play is not None:
         play = app.state.serve.play
         print(f"geosolver serve: play mode on: {len(play)} query photos ({play.queries.path}); leave-one-out model guesses")
+    if app.state.serve.headmap is not None:
+        hm = app.state.serve.headmap
+        print(f"geosolver serve: {hm.head.kind} head {hm.head.info['path']} on the map" + (", fused with the vote" if hm.fuse else " (shown; --fuse to vote with it)"))
     print(f"geosolver serve: open http://{options.host}:{options.port}/  (API docs at /docs; Ctrl-C to stop)")
     serve(app)
     return 0

@@ -8,6 +8,9 @@ Routes:
   (``lat``, ``lon``, ``confidence``, ``country``, ``neighbours``, ``osm_url``, ...) plus ``place``
   (nearest populated place of the guess), ``image`` (upright size, format) and ``truth``
   (``{lat, lon, km, geoscore, place}`` when the photo carries EXIF GPS, else ``null``).
+  With ``head=DIR`` (``--head``) also ``head``: the location head's most probable cells with their
+  probabilities and boxes, and its own guess (:mod:`geosolver.serve.headmap`); with ``fuse`` the
+  vote itself is fused with the head.
 * ``GET /api/health`` — the model and gallery loaded, gallery size, limits.
 * ``GET /api/gallery/points`` — a subsample of the gallery's coordinates (map overlay).
 * Play mode (a GeoGuessr duel against the model; only with ``play=QUERIES``, i.e. ``geosolver serve
@@ -81,6 +84,7 @@ from geosolver.locate import STRATEGIES, Geolocator
 from geosolver.places import nearest_place
 from geosolver.rundir import RunDir
 from geosolver.serve.guard import HostCheck, allowed_hosts, fd_budget, guarded_protocol, limit_logs
+from geosolver.serve.headmap import HeadMap, open_head
 from geosolver.serve.options import ServeOptions
 from geosolver.serve.photo import Photo, decode_photo, release_memory_if_large
 from geosolver.serve.play import Play, add_play_routes, open_play
@@ -121,6 +125,7 @@ class AppState:
         decode_slots: at most ``options.max_decodes`` photos decoded at once.
         save_dir: where uploads and answers are kept, or ``None``.
         play: the play mode's query set and round book, or ``None`` (play mode off).
+        headmap: the served location head, or ``None`` (no ``--head``).
     """
 
     geolocator: Geolocator
@@ -133,6 +138,7 @@ class AppState:
     decode_slots: threading.BoundedSemaphore
     save_dir: Path | None
     play: Play | None = None
+    headmap: HeadMap | None = None
 
 
 def create_app(geolocator: Geolocator, options: ServeOptions | None = None, *, clock: Callable[[], float] = time.monotonic, **changes: Any) -> FastAPI:
@@ -149,6 +155,7 @@ def create_app(geolocator: Geolocator, options: ServeOptions | None = None, *, c
 
     Raises:
         ServeError: bad settings, or a bad Play query store.
+        HeadError: ``head`` is not a trained head, or was trained on another encoder's embeddings.
     """
     options = replace(options or ServeOptions(), **changes) if changes else (options or ServeOptions())
     play_state = None
@@ -156,7 +163,8 @@ def create_app(geolocator: Geolocator, options: ServeOptions | None = None, *, c
         play_state = open_play(options.play, geolocator.encoder.identity(), geolocator.gallery, round_ttl=options.round_ttl,
                                max_rounds=options.max_rounds, rounds_per_client=options.rounds_per_client,
                                allow_gallery_queries=options.allow_gallery_queries, clock=clock)
-    state = _start(geolocator, options, play_state)
+    headmap = None if options.head is None else HeadMap(open_head(options.head, geolocator.gallery), options.fuse)
+    state = _start(geolocator, options, play_state, headmap)
     if options.warmup:
         _warm_up(state)
     app = FastAPI(
@@ -175,7 +183,7 @@ def create_app(geolocator: Geolocator, options: ServeOptions | None = None, *, c
     return app
 
 
-def _start(geolocator: Geolocator, options: ServeOptions, play: Play | None = None) -> AppState:
+def _start(geolocator: Geolocator, options: ServeOptions, play: Play | None = None, headmap: HeadMap | None = None) -> AppState:
     """Load the encoder, record the settings (in ``save_uploads`` too) and start the model worker."""
     encoder = geolocator.encoder  # loaded now: a bad model fails at start-up, not on the first photo
     gallery = geolocator.gallery
@@ -183,12 +191,14 @@ def _start(geolocator: Geolocator, options: ServeOptions, play: Play | None = No
     settings = {"gallery": str(gallery.path), "gallery_size": len(gallery), "model": encoder.name, **options.settings()}
     if play is not None:
         settings["playable"] = len(play)
+    if headmap is not None:
+        settings["head"] = headmap.describe()
     if save_dir is not None:
         RunDir(save_dir, "serve").write_config(settings)
-    worker = ModelWorker(geolocator, max_batch=options.max_batch)
+    worker = ModelWorker(geolocator, max_batch=options.max_batch, headmap=headmap)
     return AppState(
         geolocator=geolocator, encoder=encoder, gallery=gallery, min_side=encoder.min_side, options=options, settings=settings,
-        worker=worker, decode_slots=threading.BoundedSemaphore(options.max_decodes), save_dir=save_dir, play=play,
+        worker=worker, decode_slots=threading.BoundedSemaphore(options.max_decodes), save_dir=save_dir, play=play, headmap=headmap,
     )
 
 
@@ -304,6 +314,7 @@ async def health(request: Request) -> dict:  # GET /api/health: the model, the g
         "read_timeout_s": o.read_timeout,
         "saves_uploads": state.save_dir is not None,
         "play": state.play is not None,
+        "head": None if state.headmap is None else state.headmap.describe(),
     }
 
 
@@ -380,6 +391,8 @@ def _answer(answer: Answer, photo: Photo, gps_place: dict | None, up: Upload, re
     pred = answer.prediction
     out = pred.to_dict()
     out["place"] = answer.place
+    if answer.head is not None:
+        out["head"] = answer.head
     out["truth"] = _truth(pred.lat, pred.lon, photo.gps, gps_place)
     out["image"] = {"filename": up.filename, "format": photo.format, "width": photo.width, "height": photo.height, "bytes": len(up.data)}
     out["timing_ms"] = {"read_decode": round(read_decode_s * 1e3, 1), "model": round(model_s * 1e3, 1)}

@@ -42,7 +42,8 @@ def _opt(help: str, cli: bool = True, **argparse_kw: Any) -> dict:
 class ServeOptions:
     """The web app's options, checked when built (``ServeError`` with one line for a bad value).
 
-    ``play`` may also be an open :class:`~geosolver.store.EmbeddingStore` (Python API).
+    ``play`` may also be an open :class:`~geosolver.store.EmbeddingStore` and ``head`` a loaded
+    head (:func:`geosolver.heads.load_head`) (Python API).
     """
 
     host: str = field(default="127.0.0.1", metadata=_opt("address to bind; 127.0.0.1 is this machine only"))
@@ -83,6 +84,12 @@ class ServeOptions:
     max_rounds: int = field(default=DEFAULT_MAX_ROUNDS, metadata=_opt("most open Play rounds kept in all"))
     rounds_per_client: int = field(default=20, metadata=_opt(
         "most open Play rounds kept per client address: a client's new round forgets its own oldest, never another client's"))
+    head: Any = field(default=None, metadata=_opt(
+        "show a location head's probability on the map: DIR is a head trained on this gallery's encoder (geosolver head train); "
+        "each /api/locate answer gets a 'head' block with its most probable cells, drawn on the page", metavar="DIR"))
+    fuse: bool = field(default=False, metadata=_opt(
+        "with --head: fuse the kNN vote with the head (each neighbour's vote times the head's probability of its place)",
+        action="store_true"))
     warmup: bool = field(default=True, metadata=_opt("run one blank photo through the model at start-up", cli=False))
 
     def __post_init__(self) -> None:
@@ -104,6 +111,8 @@ class ServeOptions:
         if self.strategy not in STRATEGIES:
             raise ServeError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         self.allow_host = tuple(self.allow_host or ())
+        if self.fuse and self.head is None:
+            raise ServeError("fuse fuses the kNN vote with a location head: add head (--head DIR)")
         if self.save_uploads is not None:
             self.save_uploads = os.fspath(self.save_uploads)
 
@@ -113,11 +122,13 @@ class ServeOptions:
         return int(self.max_upload_mb * 1e6)
 
     def settings(self) -> dict:
-        """The options as JSON-ready values (``play`` as its path)."""
+        """The options as JSON-ready values (``play`` and ``head`` as their paths)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         play = out["play"]
         out["play"] = None if play is None else os.fspath(getattr(play, "path", play))
         out["allow_host"] = list(self.allow_host)
+        head = out["head"]
+        out["head"] = None if head is None else os.fspath(head.info["path"] if hasattr(head, "info") else head)
         return out
 
 

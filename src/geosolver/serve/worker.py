@@ -26,6 +26,7 @@ from geosolver.places import place_dicts
 
 if TYPE_CHECKING:
     from geosolver.locate import Geolocator, Prediction
+    from geosolver.serve.headmap import HeadMap
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Answer:
 
     prediction: "Prediction"
     place: dict
+    head: dict | None = None  #: the served head's block (:mod:`geosolver.serve.headmap`), if any
 
 
 @dataclass
@@ -56,10 +58,13 @@ class ModelWorker:
         geolocator: a :class:`geosolver.locate.Geolocator` (``encoder.embed_pixels`` +
             ``locate_embeddings``).
         max_batch: most images per encoder forward pass.
+        headmap: a served location head: each answer gets its block, and with ``fuse`` the vote
+            is fused with it.
     """
 
-    def __init__(self, geolocator: "Geolocator", max_batch: int = 8):
+    def __init__(self, geolocator: "Geolocator", max_batch: int = 8, headmap: "HeadMap | None" = None):
         self.geolocator = geolocator
+        self.headmap = headmap
         self.max_batch = max(1, int(max_batch))
         self._q: "queue.Queue[Job | None]" = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -131,12 +136,15 @@ class ModelWorker:
             groups.setdefault((j.k, j.strategy), []).append(i)
         for (k, strategy), idx in groups.items():
             try:
-                preds = self.geolocator.locate_embeddings(np.ascontiguousarray(emb[idx]), k=k, strategy=strategy, with_country=False)
+                q = np.ascontiguousarray(emb[idx])
+                hm = self.headmap
+                preds = self.geolocator.locate_embeddings(q, k=k, strategy=strategy, with_country=False, prior=None if hm is None else hm.prior)
                 found = place_dicts([p.lat for p in preds], [p.lon for p in preds])
+                blocks = [None] * len(idx) if hm is None else hm.blocks(q)
             except Exception as e:
                 for i in idx:
                     live[i].future.set_exception(e)
                 continue
-            for i, p, place in zip(idx, preds, found):
+            for i, p, place, block in zip(idx, preds, found, blocks):
                 p.country = place["cc"]
-                live[i].future.set_result(Answer(p, place))
+                live[i].future.set_result(Answer(p, place, block))

@@ -149,6 +149,7 @@
     $("sim-min").textContent = sims.length ? fmt(lo, 2) : "low";
     $("sim-max").textContent = sims.length ? fmt(hi, 2) : "high";
     const bounds = [[d.lat, d.lon]];
+    if (d.head) drawHead(d.head, bounds);
     // least similar first, so the best ones are drawn on top
     nb.map((n, i) => ({ n, i })).reverse().forEach(({ n, i }) => {
       const t = hi > lo ? (n.similarity - lo) / (hi - lo) : 1;
@@ -191,6 +192,26 @@
     $("timing").textContent = d.timing_ms ? `${fmt(d.timing_ms.read_decode + d.timing_ms.model, 0)} ms` : "";
     $("result").hidden = false;
     map.fitBounds(L.latLngBounds(bounds).pad(0.25), { maxZoom: 7, animate: false });
+  }
+
+  // The location head's most probable cells (geosolver serve --head): rectangles, darker = more
+  // probable (relative to the top cell), drawn under the neighbours; its own guess as a ring.
+  function drawHead(h, bounds) {
+    const cells = h.cells || [];
+    const top = Math.max(...cells.map((c) => c.p), 1e-12);
+    cells.slice().reverse().forEach((c) => {
+      const [s, w, n, e] = c.bounds;
+      const t = c.p / top;
+      L.rectangle([[s, w], [n, e]], {
+        color: rampColor(t), weight: 1, opacity: 0.6, fillColor: rampColor(t), fillOpacity: 0.1 + 0.4 * t, className: "gs-head-cell",
+      }).bindTooltip(`${h.kind} head${h.fused ? " (fused with the vote)" : ""}<br>${fmt(100 * c.p, 1)}% in this cell`).addTo(resultLayer);
+    });
+    const g = h.predicted;
+    if (g) {
+      L.circleMarker([g.lat, g.lon], { radius: 9, color: "#111827", weight: 2, fill: false, className: "gs-head-guess" })
+        .bindTooltip(`${h.kind} head's own guess · ${fmt(100 * g.confidence, 0)}%`).addTo(resultLayer);
+      bounds.push([g.lat, g.lon]);
+    }
   }
 
   // ---------------------------------------------------------------- inputs
