@@ -21,7 +21,8 @@ __all__ = ["UserError", "build_parser", "main", "summary"]
 
 #: every sub-command: ``(name, module, one-line summary)``, in the order of ``geosolver --help``. The
 #: summary lets ``geosolver --help`` list the commands without importing them (their parsers pull in
-#: numpy, pandas or transformers); ``tests/test_cli_startup.py`` checks it equals each parser's help.
+#: numpy, pandas or transformers), and each command's parser takes its ``help=`` from here
+#: (:func:`summary`); ``tests/test_cli_startup.py`` checks they agree.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("demo", "geosolver.cli.demo_cmd", "run the whole pipeline on an offline terrain world and write demo/report.html"),
     ("embed", "geosolver.cli.embed_cmd", "embed a dataset (OSV5M, folder+CSV, EXIF photos, webdataset) into a store"),

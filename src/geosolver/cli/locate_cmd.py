@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_max_photo_option, non_negative_float, non_negative_int, positive_float, positive_int
 
 
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.zeroshot import DEFAULT_MIN_POPULATION, DEFAULT_TEMPLATES, LEVELS
 
     p = sub.add_parser(
-        "locate", help="geolocate photos against a gallery store, or zero-shot against place names",
+        "locate", help=summary("locate"),
         description="Locate photos by kNN retrieval over a gallery (--gallery STORE; --prior text fuses in the zero-shot "
         "country probabilities of a CLIP with a text tower), or with no gallery at all by comparing each photo with "
         "prompts naming places (--zero-shot countries|regions|cities, StreetCLIP's zero-shot use).",
