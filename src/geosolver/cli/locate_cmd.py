@@ -15,8 +15,8 @@ from geosolver.cli.args import add_max_photo_option, non_negative_float, non_neg
 def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.encoders import MODEL_HELP, TTA_MODES
     from geosolver.index import KINDS
-    from geosolver.locate import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, STRATEGIES
-    from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS
+    from geosolver.names import (DEFAULT_K, DEFAULT_PRIOR_WEIGHT, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE,
+                                 PRIOR_BY, PRIORS, STRATEGIES)
     from geosolver.zeroshot import DEFAULT_MIN_POPULATION, DEFAULT_TEMPLATES, LEVELS
 
     p = sub.add_parser(
@@ -108,7 +108,7 @@ def _open_images(srcs: list[str]) -> tuple[list, list[str], int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geosolver.prior import PRIOR_BY
+    from geosolver.names import PRIOR_BY
 
     _check_modes(args)
     if args.zero_shot is not None:

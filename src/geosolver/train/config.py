@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from geosolver.data import DATASET_KINDS
 from geosolver.encoders import DEFAULT_ENCODER
 from geosolver.errors import TrainError
-from geosolver.locate import STRATEGIES
+from geosolver.names import STRATEGIES
 
 #: What ``--train`` can train (see :mod:`geosolver.train.params`).
 TRAIN_MODES = ("projection", "last-blocks", "lora", "all")
