@@ -12,7 +12,7 @@ from geosolver.cli.args import add_config_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from geosolver.index import BuildConfig  # faiss-free, but pulls in numpy / pandas: not at `geosolver --help` start-up
+    from geosolver.index import BuildConfig  # faiss-, numpy- and pandas-free; still not at `geosolver --help` start-up
 
     p = sub.add_parser("index", help=summary("index"))
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
