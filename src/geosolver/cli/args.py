@@ -138,7 +138,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tupl
         name = f.name.replace("_", "-")
         spellings = [meta.get("flag", f"--{name}"), *meta.get("aliases", ())]
         if legacy_spellings and "_" in f.name and "flag" not in meta:
-            spellings.insert(0, f"--{f.name}")
+            spellings.append(f"--{f.name}")
         help_text = meta.get("help") or ""
         has_default = f.default is not dataclasses.MISSING
         if has_default and isinstance(f.default, bool):
