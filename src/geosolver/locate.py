@@ -49,6 +49,7 @@ from geosolver.errors import LocateError
 from geosolver.geo import haversine, spherical_mean
 from geosolver.images import open_image
 from geosolver.index import KnnIndex
+from geosolver.names import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, STRATEGIES  # re-exported
 from geosolver.numeric import softmax_weights
 from geosolver.places import country_of
 from geosolver.prior import DEFAULT_PRIOR_WEIGHT, TEXT_GROUPING, LocationPrior, TextPrior, check_grouping, vote_factors
@@ -60,11 +61,6 @@ if TYPE_CHECKING:  # torch-free at import time: the encoder backends load torch 
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("nn", "weighted-mean", "densest")
-DEFAULT_STRATEGY = "densest"
-DEFAULT_K = 10
-DEFAULT_TEMPERATURE = 0.05
-DEFAULT_RADIUS_KM = 500.0
 
 
 # ----------------------------------------------------------------------------------------------

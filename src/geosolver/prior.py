@@ -49,15 +49,12 @@ import numpy as np
 import pandas as pd
 
 from geosolver.errors import LocateError
+from geosolver.names import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS  # re-exported
 from geosolver.places import load_places, nearest_places
 
 if TYPE_CHECKING:  # TextPrior is handed a ready ZeroShot; prior never builds one
     from geosolver.zeroshot import ZeroShot
 
-PRIORS = ("none", "text")
-#: What a neighbour's prior probability is looked up by: its country, or its first-level region.
-PRIOR_BY = ("country", "region")
-DEFAULT_PRIOR_WEIGHT = 1.0
 #: ε: the probability floor added before raising to λ.
 PRIOR_FLOOR = 1e-4
 #: The one table from a prior grouping to the zero-shot model's words for it: the label level a

@@ -17,11 +17,12 @@ import sys
 
 from geosolver.errors import UserError  # re-exported: raise it for a nonsensical option
 
-__all__ = ["UserError", "build_parser", "main"]
+__all__ = ["UserError", "build_parser", "main", "summary"]
 
 #: every sub-command: ``(name, module, one-line summary)``, in the order of ``geosolver --help``. The
 #: summary lets ``geosolver --help`` list the commands without importing them (their parsers pull in
-#: numpy, pandas or transformers); ``tests/test_cli_startup.py`` checks it equals each parser's help.
+#: numpy, pandas or transformers), and each command's parser takes its ``help=`` from here
+#: (:func:`summary`); ``tests/test_cli_startup.py`` checks they agree.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("demo", "geosolver.cli.demo_cmd", "run the whole pipeline on an offline terrain world and write demo/report.html"),
     ("embed", "geosolver.cli.embed_cmd", "embed a dataset (OSV5M, folder+CSV, EXIF photos, webdataset) into a store"),
@@ -45,6 +46,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 COMMAND_MODULES = list(dict.fromkeys(module for _, module, _ in COMMANDS))
 
 
+def summary(command: str) -> str:
+    """The one-line summary of ``command`` in :data:`COMMANDS`: its parser's ``help=``, written once."""
+    return next(text for name, _, text in COMMANDS if name == command)
+
+
 def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
     """The ``geosolver`` parser.
 
@@ -61,9 +67,9 @@ def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     full = {module for name, module, _ in COMMANDS if commands is None or name in commands}
     registered: set[str] = set()
-    for name, module, summary in COMMANDS:
+    for name, module, text in COMMANDS:
         if module not in full:
-            sub.add_parser(name, help=summary, add_help=False)
+            sub.add_parser(name, help=text, add_help=False)
             continue
         if module in registered:  # a module that registers several commands (evaluate + compare)
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_config_arguments, add_overwrite_option, config_from_args
 
 
@@ -15,7 +16,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "analyze",
-        help="how well do encoders' embeddings reflect geography? (plots, correlations, diagnostics)",
+        help=summary("analyze"),
         description=(
             "Analyse one or more embedding stores of the same images (one per encoder): cosine similarity "
             "vs great-circle distance (density plot, binned mean, ideal monotone curve), Pearson/Spearman, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 
 def _number(kind, text: str):
@@ -119,22 +120,51 @@ def add_overwrite_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
+def bool_text(text: str) -> bool:
+    """``yes``/``no``, ``true``/``false``, ``1``/``0``, ``on``/``off`` (any case) as a boolean."""
+    word = text.strip().lower()
+    if word in ("yes", "y", "true", "t", "1", "on"):
+        return True
+    if word in ("no", "n", "false", "f", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not yes/no (true/false, 1/0)")
+
+
+def _default_text(value) -> str:
+    """A default as the user would type it: a list as its space-separated items."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _element_annotation(annotation: str) -> str | None:
+    """``"list[float]"`` / ``"tuple[int, ...]"`` → ``"float"`` / ``"int"``; anything else → ``None``."""
+    m = re.fullmatch(r"(?:list|tuple)\[(\w+)(?:, \.\.\.)?\]", annotation)
+    return m.group(1) if m else None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = (),
+                         legacy_spellings: bool = False) -> None:
     """One option per field of a job's config dataclass (``pq_m`` → ``--pq-m``), so a setting is
     declared once, in the dataclass (``skip``: fields left off the command line).
 
     Each field's ``metadata`` may give: ``help``; ``flag`` (the option's name instead of
     ``--field-name``; ``None``: not on the command line — ``cli=False`` says the same);
-    ``kind`` or ``type`` (the name of a value type of this module, or ``"float"``/``"int"``;
-    default: the field's annotation, ``int``/``float`` parsed as numbers, anything else as text);
-    ``item_choices`` (a comma-separated list of these names, as :func:`csv_of` ``(one_of(...))``);
-    ``choices``, ``nargs``, ``metavar``, ``required``; ``positional`` (an argument, not an option);
-    ``group`` (the title of the argument group the option is listed under in ``--help``);
-    ``given_only`` (the option is absent from the parsed arguments unless given, so the command
-    can tell "not given" from the default, and :func:`config_from_args` keeps the field's default).
-    A field without a default is required. A boolean is ``--x`` / ``--no-x`` (with ``flag``: only
-    that flag, flipping the default). A help text that does not name its default gets
-    ``(default X)`` appended.
+    ``aliases`` (further option strings, e.g. ``["--data"]``); ``kind`` or ``type`` (the name of a
+    value type of this module, or ``"float"``/``"int"``; default: the field's annotation,
+    ``int``/``float`` parsed as numbers, anything else as text); ``item_choices`` (a
+    comma-separated list of these names, as :func:`csv_of` ``(one_of(...))``); ``choices``,
+    ``nargs``, ``metavar``, ``required``, ``action`` (an ``argparse.Action`` class); ``positional``
+    (an argument, not an option); ``group`` (the title of the argument group the option is listed
+    under in ``--help``); ``given_only`` (the option is absent from the parsed arguments unless
+    given, so the command can tell "not given" from the default, and :func:`config_from_args`
+    keeps the field's default). A ``list[X]`` / ``tuple[X, ...]`` field takes one or more values
+    (``nargs="+"``) of type X. A field without a default is required; one with a
+    ``default_factory`` keeps it (the option is absent from the namespace until given). A boolean
+    is ``--x`` / ``--no-x`` (with ``flag``: only that flag, flipping the default). A help text that
+    does not name its default gets ``(default X)`` appended.
+
+    ``legacy_spellings``: also accept what ``transformers.HfArgumentParser`` accepted for the same
+    dataclass — ``--field_name`` beside ``--field-name``, ``--no_x`` beside ``--no-x``, and a
+    boolean's optional value (``--x false``).
     """
     import dataclasses
 
@@ -149,26 +179,40 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tupl
             groups[meta["group"]] = top.add_argument_group(meta["group"])
         parser = groups[meta["group"]] if meta.get("group") else top
         name = f.name.replace("_", "-")
+        spellings = [meta.get("flag", f"--{name}"), *meta.get("aliases", ())]
+        if legacy_spellings and "_" in f.name and "flag" not in meta:
+            spellings.append(f"--{f.name}")
         help_text = meta.get("help") or ""
         has_default = f.default is not dataclasses.MISSING
         if has_default and isinstance(f.default, bool):
             if "flag" in meta:
-                parser.add_argument(meta["flag"], dest=f.name, action="store_false" if f.default else "store_true", help=help_text or None)
+                parser.add_argument(*spellings, dest=f.name, action="store_false" if f.default else "store_true", help=help_text or None)
+            elif legacy_spellings:  # --x [BOOL], and --no-x / --no_x
+                parser.add_argument(*spellings, dest=f.name, nargs="?", const=True, type=bool_text, default=f.default,
+                                    metavar="yes|no", help=(help_text + f" (default {'yes' if f.default else 'no'})").replace("%", "%%"))
+                parser.add_argument(*dict.fromkeys((f"--no-{name}", f"--no_{f.name}")), dest=f.name,
+                                    action="store_false", help=argparse.SUPPRESS)
             else:
-                parser.add_argument(f"--{name}", dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                parser.add_argument(*spellings, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
                                     help=help_text or None)
             continue
-        kw = {k: meta[k] for k in ("choices", "nargs", "metavar", "required") if k in meta}
+        kw = {k: meta[k] for k in ("choices", "nargs", "metavar", "required", "action") if k in meta}
         type_name = meta.get("kind", meta.get("type"))
         annotation = str(f.type).split(" ")[0]
+        element = _element_annotation(annotation)
+        if element is not None and not meta.get("item_choices"):
+            kw.setdefault("nargs", "+")
+            annotation = element
         if meta.get("item_choices"):
             kw["type"] = csv_of(one_of(meta["item_choices"]))
         elif type_name is not None:
             kw["type"] = named.get(type_name) or globals()[type_name]
         elif annotation in ("int", "float"):
             kw["type"] = lambda text, t=named[annotation]: _number(t, text)
-        if has_default and f.default is not None and "default" not in help_text:
-            help_text += f" (default {f.default})"
+        default = f.default if has_default else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if default is not None and "default" not in help_text:
+            help_text += f" (default {_default_text(default)})"
         kw["help"] = help_text.replace("%", "%%") or None
         if meta.get("positional"):
             parser.add_argument(f.name, **kw)
@@ -177,9 +221,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tupl
             kw["default"] = argparse.SUPPRESS
         elif has_default:
             kw["default"] = f.default
-        elif f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            kw["default"] = argparse.SUPPRESS  # the dataclass makes a fresh one
+        else:
             kw.setdefault("required", True)
-        parser.add_argument(meta.get("flag", f"--{name}"), dest=f.name, **kw)
+        parser.add_argument(*spellings, dest=f.name, **kw)
 
 
 def config_from_args(config_cls, args: argparse.Namespace):

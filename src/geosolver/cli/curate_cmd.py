@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_float, positive_int
 
 
@@ -15,7 +16,7 @@ def _features(s: str) -> list[str]:
 def register(sub) -> None:
     from geosolver.curate import DEFAULT_FEATURES, STRATEGIES
 
-    p = sub.add_parser("curate", help="curate a small, representative gallery from a store",
+    p = sub.add_parser("curate", help=summary("curate"),
                        description="Group-size statistics and round-robin gallery selection.")
     csub = p.add_subparsers(dest="curate_command", metavar="ACTION")
     default_by = ",".join(DEFAULT_FEATURES)

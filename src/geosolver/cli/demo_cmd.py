@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_int
 
 
@@ -11,7 +12,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="run the whole pipeline on an offline terrain world and write demo/report.html",
+        help=summary("demo"),
         description="Build a terrain world from real offline geography, embed it, evaluate every strategy, "
         "curate galleries, analyse the embedding spaces and write report.html. A few minutes on 2 CPU cores.",
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from geosolver.cli import summary
 from geosolver.cli.args import positive_float, positive_int
 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "download", help="download OSV5M or a model from the Hugging Face hub (resumable)",
+        "download", help=summary("download"),
         description="Download from the Hugging Face hub. Resumable and idempotent: a second run fetches nothing; a run that was killed, interrupted (Ctrl-C) or cut off resumes each unfinished file from its partial bytes (HTTP Range), and every file is checked against the hub's sha256 before it is put in place.",
     )
     dsub = p.add_subparsers(dest="download_command", metavar="WHAT")

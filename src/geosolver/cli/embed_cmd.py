@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_max_photo_option, non_negative_int, positive_int
 from geosolver.data import add_dataset_arguments
 from geosolver.encoders import DEFAULT_ENCODER, MODEL_HELP, PRECISIONS, TTA_MODES
@@ -14,7 +15,7 @@ from geosolver.encoders import DEFAULT_ENCODER, MODEL_HELP, PRECISIONS, TTA_MODE
 def register(sub) -> None:
     p = sub.add_parser(
         "embed",
-        help="embed a dataset (OSV5M, folder+CSV, EXIF photos, webdataset) into a store",
+        help=summary("embed"),
         description="Embed every image of a dataset with an encoder and write an EmbeddingStore. "
         "Re-running the same command resumes an interrupted run.",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from geosolver.cli import summary
 from geosolver.geodata import FEATURES
 from geosolver.cli.args import positive_float
 
@@ -11,7 +12,7 @@ from geosolver.cli.args import positive_float
 def register(sub) -> None:
     p = sub.add_parser(
         "enrich",
-        help="add offline geographic metadata (country, climate, land cover, land, cell) to a store",
+        help=summary("enrich"),
         description="Add columns derived from each row's coordinates to an embedding store's metadata, offline. "
         "Existing columns are kept unless --overwrite.",
     )

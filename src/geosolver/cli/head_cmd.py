@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_config_arguments
 from geosolver.heads.config import HeadConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("head", help="train a location head (geocells, flow on the sphere) on a store's embeddings",
+    p = sub.add_parser("head", help=summary("head"),
                        description="Location heads learned on stored embeddings; fuse them with the kNN vote through "
                        "`locate --head DIR --fuse` and `evaluate --head DIR --fuse none,head`.")
     hs = p.add_subparsers(dest="head_command", metavar="SUBCOMMAND", required=True)

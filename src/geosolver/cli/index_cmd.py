@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_config_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from geosolver.index import BuildConfig  # faiss-free, but pulls in numpy / pandas: not at `geosolver --help` start-up
+    from geosolver.index import BuildConfig  # faiss-, numpy- and pandas-free; still not at `geosolver --help` start-up
 
-    p = sub.add_parser("index", help="build a kNN index (faiss) over an embedding store")
+    p = sub.add_parser("index", help=summary("index"))
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     b = isub.add_parser("build", help="build STORE/index-<kind>.faiss (+ .json settings)")
     add_config_arguments(b, BuildConfig)

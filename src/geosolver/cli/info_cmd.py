@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from geosolver.cli import summary
+
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="print what an embedding store holds")
+    p = sub.add_parser("info", help=summary("info"))
     p.add_argument("store", help="embedding store directory")
     p.add_argument("--verify", action="store_true", help="check every shard (checksum, shape, finite values, metadata); exit 2 if damaged")
     p.set_defaults(func=run)

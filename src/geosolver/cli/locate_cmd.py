@@ -8,18 +8,19 @@ import argparse
 import json
 import sys
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_max_photo_option, non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.encoders import MODEL_HELP, TTA_MODES
     from geosolver.index import KINDS
-    from geosolver.locate import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, STRATEGIES
-    from geosolver.prior import DEFAULT_PRIOR_WEIGHT, PRIOR_BY, PRIORS
+    from geosolver.names import (DEFAULT_K, DEFAULT_PRIOR_WEIGHT, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE,
+                                 PRIOR_BY, PRIORS, STRATEGIES)
     from geosolver.zeroshot import DEFAULT_MIN_POPULATION, DEFAULT_TEMPLATES, LEVELS
 
     p = sub.add_parser(
-        "locate", help="geolocate photos against a gallery store, or zero-shot against place names",
+        "locate", help=summary("locate"),
         description="Locate photos by kNN retrieval over a gallery (--gallery STORE; --prior text fuses in the zero-shot "
         "country probabilities of a CLIP with a text tower), or with no gallery at all by comparing each photo with "
         "prompts naming places (--zero-shot countries|regions|cities, StreetCLIP's zero-shot use).",
@@ -107,7 +108,7 @@ def _open_images(srcs: list[str]) -> tuple[list, list[str], int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geosolver.prior import PRIOR_BY
+    from geosolver.names import PRIOR_BY
 
     _check_modes(args)
     if args.zero_shot is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_float, positive_int
 
 
@@ -22,7 +23,7 @@ def register(sub) -> None:
     from geosolver.train.config import DEFAULT_LR, TRAIN_MODES, TrainModeAction
 
     p = sub.add_parser(
-        "study", help="the founding study on OSV5M: encoders, analysis, curation, fine-tuning, one report",
+        "study", help=summary("study"),
         description="Embed OSV5M test + a train slice with two encoders, analyse them, tabulate group sizes, "
         "evaluate kNN geolocation, compare curated vs random galleries, fine-tune the model (soft-target contrastive, "
         "sharpened and plain distance-consistency) and write OUT/report.html, report.md and summary.json. The root "

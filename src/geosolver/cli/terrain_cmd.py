@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from geosolver.cli import summary
 from geosolver.cli.args import add_config_arguments, config_from_args
 from geosolver.terrain.config import TerrainConfig
 
@@ -12,7 +13,7 @@ from geosolver.terrain.config import TerrainConfig
 def register(sub) -> None:
     p = sub.add_parser(
         "terrain",
-        help="build the offline terrain world (a folder + CSV dataset of rendered map tiles)",
+        help=summary("terrain"),
         description="The terrain world: a geolocation task rendered from MODIS land cover and Koppen-Geiger "
         "climate around GeoNames places. Its scores are not comparable with street-view benchmarks.",
     )

@@ -1,39 +1,40 @@
 """`geosolver train`: fine-tune an encoder with distance-aware objectives.
 
 The options are derived from :class:`geosolver.train.config.TrainConfig` (each field's
-``metadata`` holds its help and choices) by ``transformers.HfArgumentParser``, so a setting is
-declared once; the parsed namespace is the config's fields.
+``metadata`` holds its help and choices) by :func:`geosolver.cli.args.add_config_arguments`, so a
+setting is declared once; the parsed namespace is the config's fields. ``legacy_spellings`` keeps
+what ``transformers.HfArgumentParser`` accepted before (``--w_distill``, ``--flip false``), so
+``train --help`` no longer imports transformers.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+
+from geosolver.cli import summary
+from geosolver.cli.args import add_config_arguments, config_from_args
 
 
 def register(sub) -> None:
-    from transformers import HfArgumentParser
-
     from geosolver.train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
-        parents=[HfArgumentParser(TrainConfig, add_help=False)],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="fine-tune an encoder so similarity falls with distance (distance-consistency, geo-contrastive, rank-n-contrast, soft-contrastive)",
+        help=summary("train"),
         description="Fine-tune an image encoder for retrieval geolocation. Writes OUT/model (plain "
         "transformers.CLIPModel.from_pretrained loads it), train_log.jsonl, config.json, "
         "target_curve.json, training.png and, every --save-every steps, checkpoint.pt: the same command "
         "run again in the same --out resumes a killed run from it.",
     )
+    add_config_arguments(p, TrainConfig, legacy_spellings=True)
     p.set_defaults(func=run)
 
 
 def train_config(args: argparse.Namespace):
     """The :class:`~geosolver.train.TrainConfig` of parsed ``geosolver train`` arguments."""
-    from geosolver.train import TrainConfig
+    from geosolver.train.config import TrainConfig
 
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    return config_from_args(TrainConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:

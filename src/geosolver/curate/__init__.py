@@ -38,39 +38,28 @@ random inside) and ``random`` (uniform sample without replacement).
 Everything is deterministic for a given ``seed``.
 """
 
-from geosolver.curate.groups import (
-    DEFAULT_FEATURES,
-    MISSING,
-    SIZE_BINS,
-    CurationError,
-    format_histogram,
-    group_codes,
-    group_size_histogram,
-    group_table,
-    present_features,
-)
-from geosolver.curate.report import (
-    coverage,
-    curate_store,
-    entropy_bits,
-    format_coverage,
-    nearest_km,
-    plot_map,
-    random_land_points,
-)
-from geosolver.curate.sampling import (
-    COVERAGE_CELL_DEG,
-    STRATEGIES,
-    CurationResult,
-    cluster_order,
-    contributions,
-    farthest_first,
-    n_clusters,
-    ranks_from_keys,
-    round_robin,
-    rounds_needed,
-    select,
-)
+import importlib
+from typing import Any
+
+from geosolver.curate.names import DEFAULT_FEATURES, STRATEGIES
+
+#: pandas-free above: ``geosolver curate --help`` imports this package for its choices. Everything
+#: else (pandas, the store) is imported on first use: public name → the module defining it.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("MISSING", "SIZE_BINS", "CurationError", "format_histogram", "group_codes", "group_size_histogram",
+                     "group_table", "present_features"), "groups"),
+    **dict.fromkeys(("coverage", "curate_store", "entropy_bits", "format_coverage", "nearest_km", "plot_map",
+                     "random_land_points"), "report"),
+    **dict.fromkeys(("COVERAGE_CELL_DEG", "CurationResult", "cluster_order", "contributions", "farthest_first", "n_clusters",
+                     "ranks_from_keys", "round_robin", "rounds_needed", "select"), "sampling"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
 
 __all__ = [
     "COVERAGE_CELL_DEG", "DEFAULT_FEATURES", "MISSING", "SIZE_BINS", "STRATEGIES", "CurationError", "CurationResult",

@@ -9,11 +9,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from geosolver.curate.names import DEFAULT_FEATURES  # re-exported
 from geosolver.errors import CurationError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FEATURES: tuple[str, ...] = ("cell", "land_cover", "climate", "soil")
 MISSING = "<missing>"
 #: Histogram bins of images per group: (label, low, high) inclusive.
 SIZE_BINS: tuple[tuple[str, int, float], ...] = (

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from geosolver.curate.groups import DEFAULT_FEATURES, CurationError, group_codes, present_features
+from geosolver.curate.names import STRATEGIES  # re-exported
 from geosolver.geo import grid_cell
 
-STRATEGIES: tuple[str, ...] = ("grouped-clustered", "grouped", "cell", "random")
 COVERAGE_CELL_DEG = 2.0
 
 

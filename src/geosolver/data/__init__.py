@@ -18,25 +18,15 @@ EXIF GPS, :mod:`.exif`), ``webdataset`` (local tar shards, :mod:`.webdataset`).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
-from typing import Callable
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from geosolver.data.names import DATASET_KINDS
+from geosolver.errors import DatasetError
 
-from geosolver.data.common import DatasetError
-from geosolver.data.exif import read_exif
-from geosolver.data.folder import read_folder
-from geosolver.data.osv5m import read_osv5m
-from geosolver.data.webdataset import read_webdataset
-
-_READERS: dict[str, Callable[..., pd.DataFrame]] = {
-    "osv5m": read_osv5m,
-    "folder": read_folder,
-    "exif": read_exif,
-    "webdataset": read_webdataset,
-}
-#: The dataset kinds :func:`read_dataset` accepts.
-DATASET_KINDS: tuple[str, ...] = tuple(_READERS)
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["DATASET_KINDS", "DatasetError", "read_dataset", "add_dataset_arguments", "read_dataset_from_args"]
 
@@ -63,9 +53,10 @@ def read_dataset(
     Raises:
         DatasetError: unknown kind, missing CSV or columns, or no usable row; the message names the file.
     """
-    reader = _READERS.get(kind)
-    if reader is None:
+    if kind not in DATASET_KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
+    # the reader module (pandas) loads on first use: the CLI's parsers import this package
+    reader = getattr(importlib.import_module(f"{__name__}.{kind}"), f"read_{kind}")
     return reader(root, split=split, csv=csv, limit=limit)
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from geosolver.encoders.names import _KNOWN_NAMES, DEFAULT_ENCODER, ENCODER_ALIASES, MODEL_HELP, PRECISIONS, TTA_MODES
-from geosolver.encoders.preprocess import ResizeCropNormalize
 from geosolver.errors import EncoderError
 
 if TYPE_CHECKING:
@@ -42,6 +41,10 @@ def __getattr__(name: str) -> Any:
         from geosolver.encoders import base
 
         return getattr(base, name)
+    if name == "ResizeCropNormalize":  # numpy + PIL: not needed by the CLI's parsers, which import this package
+        from geosolver.encoders.preprocess import ResizeCropNormalize
+
+        return ResizeCropNormalize
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The settings of a head training run, torch-free (the CLI builds ``geosolver head train``'s options
+"""The settings of a head training run, torch- and pandas-free (the CLI builds ``geosolver head train``'s options
 from them without loading torch)."""
 
 from __future__ import annotations
@@ -7,12 +7,14 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geosolver.errors import HeadError
-from geosolver.store import EmbeddingStore
+
+if TYPE_CHECKING:  # a type only: the store module imports pandas, and `head train --help` loads this one
+    from geosolver.store import EmbeddingStore
 
 KINDS = ("cells", "flow")
 

@@ -26,19 +26,36 @@ and :meth:`KnnIndex.for_store` rebuilds it.
 GPU: when ``faiss.get_num_gpus() > 0`` (a faiss-gpu build) the index is copied to all GPUs for
 search; it is always saved from its CPU copy.
 
-Modules, by role: :mod:`.plan` (settings for a memory budget), :mod:`.search` (:class:`KnnIndex`),
+Modules, by role: :mod:`.config` (:class:`BuildConfig`, :data:`KINDS`), :mod:`.plan` (settings for a memory budget), :mod:`.search` (:class:`KnnIndex`),
 :mod:`.recall` (exact top-k, recall, tuning), :mod:`.persist` (files, staleness), :mod:`.builder`
 (:class:`BuildConfig` → :func:`build` → :class:`BuildResult`), :mod:`.backend` (faiss plumbing).
 """
 
+import importlib
+from typing import Any
+
 from geosolver.errors import IndexBuildError, StaleIndexError
 
-from .backend import num_gpus, set_threads
-from .builder import KINDS, BuildConfig, BuildResult, build, build_index, index_for_store, load_index
-from .persist import INDEX_FORMAT_VERSION, index_paths, store_fingerprint
+from .config import KINDS, BuildConfig
 from .plan import default_nlist, plan_ivfpq
-from .recall import exact_topk, measure_recall, recall_at
-from .search import KnnIndex
+
+#: numpy- and pandas-free above: the CLI's parsers import this package (``--index`` choices,
+#: ``index build``'s options). The rest needs the store (pandas) and is imported on first use:
+#: public name → the module of this package that defines it.
+_LAZY = {
+    "num_gpus": "backend", "set_threads": "backend",
+    "BuildResult": "builder", "build": "builder", "build_index": "builder", "index_for_store": "builder", "load_index": "builder",
+    "INDEX_FORMAT_VERSION": "persist", "index_paths": "persist", "store_fingerprint": "persist",
+    "exact_topk": "recall", "measure_recall": "recall", "recall_at": "recall",
+    "KnnIndex": "search",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
 
 __all__ = [
     "INDEX_FORMAT_VERSION",

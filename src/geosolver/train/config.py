@@ -1,11 +1,11 @@
 """Every setting of a fine-tuning run, in one place: :class:`TrainConfig`.
 
 Each field carries its command-line help (and choices) in ``field(metadata=...)``; the options of
-``geosolver train`` are derived from it by ``transformers.HfArgumentParser``, so a setting is
-declared once. Field ``out`` becomes ``--out``, ``w_contrastive`` ``--w-contrastive`` (and
+``geosolver train`` are derived from it by :func:`geosolver.cli.args.add_config_arguments`, so a
+setting is declared once. Field ``out`` becomes ``--out``, ``w_contrastive`` ``--w-contrastive`` (and
 ``--w_contrastive``), a boolean ``flip = True`` ``--flip`` / ``--no-flip``.
 
-No torch here: the CLI imports this module to build its parser.
+No torch, transformers or pandas here: the CLI imports this module to build its parser.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from geosolver.data import DATASET_KINDS
 from geosolver.encoders import DEFAULT_ENCODER
 from geosolver.errors import TrainError
-from geosolver.locate import STRATEGIES
+from geosolver.names import STRATEGIES
 
 #: What ``--train`` can train (see :mod:`geosolver.train.params`).
 TRAIN_MODES = ("projection", "last-blocks", "lora", "all")
