@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from geosolver.errors import ServeError
-from geosolver.locate import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES
+from geosolver.names import DEFAULT_K, DEFAULT_STRATEGY, STRATEGIES
 
 #: Most pixels the server decodes for one photo (JPEGs: counted at their draft-reduced size).
 #: 40 Mpx lets through every ordinary photo (12-24 Mpx phones and cameras, 33 Mpx 8K frames, and
