@@ -106,13 +106,13 @@ class DistanceBlock:
         t = ws.get("d_tmp", n, np.float32)
         np.subtract(d, e32[k0], out=t)
         t *= np.float32(1.0 / w)
+        np.minimum(t, len(sub_edges) - 2 - k0, out=t)  # beyond the last edge: the last bin (same as clipping the index)
         sub = ws.get("d_sub", n, np.intp)
         np.copyto(sub, t, casting="unsafe")  # truncates toward zero, as astype does
         sub += k0
         mask = np.less(d, e32[k0], out=ws.get("d_mask", n, np.bool_))
-        if mask.any():
+        if mask.any():  # below the tail (and negative t): searchsorted, in [0, k0)
             sub[mask] = np.searchsorted(e32[: k0 + 1], d[mask], side="right") - 1
-        np.clip(sub, 0, len(sub_edges) - 2, out=sub)
         self.sub = sub
         self.disp = ws.get("d_disp", n, np.intp)  # display bin: sub >> 1 (filled below; work space until then)
         np.take(e32, sub, out=t, mode="clip")  # sub is in range: "clip" only skips the bounds check
@@ -348,8 +348,8 @@ def _sim_index(s_plus_1: np.ndarray, bins: int, tmp: np.ndarray, out: np.ndarray
     """Bin index (into ``out``) of cosine values ``s`` on ``bins`` equal bins over [-1, 1] (values
     outside are clipped), given ``s + 1`` in float32; ``tmp`` is float32 work space of the same size."""
     np.multiply(s_plus_1, np.float32(bins / 2.0), out=tmp)
+    np.clip(tmp, 0, bins - 1, out=tmp)  # in float32 before truncation: the same index as clipping after, cheaper
     np.copyto(out, tmp, casting="unsafe")  # truncates, as astype does
-    np.clip(out, 0, bins - 1, out=out)
     return out
 
 
