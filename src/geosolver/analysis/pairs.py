@@ -1,8 +1,12 @@
 """Exact, blocked statistics of cosine similarity against great-circle distance over image pairs.
 
 Nothing here materialises an ``N × N`` matrix: pairs are processed in blocks (a block of rows
-against all later rows; similarity by a float32 matmul, distance by vectorised haversine) and
-every block is reduced into fixed-size accumulators:
+against all later rows, taken :data:`CHUNK_PAIRS` pairs — a slice of columns — at a time;
+similarity by a float32 matmul, distance by vectorised haversine) and every chunk is reduced
+into fixed-size accumulators. Each thread reuses one set of work arrays (``_Scratch``) for all
+its chunks, so nothing is allocated per chunk and the arrays stay in cache; the bin index is
+computed once per chunk and shared by every encoder; the 2-D histogram and both fine
+near/far histograms are filled by one ``np.add.at`` each (near/far/neither as an offset):
 
 Distances (:func:`arc_km`) are the haversine formula written on 3-D unit vectors:
 ``sin²(θ/2) = (1 − p·q)/2`` with ``p·q`` from a float64 matmul (exact to ~1e-16, so no
