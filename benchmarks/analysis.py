@@ -7,7 +7,10 @@ Prints a markdown table: N, dim, encoders, pairs, seconds per stage (from ``stat
 ``timings``), total seconds, peak RSS of the analysis, load average before → after — and beside
 it **the limit**: one float32 matmul of the same FLOPs (``N × d`` by ``d × N/2``: the similarity of
 every pair once, per encoder), timed in the same way just before and just after the analysis
-(their mean), and the ratio analysis / limit.
+(their mean), and the ratios analysis / limit and pair pass / limit (the part the pair
+statistics code controls; the rest is loading, Spearman, diagnostics and the report). On a
+shared machine wall times move with the other load; the CPU seconds of the analysis (its
+process, all threads) against the CPU seconds of the same matmuls move much less.
 
     python benchmarks/analysis.py                 # N = 20 000, d = 768, one encoder
     python benchmarks/analysis.py --n 5000 --encoders 3
@@ -33,14 +36,15 @@ def _analyze(paths: list[str], out: str, n: int, block: int) -> None:
     analyze_stores(paths, out, sample=n, block=block, progress=False)
 
 
-def sgemm_seconds(n: int, dim: int, encoders: int) -> float:
-    """Seconds of float32 matmuls with the FLOPs of the pair pass (``n·(n/2)·dim`` multiply-adds per encoder)."""
+def sgemm_seconds(n: int, dim: int, encoders: int) -> tuple[float, float]:
+    """Wall and CPU seconds of float32 matmuls with the FLOPs of the pair pass (``n·(n/2)·dim``
+    multiply-adds per encoder)."""
     x = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
     half = np.ascontiguousarray(x[: n // 2])
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(encoders):
         x @ half.T
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def main() -> None:
@@ -64,7 +68,7 @@ def main() -> None:
             write_store(p, geo_embeddings(lat, lon, args.dim, signal=1.0 + k, rng=k), meta, {"name": f"synthetic-{k}", "dim": args.dim})
             paths.append(p)
         load0 = os.getloadavg()[0]
-        limit0 = sgemm_seconds(args.n, args.dim, args.encoders)
+        limit0, cpu_limit0 = sgemm_seconds(args.n, args.dim, args.encoders)
         t = time.perf_counter()
         proc = mp.get_context("spawn").Process(target=_analyze, args=(paths, f"{tmp}/out", args.n, args.block))
         proc.start()
@@ -72,16 +76,20 @@ def main() -> None:
         wall = time.perf_counter() - t
         if proc.exitcode != 0:
             raise SystemExit(f"analysis failed (exit {proc.exitcode})")
-        limit = 0.5 * (limit0 + sgemm_seconds(args.n, args.dim, args.encoders))
+        limit1, cpu_limit1 = sgemm_seconds(args.n, args.dim, args.encoders)
+        limit, cpu_limit = 0.5 * (limit0 + limit1), 0.5 * (cpu_limit0 + cpu_limit1)
         load1 = os.getloadavg()[0]
-        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rss_mb = usage.ru_maxrss / 1024
+        cpu = usage.ru_utime + usage.ru_stime
         res = json.loads(open(f"{tmp}/out/stats.json").read())
     tm = res["timings"]
-    cols = ["N", "dim", "encoders", "pairs", "load s", "pair pass s", "spearman s", "diagnostics s", "report s", "total s", "sgemm limit s", "total / limit", "peak RSS MB", "load avg"]
+    cols = ["N", "dim", "encoders", "pairs", "load s", "pair pass s", "spearman s", "diagnostics s", "report s", "total s", "sgemm limit s", "total / limit", "pair pass / limit", "CPU s", "sgemm CPU s", "CPU / sgemm CPU", "peak RSS MB", "load avg"]
     vals = [
         f"{args.n:,}", str(args.dim), str(args.encoders), f"{res['n_pairs']:,}",
         *(f"{tm.get(k, 0):.1f}" for k in ("load_s", "pairs_s", "spearman_s", "diagnostics_s", "report_s")),
-        f"{wall:.1f}", f"{limit:.1f}", f"{wall / limit:.1f}×", f"{rss_mb:.0f}", f"{load0:.1f} → {load1:.1f}",
+        f"{wall:.1f}", f"{limit:.1f}", f"{wall / limit:.1f}×", f"{tm.get('pairs_s', 0) / limit:.1f}×",
+        f"{cpu:.1f}", f"{cpu_limit:.1f}", f"{cpu / cpu_limit:.1f}×", f"{rss_mb:.0f}", f"{load0:.1f} → {load1:.1f}",
     ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

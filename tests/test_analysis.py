@@ -20,9 +20,10 @@ from geosolver.analysis import (
     fit_monotone_curve,
     sampled_pairs_stats,
 )
-from geosolver.analysis.pairs import FINE_SIM_BINS, arc_km, spearman_pairs
+from geosolver.analysis import pairs as pairs_mod
+from geosolver.analysis.pairs import FINE_SIM_BINS, arc_km, random_pairs, spearman_pairs
 from geosolver.analysis.synthetic import geo_embeddings
-from geosolver.geo import haversine, latlon_to_xyz, random_points_on_sphere
+from geosolver.geo import EARTH_RADIUS_KM, haversine, latlon_to_xyz, random_points_on_sphere
 from geosolver.store import l2_normalize, write_store
 
 
@@ -371,3 +372,48 @@ def test_kept_pair_similarities_are_read_from_the_blocks_exactly():
     np.testing.assert_allclose(st.kept, np.einsum("kd,kd->k", emb[i].astype(np.float64), emb[j].astype(np.float64)), atol=1e-6)
     with pytest.raises(ValueError, match="i < j"):
         all_pairs_stats([emb], lat, lon, progress=False, keep_pairs=(np.array([5]), np.array([5])))
+
+
+def test_pairs_on_both_sides_of_the_near_far_and_bin_edges_are_counted_by_hand():
+    # five photos on the equator at 0, 24.99, 5000.02, 4999.98 and 25.01 km east of the first
+    # (float32 distances are good to ~1 m here, the margins are 10-20 m). The ten pairs:
+    #   (0,1) 24.99 near, display bin [10, 25)      (1,2) 4975.03  [4900, 5000)
+    #   (0,2) 5000.02 far, [5000, 5100)             (1,3) 4974.99  [4900, 5000)
+    #   (0,3) 4999.98 not far, [4900, 5000)         (1,4) 0.02 near, [0, 1)
+    #   (0,4) 25.01 not near, [25, 50)              (2,3) 0.04 near, [0, 1)
+    #   (2,4) 4975.01, (3,4) 4974.97: [4900, 5000)
+    km = np.array([0.0, 24.99, 5000.02, 4999.98, 25.01])
+    lon = np.degrees(km / EARTH_RADIUS_KM)
+    lat = np.zeros(5)
+    # similarity = cos(angle difference): near pairs 0.995 (0,1), 0.969 (2,3), 0.995 (1,4); far pair 0.99875
+    ang = np.array([0.0, 0.1, 0.05, 0.3, 0.2])
+    emb = np.stack([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+    for block in (2, 5):  # the pairs split over blocks and chunks, or all in one block
+        (st,) = all_pairs_stats([emb], lat, lon, block=block, progress=False)
+        count = st.binned()["count"]
+        assert count[0] == 2 and count[3] == 1 and count[4] == 1  # [0, 1), [10, 25), [25, 50)
+        assert count[54] == 5 and count[55] == 1 and count.sum() == 10  # [4900, 5000), [5000, 5100)
+        ff = st.false_friends()
+        assert (ff["n_near_pairs"], ff["n_far_pairs"]) == (3, 1)
+        assert ff["n_false_friends"] == 1  # 0.99875 is above the near pairs' 95th percentile (0.995)
+        assert ff["near_p95_sim"] == pytest.approx(np.cos(0.1), abs=2.0 / FINE_SIM_BINS)
+    # edges ending at 100 km (sub-bins 0 5 10 20 30 65 100): the six longer pairs count in the last sub-bin
+    (st,) = all_pairs_stats([emb], lat, lon, dist_edges=[0.0, 10.0, 30.0, 100.0], progress=False)
+    np.testing.assert_array_equal(st.n, [2, 0, 0, 2, 0, 6])
+
+
+@pytest.mark.parametrize("chunk_pairs", [1, 300])  # 16 and 42 columns per chunk: many chunks per block
+def test_chunked_pass_equals_one_chunk_and_keeps_pairs_across_chunks(monkeypatch, chunk_pairs):
+    lat, lon = clustered_points(12, 10, seed=2)  # 120 images
+    emb = geo_embeddings(lat, lon, 24, signal=1.0, rng=6)
+    i, j = random_pairs(120, 400, np.random.default_rng(1))
+    (one,) = all_pairs_stats([emb], lat, lon, block=7, progress=False, keep_pairs=(i, j))
+    monkeypatch.setattr(pairs_mod, "CHUNK_PAIRS", chunk_pairs)
+    (many,) = all_pairs_stats([emb], lat, lon, block=7, progress=False, keep_pairs=(i, j))
+    for name in ("n", "hist2d", "near_hist", "far_hist", "kept"):
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name), err_msg=name)
+    # float32 matmuls of other shapes may round a similarity differently (~1e-7): the sums agree to that
+    for name in ("s", "s2", "u", "u2", "su"):
+        np.testing.assert_allclose(getattr(many, name), getattr(one, name), rtol=1e-6, atol=1e-9, err_msg=name)
+    assert many.n_pairs == 120 * 119 // 2 and many.near_hist.sum() > 100
+    np.testing.assert_allclose(many.kept, np.einsum("kd,kd->k", emb[i].astype(np.float64), emb[j].astype(np.float64)), atol=1e-6)

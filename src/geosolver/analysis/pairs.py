@@ -1,8 +1,12 @@
 """Exact, blocked statistics of cosine similarity against great-circle distance over image pairs.
 
 Nothing here materialises an ``N × N`` matrix: pairs are processed in blocks (a block of rows
-against all later rows; similarity by a float32 matmul, distance by vectorised haversine) and
-every block is reduced into fixed-size accumulators:
+against all later rows, taken :data:`CHUNK_PAIRS` pairs — a slice of columns — at a time;
+similarity by a float32 matmul, distance by vectorised haversine) and every chunk is reduced
+into fixed-size accumulators. Each thread reuses one set of work arrays (``_Scratch``) for all
+its chunks, so nothing is allocated per chunk and the arrays stay in cache; the bin index is
+computed once per chunk and shared by every encoder; the 2-D histogram and both fine
+near/far histograms are filled by one ``np.add.at`` each (near/far/neither as an offset):
 
 Distances (:func:`arc_km`) are the haversine formula written on 3-D unit vectors:
 ``sin²(θ/2) = (1 − p·q)/2`` with ``p·q`` from a float64 matmul (exact to ~1e-16, so no
@@ -51,6 +55,9 @@ MAX_KM = float(np.pi * EARTH_RADIUS_KM)
 #: cores: numpy releases the GIL in its loops) and adds the two parts at the end — always two, so
 #: the float sums are the same on every machine.
 PASS_PARTS = 2
+#: Pairs per chunk of the all-pairs pass (rows of a block × a slice of the later columns): its
+#: float64 work arrays (1 MiB each) stay in a core's L2 cache.
+CHUNK_PAIRS = 1 << 17
 
 
 def default_distance_edges() -> np.ndarray:
@@ -70,36 +77,63 @@ def _sub_edges(edges: np.ndarray) -> np.ndarray:
     return out
 
 
+class _Scratch:
+    """Reusable work arrays by name: the all-pairs pass gives each thread one, so its chunks of
+    pairs allocate nothing and stay in cache. ``get`` returns the first ``n`` elements."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, n: int, dtype) -> np.ndarray:
+        b = self._bufs.get(name)
+        if b is None or b.size < n or b.dtype != dtype:
+            b = self._bufs[name] = np.empty(max(n, 1), dtype)
+        return b[:n]
+
+
 class DistanceBlock:
     """Distances of one block of pairs with their bin indices, shared by every encoder.
 
     Args:
         d: distances in km, any shape (flattened), finite and non-negative.
         sub_edges: sub-bin edges in km (``_sub_edges(display edges)``), float64.
+        scratch: work arrays to reuse; this block's arrays live in them until the next block.
     """
 
-    def __init__(self, d: np.ndarray, sub_edges: np.ndarray):
-        self.d = np.ascontiguousarray(d, dtype=np.float32).ravel()
+    def __init__(self, d: np.ndarray, sub_edges: np.ndarray, scratch: _Scratch | None = None):
+        ws = _Scratch() if scratch is None else scratch
+        self.d = d = np.ascontiguousarray(d, dtype=np.float32).ravel()
+        n = d.size
         e32 = sub_edges.astype(np.float32)
         k0, w = _uniform_tail(sub_edges)
         # arithmetic bin index on the uniform tail of the edges, searchsorted below it
-        sub = ((self.d - e32[k0]) * np.float32(1.0 / w)).astype(np.intp)
+        t = ws.get("d_tmp", n, np.float32)
+        np.subtract(d, e32[k0], out=t)
+        t *= np.float32(1.0 / w)
+        np.minimum(t, len(sub_edges) - 2 - k0, out=t)  # beyond the last edge: the last bin (same as clipping the index)
+        sub = ws.get("d_sub", n, np.intp)
+        np.copyto(sub, t, casting="unsafe")  # truncates toward zero, as astype does
         sub += k0
-        head = self.d < e32[k0]
-        if head.any():
-            sub[head] = np.searchsorted(e32[: k0 + 1], self.d[head], side="right") - 1
-        np.clip(sub, 0, len(sub_edges) - 2, out=sub)
+        mask = np.less(d, e32[k0], out=ws.get("d_mask", n, np.bool_))
+        if mask.any():  # below the tail (and negative t): searchsorted, in [0, k0)
+            sub[mask] = np.searchsorted(e32[: k0 + 1], d[mask], side="right") - 1
         self.sub = sub
-        self.disp = self.sub >> 1
-        self.u = (self.d - e32[self.sub]).astype(np.float64)
-        self.near = self.d < NEAR_KM
-        self.far = self.d > FAR_KM
-        self.any_near = bool(self.near.any())
-        self.any_far = bool(self.far.any())
+        self.disp = ws.get("d_disp", n, np.intp)  # display bin: sub >> 1 (filled below; work space until then)
+        np.take(e32, sub, out=t, mode="clip")  # sub is in range: "clip" only skips the bounds check
+        np.subtract(d, t, out=t)
+        self.u = ws.get("d_u", n, np.float64)
+        self.u[...] = t
+        # offset into the fine near/far histograms: far pairs 0, near FINE_SIM_BINS, the rest 2·FINE_SIM_BINS
+        # (= 2F·[d ≤ FAR] − F·[d < NEAR], as NEAR < FAR)
+        self.fine_off = off = ws.get("d_off", n, np.intp)
+        np.multiply(np.less_equal(d, FAR_KM, out=mask), 2 * FINE_SIM_BINS, out=off)
+        off -= np.multiply(np.less(d, NEAR_KM, out=mask), FINE_SIM_BINS, out=self.disp)
+        np.right_shift(sub, 1, out=self.disp)
         k = len(sub_edges) - 1
-        self.sub_counts = np.bincount(self.sub, minlength=k)
-        self.sub_u = np.bincount(self.sub, weights=self.u, minlength=k)
-        self.sub_u2 = np.bincount(self.sub, weights=self.u * self.u, minlength=k)
+        self.sub_counts = np.bincount(sub, minlength=k)
+        self.sub_u = np.bincount(sub, weights=self.u, minlength=k)
+        u2 = np.multiply(self.u, self.u, out=ws.get("d_u2", n, np.float64))
+        self.sub_u2 = np.bincount(sub, weights=u2, minlength=k)
 
 
 @dataclass
@@ -129,33 +163,42 @@ class PairStats:
         self.u2 = np.zeros(k)
         self.su = np.zeros(k)
         self.hist2d = np.zeros((len(self.dist_edges) - 1, self.sim_bins), np.int64)
-        self.near_hist = np.zeros(FINE_SIM_BINS, np.int64)
-        self.far_hist = np.zeros(FINE_SIM_BINS, np.int64)
+        # far | near | neither (ignored), so that one np.add.at fills both fine histograms
+        self._fine = np.zeros(3 * FINE_SIM_BINS, np.int64)
+        self.far_hist = self._fine[:FINE_SIM_BINS]
+        self.near_hist = self._fine[FINE_SIM_BINS : 2 * FINE_SIM_BINS]
         self.exp_sum = 0.0  # Σ exp(−2‖x−y‖²) = Σ exp(4s − 4) for unit vectors (uniformity)
         self.kept: np.ndarray | None = None  # similarities of all_pairs_stats(keep_pairs=...), in that order
 
     # -- accumulation -----------------------------------------------------------------
-    def add(self, sim: np.ndarray, blk: DistanceBlock) -> None:
+    def add(self, sim: np.ndarray, blk: DistanceBlock, scratch: _Scratch | None = None) -> None:
         """Add a block of similarities (same pairs, same order as ``blk``)."""
         s = np.ascontiguousarray(sim, dtype=np.float32).ravel()
         if s.shape != blk.d.shape:
             raise ValueError(f"similarity block has {s.size} values, distance block {blk.d.size}")
+        ws = _Scratch() if scratch is None else scratch
+        n = s.size
         k = len(self.n)
         self.n += blk.sub_counts
-        s64 = s.astype(np.float64)  # products in float64: s² in float32 would cost ~1e-7 in the variance
-        self.s += np.bincount(blk.sub, weights=s64, minlength=k)
-        self.s2 += np.bincount(blk.sub, weights=s64 * s64, minlength=k)
         self.u += blk.sub_u
         self.u2 += blk.sub_u2
-        self.su += np.bincount(blk.sub, weights=s64 * blk.u, minlength=k)
-        self.exp_sum += float(np.exp(np.float32(4.0) * (s - np.float32(1.0))).sum(dtype=np.float64))
-        sb = _sim_index(s, self.sim_bins)
-        flat = blk.disp * self.sim_bins + sb
-        self.hist2d += np.bincount(flat, minlength=self.hist2d.size).reshape(self.hist2d.shape)
-        if blk.any_near:
-            self.near_hist += np.bincount(_sim_index(s[blk.near], FINE_SIM_BINS), minlength=FINE_SIM_BINS)
-        if blk.any_far:
-            self.far_hist += np.bincount(_sim_index(s[blk.far], FINE_SIM_BINS), minlength=FINE_SIM_BINS)
+        s64 = ws.get("s64", n, np.float64)  # products in float64: s² in float32 would cost ~1e-7 in the variance
+        s64[...] = s
+        self.s += np.bincount(blk.sub, weights=s64, minlength=k)
+        t64 = np.multiply(s64, s64, out=ws.get("t64", n, np.float64))
+        self.s2 += np.bincount(blk.sub, weights=t64, minlength=k)
+        np.multiply(s64, blk.u, out=t64)
+        self.su += np.bincount(blk.sub, weights=t64, minlength=k)
+        t = np.subtract(s, np.float32(1.0), out=ws.get("t32", n, np.float32))
+        t *= np.float32(4.0)
+        self.exp_sum += float(np.exp(t, out=t).sum(dtype=np.float64))
+        s1 = np.add(s, np.float32(1.0), out=ws.get("s1", n, np.float32))  # s + 1, for both similarity indices
+        key = _sim_index(s1, self.sim_bins, t, ws.get("key", n, np.intp))
+        key += np.multiply(blk.disp, self.sim_bins, out=ws.get("key2", n, np.intp))
+        np.add.at(self.hist2d.reshape(-1), key, 1)
+        key = _sim_index(s1, FINE_SIM_BINS, t, key)
+        key += blk.fine_off
+        np.add.at(self._fine, key, 1)
 
     def merge(self, other: "PairStats") -> None:
         """Add another accumulator's pairs (same bins) into this one."""
@@ -277,18 +320,22 @@ class PairStats:
         return self.hist2d.sum(axis=0)
 
 
-def arc_km(cos_angle: np.ndarray) -> np.ndarray:
+def arc_km(cos_angle: np.ndarray, out: np.ndarray | None = None, overwrite: bool = False) -> np.ndarray:
     """Great-circle distance in km (float32) from the float64 dot products of unit vectors.
 
     ``d = 2R·asin(√h)`` with ``h = sin²(θ/2) = (1 − cos θ)/2`` computed in float64 (the
-    haversine formula), the square root and arcsine in float32.
+    haversine formula), the square root and arcsine in float32. ``out``: a float32 array of the
+    same shape to write into; ``overwrite``: ``cos_angle`` (float64) may be used as work space.
     """
-    h = (0.5 - 0.5 * np.asarray(cos_angle, dtype=np.float64)).astype(np.float32)
-    np.clip(h, 0.0, 1.0, out=h)
-    np.sqrt(h, out=h)
-    np.arcsin(h, out=h)
-    h *= np.float32(2.0 * EARTH_RADIUS_KM)
-    return h
+    c = np.asarray(cos_angle, dtype=np.float64)
+    h = np.multiply(c, 0.5, out=c if overwrite else None)
+    np.subtract(0.5, h, out=h)
+    out = np.empty(h.shape, np.float32) if out is None else out
+    np.clip(h, 0.0, 1.0, out=out, casting="same_kind")  # clipping before or after the cast: same values
+    np.sqrt(out, out=out)
+    np.arcsin(out, out=out)
+    out *= np.float32(2.0 * EARTH_RADIUS_KM)
+    return out
 
 
 def _uniform_tail(edges: np.ndarray) -> tuple[int, float]:
@@ -301,11 +348,13 @@ def _uniform_tail(edges: np.ndarray) -> tuple[int, float]:
     return k, float(w)
 
 
-def _sim_index(s: np.ndarray, bins: int) -> np.ndarray:
-    """Bin index of cosine values on ``bins`` equal bins over [-1, 1] (values outside are clipped)."""
-    idx = ((s + np.float32(1.0)) * np.float32(bins / 2.0)).astype(np.intp)
-    np.clip(idx, 0, bins - 1, out=idx)
-    return idx
+def _sim_index(s_plus_1: np.ndarray, bins: int, tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Bin index (into ``out``) of cosine values ``s`` on ``bins`` equal bins over [-1, 1] (values
+    outside are clipped), given ``s + 1`` in float32; ``tmp`` is float32 work space of the same size."""
+    np.multiply(s_plus_1, np.float32(bins / 2.0), out=tmp)
+    np.clip(tmp, 0, bins - 1, out=tmp)  # in float32 before truncation: the same index as clipping after, cheaper
+    np.copyto(out, tmp, casting="unsafe")  # truncates, as astype does
+    return out
 
 
 def _check(embs: Sequence[np.ndarray], lat, lon) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -354,21 +403,29 @@ def all_pairs_stats(
     keep = _KeptPairs(keep_pairs, n, len(embs)) if keep_pairs is not None else None
     starts = list(range(0, max(n - 1, 0), block))
 
+    cols = max(CHUNK_PAIRS // block, 16)  # columns per chunk: a chunk's work arrays stay in cache
+
     def run_part(p: int) -> None:
+        ws = _Scratch()
         for a in starts[p::PASS_PARTS]:
             b = min(n, a + block)
             tri = np.triu_indices(b - a, k=1)  # pairs inside the block's own rows
-            blk_in = DistanceBlock(arc_km(xyz[a:b] @ xyz[a:b].T)[tri], sub_edges)
-            blk_out = DistanceBlock(arc_km(xyz[a:b] @ xyz[b:].T), sub_edges) if b < n else None  # rows a:b × later rows
+            blk = DistanceBlock(arc_km(xyz[a:b] @ xyz[a:b].T, overwrite=True)[tri], sub_edges, ws)
             for k, (e, st) in enumerate(zip(embs, parts[p])):
-                ea = e[a:b]
-                inner = ea @ ea.T
-                st.add(inner[tri], blk_in)
-                outer = ea @ e[b:].T if blk_out is not None else None
-                if outer is not None:
-                    st.add(outer, blk_out)
+                inner = e[a:b] @ e[a:b].T
+                st.add(inner[tri], blk, ws)
                 if keep is not None:
-                    keep.take(k, a, b, inner, outer)
+                    keep.take(k, a, b, a, inner)
+            for c in range(b, n, cols):  # rows a:b × later rows, a chunk of columns at a time
+                c1 = min(n, c + cols)
+                m = (b - a) * (c1 - c)
+                cos = np.matmul(xyz[a:b], xyz[c:c1].T, out=ws.get("cos", m, np.float64).reshape(b - a, c1 - c))
+                blk = DistanceBlock(arc_km(cos, ws.get("d", m, np.float32).reshape(cos.shape), overwrite=True), sub_edges, ws)
+                for k, (e, st) in enumerate(zip(embs, parts[p])):
+                    sim = np.matmul(e[a:b], e[c:c1].T, out=ws.get("sim", m, np.float32).reshape(b - a, c1 - c))
+                    st.add(sim, blk, ws)
+                    if keep is not None:
+                        keep.take(k, a, b, c, sim)
             bar.update(1)
 
     threads = min(PASS_PARTS, os.cpu_count() or 1)
@@ -396,16 +453,14 @@ class _KeptPairs:
         self.i, self.j = i[self.order], j[self.order]
         self.sims = [np.empty(i.size, np.float32) for _ in range(n_enc)]
 
-    def take(self, k: int, a: int, b: int, inner: np.ndarray, outer: np.ndarray | None) -> None:
+    def take(self, k: int, a: int, b: int, c: int, sim: np.ndarray) -> None:
+        """Kept pairs among rows ``a:b`` × columns ``c:c + sim.shape[1]`` (``sim`` their similarities)."""
         lo, hi = np.searchsorted(self.i, [a, b])
         if lo == hi:
             return
-        r, c = self.i[lo:hi] - a, self.j[lo:hi]
-        here = c < b
-        out = self.sims[k][lo:hi]
-        out[here] = inner[r[here], c[here] - a]
-        if outer is not None:
-            out[~here] = outer[r[~here], c[~here] - b]
+        j = self.j[lo:hi]
+        here = np.nonzero((j >= c) & (j < c + sim.shape[1]))[0]
+        self.sims[k][lo + here] = sim[self.i[lo + here] - a, j[here] - c]
 
     def result(self, k: int) -> np.ndarray:
         s = np.empty_like(self.sims[k])
