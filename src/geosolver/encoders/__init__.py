@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from geosolver.encoders.names import _KNOWN_NAMES, DEFAULT_ENCODER, ENCODER_ALIASES, MODEL_HELP, PRECISIONS, TTA_MODES
+from geosolver.encoders.names import DEFAULT_ENCODER, ENCODER_ALIASES, MODEL_HELP, PRECISIONS, TTA_MODES, _KNOWN_NAMES
 from geosolver.encoders.preprocess import ResizeCropNormalize
 from geosolver.errors import EncoderError
 
@@ -39,7 +39,7 @@ _FROM_BASE = ("Encoder", "resolve_device", "resolve_dtype", "tta_views")
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_BASE:
-        from geosolver.encoders import base
+        from geosolver.encoders import base  # torch: base imports it; this package stays torch-free at import
 
         return getattr(base, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -124,9 +124,9 @@ def load_encoder(
         EncoderError: the name resolves to nothing loadable; the message lists what was tried
             (alias resolution, local path, hub id) and the underlying error.
     """
-    import torch
+    import torch  # torch: optional heavy backend
 
-    from geosolver.encoders.base import resolve_device, resolve_dtype
+    from geosolver.encoders.base import resolve_device, resolve_dtype  # torch, as above
 
     if isinstance(name_or_path, EncoderSpec):
         name_or_path, device, precision = name_or_path.name, name_or_path.device, name_or_path.precision
@@ -143,7 +143,7 @@ def load_encoder(
 
 def _load(key: str, dev: torch.device, dtype: torch.dtype) -> Encoder:
     """Resolve ``key`` (alias, local directory, hub id) and construct the backend."""
-    from geosolver.encoders import clip, offline
+    from geosolver.encoders import clip, offline  # the torch backends, loaded with the first encoder
 
     tried: list[str] = []
 
