@@ -13,6 +13,7 @@ import pandas as pd
 from geosolver.curate.groups import CurationError, group_size_histogram
 from geosolver.curate.sampling import COVERAGE_CELL_DEG, CurationResult, select
 from geosolver.geo import EARTH_RADIUS_KM, grid_cell, latlon_to_xyz, random_points_on_sphere
+from geosolver.geodata import is_land  # bit-packed, memory-mapped mask (~40 MB resident), mapped on first call
 from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore
 
@@ -29,8 +30,6 @@ def entropy_bits(values: pd.Series) -> float:
 
 def random_land_points(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points uniform on the Earth's land surface, ``(lat, lon)`` degrees (rejection sampling)."""
-    from geosolver.geodata import is_land  # bit-packed, memory-mapped mask (~40 MB resident)
-
     rng = np.random.default_rng(seed)
     lats, lons, got = [], [], 0
     while got < n:

@@ -51,11 +51,11 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from geosolver import geodata
+from geosolver import geodata, mp16
 from geosolver.errors import TerrainError
 from geosolver.geo import EARTH_RADIUS_KM, grid_cell, grid_cell_label, validate_coords, wrap_lon
-from geosolver.mp16 import ATTRIBUTION as MP16_ATTRIBUTION, load_coordinates
 from geosolver.places import load_places, reverse_geocode
 from geosolver.progress import tqdm
 from geosolver.rundir import RunDir
@@ -215,7 +215,7 @@ def sample_mp16(
         ``usable``, ``drawn``.
     """
     if coords is None:
-        coords = load_coordinates()
+        coords = mp16.load_coordinates()
     la, lo = coords[:, 0].astype(np.float64), coords[:, 1].astype(np.float64)
     ok = geodata.is_land(la, lo)
     ok[ok] = has_raster_data(la[ok], lo[ok])
@@ -521,7 +521,7 @@ def run(cfg: TerrainConfig) -> TerrainWorld:
         "attribution": dict(geodata.ATTRIBUTION),
     }
     if gallery_from == "mp16":
-        world["attribution"]["mp16"] = MP16_ATTRIBUTION
+        world["attribution"]["mp16"] = mp16.ATTRIBUTION
     rundir.write_json("world.json", world)
     rundir.write_config({**settings, "out": str(out)})
     return TerrainWorld(out, world)
