@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geosolver.index import IndexBuildError, KnnIndex, StaleIndexError, build_index, index_paths, load_index
+from geosolver.index import IndexBuildError, KnnIndex, StaleIndexError, build_index, index_for_store, index_paths, load_index
 from geosolver.store import EmbeddingStore, write_store
 
 
@@ -85,7 +85,7 @@ def test_ivfpq_recall_and_save_load_round_trip(tmp_path):
 def test_for_store_loads_a_fresh_index_and_rebuilds_a_stale_one(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     store = _store(tmp_path / "g", clustered(3000, 16, 10, rng))
-    built = KnnIndex.for_store(store, kind="ivf", nlist=16, nprobe=16)  # ivf: saved by default
+    built = index_for_store(store, kind="ivf", nlist=16, nprobe=16)  # ivf: saved by default
     assert index_paths(store.path, "ivf")[0].exists()
 
     import geosolver.index.builder as gi
@@ -94,7 +94,7 @@ def test_for_store_loads_a_fresh_index_and_rebuilds_a_stale_one(tmp_path, monkey
         raise AssertionError("rebuilt a fresh index")
 
     monkeypatch.setattr(gi, "build_index", no_build)
-    again = KnnIndex.for_store(store, kind="ivf", nprobe=16)
+    again = index_for_store(store, kind="ivf", nprobe=16)
     q = store.embeddings(np.arange(20))
     np.testing.assert_array_equal(again.search(q, 5)[1], built.search(q, 5)[1])
     monkeypatch.undo()
@@ -107,7 +107,7 @@ def test_for_store_loads_a_fresh_index_and_rebuilds_a_stale_one(tmp_path, monkey
     store2 = w.finalize()
     with pytest.raises(StaleIndexError, match="stale"):
         load_index(index_paths(store.path, "ivf")[0], store=store2)
-    fresh = KnnIndex.for_store(store2, kind="ivf", nlist=16, nprobe=16)  # nprobe = nlist: exact
+    fresh = index_for_store(store2, kind="ivf", nlist=16, nprobe=16)  # nprobe = nlist: exact
     assert len(fresh) == 3500
     q2 = store2.embeddings(np.arange(3000, 3020))  # rows of the new shard
     _, truth = brute_force(store2.embeddings(), q2, 5)
@@ -156,12 +156,12 @@ def test_a_corrupt_saved_index_is_one_clear_error(tmp_path, damage, capsys):
     fpath = build_index(store, kind="ivf", nlist=8, progress=False).save()
     data = fpath.read_bytes()
     fpath.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00garbage" * 100, "empty": b""}[damage])
-    for load in (lambda: load_index(fpath), lambda: load_index(store.path), lambda: KnnIndex.for_store(store, kind="ivf")):
+    for load in (lambda: load_index(fpath), lambda: load_index(store.path), lambda: index_for_store(store, kind="ivf")):
         with pytest.raises(IndexBuildError) as e:
             load()
         msg = str(e.value)
         assert str(fpath) in msg and f"geosolver index build {store.path}" in msg and "\n" not in msg, msg
-    # the path `locate` takes (Geolocator.from_store → KnnIndex.for_store): exit 2, one line
+    # the path `locate` takes (Geolocator.from_store → index_for_store): exit 2, one line
     from PIL import Image
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.png")

@@ -24,10 +24,19 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
+from geosolver.analysis import analyze_stores
+from geosolver.curate import curate_store
+from geosolver.data import read_dataset
+from geosolver.embed import embed
+from geosolver.encoders import load_encoder
+from geosolver.evaluate import compare_runs, evaluate
 from geosolver.files import atomic_write_text
 from geosolver.htmlreport import img_tag, markdown_table_html, page
 from geosolver.rundir import RunDir
+from geosolver.terrain import build_world
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +66,6 @@ def _model_slug(name: str) -> str:
 
 
 def _world(out: Path, n_gallery: int, n_queries: int, split: str, seed: int, progress: bool) -> Path:
-    from geosolver.terrain import build_world
-
     wdir = out / "world"
     info_f = wdir / "world.json"
     want = {"n_gallery": n_gallery, "n_queries": n_queries, "split": split, "seed": seed}
@@ -74,9 +81,6 @@ def _world(out: Path, n_gallery: int, n_queries: int, split: str, seed: int, pro
 
 
 def _embed(world: Path, which: str, model: str, enc, out: Path, progress: bool):
-    from geosolver.data import read_dataset
-    from geosolver.embed import embed
-
     table = read_dataset("folder", world, csv=world / f"{which}.csv")
     store = out / "stores" / _model_slug(model) / which
     res = embed(table, enc, store, batch_size=64, num_workers=1, progress=progress,
@@ -97,11 +101,6 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run the whole demo and write ``OUT/report.html``; returns the summary written to ``OUT/summary.json``."""
-    from geosolver.analysis import analyze_stores
-    from geosolver.curate import curate_store
-    from geosolver.encoders import load_encoder
-    from geosolver.evaluate import compare_runs, evaluate
-
     t_start = time.time()
     run = RunDir(out, "demo")
     out = run.path
@@ -175,12 +174,10 @@ def run_demo(
 
 
 def _tile_mosaic(world: Path, path: Path, n: int = 24, seed: int = 0) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib: heavy, loaded only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    from PIL import Image
+    import matplotlib.pyplot as plt  # matplotlib: heavy, loaded only when a figure is drawn
 
     df = pd.read_csv(world / "queries.csv")
     df = df.sample(n=min(n, len(df)), random_state=seed)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from geosolver.errors import EnrichError
 from geosolver.geodata import FEATURES, point_features
+from geosolver.progress import tqdm
 from geosolver.store import EmbeddingStore, rewrite_metadata
 
 
@@ -66,7 +67,6 @@ def enrich_store(
     feats = parse_features(features)
     if not (0 < cell_size <= 180):
         raise EnrichError(f"cell size must be in (0, 180] degrees, got {cell_size}")
-    from geosolver.progress import tqdm
 
     added: list[str] = []
     bar = tqdm(total=len(EmbeddingStore(path).shards), desc="enrich", unit="shard", disable=not progress)

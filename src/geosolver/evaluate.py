@@ -405,7 +405,7 @@ class EvaluateConfig:
     refine_top: int = field(default=5, metadata={
         "kind": "non_negative_int", "given_only": True, "group": _HEAD,
         "help": "cells head: also vote with the neighbours inside its N most probable cells; 0 = no such rows (default 5)"})
-    #: more :meth:`KnnIndex.for_store` settings (nlist, ...)
+    #: more :func:`geosolver.index.index_for_store` settings (nlist, ...)
     index_params: dict = field(default_factory=dict, metadata={"cli": False})
 
 
@@ -432,7 +432,7 @@ class EvaluateResult:
 
 def evaluate(queries: EmbeddingStore | str | os.PathLike, gallery: EmbeddingStore | str | os.PathLike, **kw: Any) -> dict:
     """:func:`run_evaluate` with the settings as keywords (the fields of :class:`EvaluateConfig`;
-    any other keyword goes to :meth:`KnnIndex.for_store`: nlist, ...), its result as a dict
+    any other keyword goes to :func:`geosolver.index.index_for_store`: nlist, ...), its result as a dict
     (:meth:`EvaluateResult.as_dict`)."""
     names = {f.name for f in fields(EvaluateConfig)}
     extra = {k: kw.pop(k) for k in list(kw) if k not in names}

@@ -36,7 +36,7 @@ __all__ = [
 
 def version() -> str:
     """The installed geosolver version (``geosolver.__version__``)."""
-    from geosolver import __version__
+    from geosolver import __version__  # geosolver/__init__.py imports this module: read at call time
 
     return str(__version__)
 

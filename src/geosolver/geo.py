@@ -85,7 +85,7 @@ def haversine_torch(lat1, lon1, lat2, lon2):
 
     No validation is done (it would force a device sync); callers validate on the way in.
     """
-    import torch
+    import torch  # torch: optional heavy backend
 
     p1, p2 = torch.deg2rad(lat1), torch.deg2rad(lat2)
     dphi = p2 - p1

@@ -35,6 +35,8 @@ import numpy as np
 from geosolver.errors import GeodataError, InvalidValueError
 from geosolver.files import atomic_write_npy
 from geosolver.geo import grid_cell_label, validate_coords
+import importlib.util
+from geosolver.places import country_of
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +168,6 @@ def _cached_array(name: str, src: Path, extra: str, shape: tuple[int, ...], dtyp
 
 # ----------------------------------------------------------------------------- rasters
 def _package_dir(module: str) -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise GeodataError(f"package {module!r} is not installed (pip install geosolver's dependencies)")
@@ -194,7 +194,7 @@ def koppen_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def land_cover_grid() -> np.ndarray:
     """IGBP class per 0.05° cell, uint8 ``(3600, 7200)`` (read-only)."""
-    import tifffile
+    import tifffile  # tifffile: only when a raster is read
 
     p = land_cover_path()
     arr = tifffile.imread(p)
@@ -206,7 +206,7 @@ def land_cover_grid() -> np.ndarray:
 
 
 def _resample_koppen() -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # PIL: not at CLI start-up (`enrich --help` imports this module)
 
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the 84-megapixel raster is trusted package data; restored below
@@ -371,8 +371,6 @@ def point_features(lat, lon, features: Sequence[str] = FEATURES, cell_size: floa
     out: dict[str, np.ndarray] = {}
     for f in features:
         if f == "country":
-            from geosolver.places import country_of
-
             out[f] = country_of(la, lo) if la.size else np.array([], dtype=object)
         elif f == "climate":
             out[f] = climate_name(la, lo)

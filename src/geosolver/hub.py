@@ -76,6 +76,9 @@ from geosolver.hubhttp import (  # noqa: F401 — HubError, RemoteFile, human_by
     partial_path,
     partial_size,
 )
+from geosolver.data.common import IMAGE_EXTENSIONS
+from geosolver.encoders import ENCODER_ALIASES
+from geosolver.progress import tqdm
 
 log = logging.getLogger("geosolver.hub")
 
@@ -254,7 +257,7 @@ def _file_matches(root: Path, f: RemoteFile, sha: str, record: bool) -> bool:
 # transfers (hubhttp: GET / Range into a kept partial file, bounded, checked against the hub's checksum)
 # ----------------------------------------------------------------------------------------------
 def _resolve_url(listing: Listing, path: str) -> str:
-    from huggingface_hub import hf_hub_url
+    from huggingface_hub import hf_hub_url  # huggingface_hub: ~0.3 s, only when the hub is used
 
     return hf_hub_url(listing.repo_id, path, repo_type=listing.repo_type, revision=listing.sha)
 
@@ -271,8 +274,6 @@ def _fetch(listing: Listing, files: Sequence[RemoteFile], place: _Place, *, work
            desc: str, res: DownloadResult, on_done: Callable[[RemoteFile, Path], None] | None = None) -> None:
     """Fetch ``files`` (``workers`` at a time) with one bytes bar; on any failure or Ctrl-C the others stop
     and every partial file is kept for the next run."""
-    from geosolver.progress import tqdm
-
     lock, stop = threading.Lock(), threading.Event()
     bar = tqdm(total=res.bytes_to_fetch, initial=res.bytes_partial, unit="B", unit_scale=True, unit_divisor=1024,
                desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, miniters=1)
@@ -373,8 +374,6 @@ def _extracted_dir(root: Path, rel: str) -> Path:
 
 
 def _has_images(folder: Path) -> bool:
-    from geosolver.data.common import IMAGE_EXTENSIONS
-
     if not folder.is_dir():
         return False
     return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*"))
@@ -429,7 +428,7 @@ def extract_zip(zip_path: Path, sha: str = "", etag: str = "") -> Path:
 @contextlib.contextmanager
 def _root_lock(root: Path):
     """One download per root at a time (so another run's temporary files are never taken for leftovers)."""
-    import fcntl
+    import fcntl  # fcntl: POSIX only
 
     root.mkdir(parents=True, exist_ok=True)
     fh = open(root / LOCK_NAME, "a+")
@@ -542,8 +541,6 @@ def model_repo_id(name: str) -> str:
     Raises:
         HubError: an offline built-in encoder (nothing to download) or not of the form ``org/name``.
     """
-    from geosolver.encoders import ENCODER_ALIASES
-
     key = name.strip()
     target = ENCODER_ALIASES.get(key.lower(), key)
     if "/" not in target:
@@ -564,7 +561,7 @@ def model_selection(listing: Listing) -> list[RemoteFile]:
 
 def cached_model(repo_id: str, revision: str = "main") -> Path | None:
     """The complete cached snapshot of ``repo_id`` if there is one (no network)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # huggingface_hub: ~0.3 s, only when the hub is used
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
@@ -615,8 +612,8 @@ def download_model(
         HubError: see :func:`list_repo`; when the hub cannot be reached but the model is already in the
         cache, the cached snapshot is returned instead.
     """
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
+    from huggingface_hub import constants  # huggingface_hub: ~0.3 s, only when the hub is used
+    from huggingface_hub.file_download import repo_folder_name  # huggingface_hub: ~0.3 s, only when the hub is used
 
     repo_id = model_repo_id(name)
     hint = (f"Or run `geosolver download model {name} --local-dir DIR` on a machine with access and copy DIR here "
@@ -665,8 +662,6 @@ def ensure_model(name: str, progress: bool = True) -> str:
     """What to hand to :func:`geosolver.encoders.load_encoder` so it loads without the network:
     built-in encoders and local directories as given, hub models as their downloaded snapshot
     (from the cache when complete — no request —, else downloaded)."""
-    from geosolver.encoders import ENCODER_ALIASES
-
     key = name.strip()
     target = ENCODER_ALIASES.get(key.lower(), key)
     if "/" not in target or Path(key).expanduser().exists():

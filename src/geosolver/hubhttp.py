@@ -61,13 +61,13 @@ def human_bytes(n: float) -> str:
 
 def endpoint() -> str:
     """The hub endpoint the client uses (``HF_ENDPOINT``, default https://huggingface.co)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # huggingface_hub: ~0.3 s, only when the hub is used
 
     return constants.ENDPOINT
 
 
 def offline_flag() -> bool:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # huggingface_hub: ~0.3 s, only when the hub is used
 
     return bool(constants.HF_HUB_OFFLINE)
 
@@ -79,8 +79,8 @@ def _first_line(e: BaseException) -> str:
 
 def hub_error(e: BaseException, what: str, hint: str) -> HubError:
     """Map a ``huggingface_hub`` / HTTP failure to one :class:`HubError` line."""
-    import httpx2
-    from huggingface_hub.errors import (
+    import httpx2  # httpx2: only when the hub is used
+    from huggingface_hub.errors import (  # huggingface_hub: ~0.3 s, only when the hub is used
         GatedRepoError,
         HfHubHTTPError,
         OfflineModeIsEnabled,
@@ -114,8 +114,8 @@ def hub_error(e: BaseException, what: str, hint: str) -> HubError:
 def _raise_for_status(r, body: bytes) -> None:
     """huggingface_hub's error mapping (repo / revision / entry not found, gated...) for a streamed
     answer of which only ``body`` (at most :data:`MAX_ERROR_BYTES`) was read."""
-    import httpx2
-    from huggingface_hub.utils import hf_raise_for_status
+    import httpx2  # httpx2: only when the hub is used
+    from huggingface_hub.utils import hf_raise_for_status  # huggingface_hub: ~0.3 s, only when the hub is used
 
     if r.status_code < 400:
         return
@@ -142,7 +142,7 @@ def _read_capped(r, cap: int, deadline: float, what: str, strict: bool = True) -
 
 def get_json(url: str, what: str, timeout: float, params: dict | None = None):
     """``(parsed JSON, next page URL or None)`` of one GET, read with a byte cap and a deadline."""
-    from huggingface_hub.utils import build_hf_headers, get_session
+    from huggingface_hub.utils import build_hf_headers, get_session  # huggingface_hub: ~0.3 s, only when the hub is used
 
     deadline = time.monotonic() + max(JSON_DEADLINE_S, timeout)
     with get_session().stream("GET", url, params=params, headers=build_hf_headers(), timeout=timeout,
@@ -195,9 +195,9 @@ def _pull(url: str, f: RemoteFile, partial: Path, on_bytes: Callable[[int], None
     """Bring ``partial`` to ``f.size`` bytes: GET, or ``Range: bytes=N-`` from what is there; a dropped or
     stalled connection is asked again from where the file ends (:data:`TRANSFER_RETRIES` tries in a row
     without a byte). Reads at most ``f.size`` bytes in all, each network read written to disk at once."""
-    import httpx2
-    from huggingface_hub import constants
-    from huggingface_hub.utils import build_hf_headers, get_session
+    import httpx2  # httpx2: only when the hub is used
+    from huggingface_hub import constants  # huggingface_hub: ~0.3 s, only when the hub is used
+    from huggingface_hub.utils import build_hf_headers, get_session  # huggingface_hub: ~0.3 s, only when the hub is used
 
     fails, last = 0, ""
     while (have := partial_size(partial)) < f.size or not partial.exists():

@@ -38,6 +38,7 @@ from typing import Union
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from geosolver.errors import ImageReadError, NotAnImageError, PhotoTooLarge, PixelLimitError
+from geosolver.remote import read_tar_member
 
 ZIP_PREFIX = "zip://"
 ZIP_SEP = "::"
@@ -199,8 +200,6 @@ def read_photo_bytes(source: ImageSource, max_bytes: int | None = None) -> bytes
         if s.startswith(TAR_PREFIX):
             tar_path, member = parse_tar_source(s)
             if "://" in tar_path:  # tar://s3://bucket/x.tar::MEMBER: a remote shard, read via fsspec
-                from geosolver.data.remote import read_tar_member
-
                 data = read_tar_member(tar_path, member)
                 if len(data) > cap:
                     raise _too_large(source, len(data), cap)

@@ -7,7 +7,6 @@ one of the strategies below (:func:`aggregate`). :class:`Geolocator`, ``geosolve
 :func:`geosolver.evaluate.tune` and training-time validation all go through these two.
 
 Aggregation strategies (all vectorised over a batch of queries, shapes ``(n, k)``):
-
 * ``nn``: the location of the single most similar gallery image.
 * ``weighted-mean``: spherical mean of the top-k locations, weighted by
   ``softmax(similarity / temperature)`` — smooth, but a few far-away look-alikes pull the
@@ -48,7 +47,7 @@ from geosolver.encoders import EncoderSpec, load_encoder
 from geosolver.errors import LocateError
 from geosolver.geo import haversine, spherical_mean
 from geosolver.images import open_image
-from geosolver.index import KnnIndex
+from geosolver.index import KnnIndex, index_for_store
 from geosolver.names import DEFAULT_K, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, STRATEGIES  # re-exported
 from geosolver.numeric import softmax_weights
 from geosolver.places import country_of
@@ -420,7 +419,7 @@ class Geolocator:
             device: where an encoder loaded here runs (``"auto"``, ``"cpu"``, ``"cuda:1"`` ...;
                 overrides an ``EncoderSpec``'s device; ``None``: the spec's, else ``"auto"``).
                 Not allowed with an already loaded encoder.
-            **index_params: passed to :meth:`KnnIndex.for_store`.
+            **index_params: passed to :func:`geosolver.index.index_for_store`.
 
         Raises:
             LocateError: the gallery is empty, the encoder is not the gallery's, or ``device``
@@ -433,7 +432,7 @@ class Geolocator:
             encoder = _resolve_encoder(encoder, device)
             _check_encoder(encoder, store)
         if index is None:
-            index = KnnIndex.for_store(store, kind=index_kind, **index_params)
+            index = index_for_store(store, kind=index_kind, **index_params)
         elif index.dim != store.dim or len(index) != len(store):
             raise LocateError(f"index ({len(index)} rows, dim {index.dim}) does not match gallery {store.path} ({len(store)} rows, dim {store.dim})")
         return cls(store, index, encoder, device=device)

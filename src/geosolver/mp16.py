@@ -47,6 +47,7 @@ import pandas as pd
 from geosolver.errors import GeosolverError
 from geosolver.files import atomic_write_npy
 from geosolver.geo import validate_coords
+from geosolver.geodata import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ class MP16Error(GeosolverError):
 
 def mp16_dir() -> Path:
     """``<geodata.cache_dir()>/mp16``: where the wheel and the parsed coordinates are cached."""
-    from geosolver.geodata import cache_dir
-
     return cache_dir() / "mp16"
 
 

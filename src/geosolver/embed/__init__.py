@@ -35,9 +35,11 @@ import pandas as pd
 from geosolver.embed.chunks import ChunkOutput, commit, iter_chunks
 from geosolver.embed.decode import default_num_workers, error_text, load_pixels
 from geosolver.embed.job import DEFAULT_SHARD_SIZE, ChunkPlan, check_table, open_store, table_fingerprint
+from geosolver.embed.ray_engine import run_chunks_on_ray
 from geosolver.encoders import Encoder, EncoderSpec, load_encoder
 from geosolver.errors import EmbedError, StoreError
-from geosolver.store import EmbeddingStore, StoreWriter, write_lock
+from geosolver.progress import tqdm
+from geosolver.store import EmbeddingStore, StoreWriter, read_manifest, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ def _rank_device(device: str, local_rank: int) -> str:
     """``auto`` on a rank → that rank's GPU (``cuda:LOCAL_RANK mod count``) when there are GPUs."""
     if device != "auto":
         return device
-    import torch
+    import torch  # torch: optional heavy backend
 
     return f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
 
@@ -273,8 +275,6 @@ def _embed_ranks(job: EmbedJob, encoder, rank, world_size, local_rank, merge_whe
 
 def _embed_ray(job: EmbedJob, encoder, ray_address, ray_actors) -> EmbedResult:
     """Ray actors embed whole chunks (each with its own encoder); the driver commits them."""
-    from geosolver.embed.ray_engine import run_chunks_on_ray
-
     spec = encoder.spec if isinstance(encoder, Encoder) else (encoder if isinstance(encoder, EncoderSpec) else EncoderSpec(str(encoder)))
     if spec is None:
         raise EmbedError("engine 'ray' needs an encoder loaded by load_encoder (or an EncoderSpec) so actors can load it")
@@ -302,8 +302,6 @@ def merge(out: str | os.PathLike) -> EmbeddingStore:
     Raises:
         EmbedError: some chunk of the job is not committed yet (names the first few).
     """
-    from geosolver.store import read_manifest
-
     m = read_manifest(out)
     plan = ChunkPlan(int(m["config"]["n_inputs"]), int(m["config"]["shard_size"]))
     writer = StoreWriter(out, m["encoder"], exclusive=False)
@@ -314,6 +312,4 @@ def merge(out: str | os.PathLike) -> EmbeddingStore:
 
 
 def _bar(total: int, initial: int, progress: bool, desc: str, position: int | None = None):
-    from geosolver.progress import tqdm
-
     return tqdm(total=total, initial=initial, unit="img", disable=not progress, dynamic_ncols=True, desc=desc, position=position)

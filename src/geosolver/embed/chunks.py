@@ -19,6 +19,7 @@ import pandas as pd
 from geosolver.embed.decode import ImageRows, make_loader
 from geosolver.embed.job import ChunkPlan
 from geosolver.encoders import Encoder
+from geosolver.errors import EmbedError
 from geosolver.store import ShardInfo, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,6 @@ def commit(writer: StoreWriter, table: pd.DataFrame, out: ChunkOutput) -> ShardI
     Raises:
         geosolver.errors.EmbedError: ``out`` does not cover exactly its chunk's input rows.
     """
-    from geosolver.errors import EmbedError
-
     fail_rows = [r for r, _ in out.failures]
     covered = np.sort(np.concatenate([out.ok_rows, np.asarray(fail_rows, np.int64)]))
     if not np.array_equal(covered, np.arange(out.lo, out.hi)):

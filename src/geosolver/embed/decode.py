@@ -93,7 +93,7 @@ class Decoded(NamedTuple):
 
 def collate(items) -> Decoded:
     """``DataLoader`` collate for :class:`ImageRows` items."""
-    import torch
+    import torch  # torch: optional heavy backend
 
     rows = np.array([it[0] for it in items], dtype=np.int64)
     ok = [it for it in items if it[1] is not None]
@@ -105,7 +105,7 @@ def collate(items) -> Decoded:
 
 def worker_init(_worker_id: int) -> None:
     """One torch thread per decode worker (the workers are the parallelism)."""
-    import torch
+    import torch  # torch: optional heavy backend
 
     torch.set_num_threads(1)
 
@@ -128,7 +128,7 @@ def make_loader(
         pin_memory: pin batches for a CUDA device.
         persistent_workers: keep workers between epochs (an endless training stream).
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader  # torch: optional heavy backend
 
     kw: dict[str, Any] = dict(num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory)
     if num_workers:

@@ -37,7 +37,7 @@ class ChunkEmbedder:
 
     def __init__(self, spec: EncoderSpec, sources: np.ndarray, plan: ChunkPlan, batch_size: int, num_workers: int,
                  tta: str | None, threads: int | None = None):
-        import torch
+        import torch  # torch: optional heavy backend
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -68,8 +68,8 @@ def run_chunks_on_ray(
         num_actors: actors in the pool (default: the cluster's GPUs, else 1).
     """
     try:
-        import ray
-        from ray.util import ActorPool
+        import ray  # ray: optional backend (--engine ray)
+        from ray.util import ActorPool  # ray: optional backend (--engine ray)
     except ImportError:
         raise EmbedError("engine 'ray' needs Ray: pip install 'geosolver[scale]'") from None
     if not chunks:

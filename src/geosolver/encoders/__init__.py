@@ -38,7 +38,7 @@ _FROM_BASE = ("Encoder", "resolve_device", "resolve_dtype", "tta_views")
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_BASE:
-        from geosolver.encoders import base
+        from geosolver.encoders import base  # torch: base imports it; this package stays torch-free at import
 
         return getattr(base, name)
     if name == "ResizeCropNormalize":  # numpy + PIL: not needed by the CLI's parsers, which import this package
@@ -127,9 +127,9 @@ def load_encoder(
         EncoderError: the name resolves to nothing loadable; the message lists what was tried
             (alias resolution, local path, hub id) and the underlying error.
     """
-    import torch
+    import torch  # torch: optional heavy backend
 
-    from geosolver.encoders.base import resolve_device, resolve_dtype
+    from geosolver.encoders.base import resolve_device, resolve_dtype  # torch, as above
 
     if isinstance(name_or_path, EncoderSpec):
         name_or_path, device, precision = name_or_path.name, name_or_path.device, name_or_path.precision
@@ -146,7 +146,7 @@ def load_encoder(
 
 def _load(key: str, dev: torch.device, dtype: torch.dtype) -> Encoder:
     """Resolve ``key`` (alias, local directory, hub id) and construct the backend."""
-    from geosolver.encoders import clip, offline
+    from geosolver.encoders import clip, offline  # the torch backends, loaded with the first encoder
 
     tried: list[str] = []
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from geosolver.errors import EncoderError
 from geosolver.images import ImageSource, open_image
+from geosolver.progress import tqdm
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -233,8 +234,6 @@ class Encoder:
         out = np.zeros((len(images), self.dim), np.float32)
         bar = None
         if progress:
-            from geosolver.progress import tqdm
-
             bar = tqdm(total=len(images), desc=f"embed {os.path.basename(str(self.name))}", unit="img")
         try:
             for start in range(0, len(images), batch_size):

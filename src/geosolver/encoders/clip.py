@@ -16,6 +16,8 @@ import torch
 
 from geosolver.encoders.base import Encoder, EncoderError
 from geosolver.encoders.preprocess import ResizeCropNormalize
+import urllib.error
+import urllib.request
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,7 @@ def probe_hub(repo: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
         ``None`` if the hub answered (any HTTP status: a 404 or 401 is the hub's answer, which
         ``from_pretrained`` then reports), else why it could not be reached.
     """
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # huggingface_hub: ~0.3 s, only when the hub is used
 
     url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo}"
     result: list[str | None] = []
@@ -108,7 +107,7 @@ def load_from_hub(key: str, repo: str, tried: list[str], device: torch.device, d
     Raises:
         EncoderError: as above; the message starts with ``cannot load encoder KEY: tried ...``.
     """
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache  # huggingface_hub: ~0.3 s, only when the hub is used
 
     head = f"cannot load encoder {key!r}: tried {'; '.join(tried)}"
     try:
@@ -147,7 +146,7 @@ def load_from_hub(key: str, repo: str, tried: list[str], device: torch.device, d
 def cached_commit(repo: str) -> str | None:
     """The commit of the cached snapshot ``from_pretrained(repo)`` loads (the one ``refs/main`` names):
     transformers 5 no longer records it on the config. ``None`` for a local directory or an uncached id."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # huggingface_hub: ~0.3 s, only when the hub is used
 
     if Path(repo).expanduser().exists():
         return None
@@ -185,7 +184,7 @@ class ClipEncoder(Encoder):
     has_text = True
 
     def __init__(self, source: str, name: str, device: torch.device, dtype: torch.dtype, local_files_only: bool = False):
-        from transformers import CLIPModel
+        from transformers import CLIPModel  # transformers: heavy (~0.8 s), only when a CLIP is loaded
 
         self._local_files_only = bool(local_files_only)
         model = CLIPModel.from_pretrained(source, dtype=torch.float32, local_files_only=self._local_files_only)
@@ -210,7 +209,7 @@ class ClipEncoder(Encoder):
 
     @staticmethod
     def _load_image_processor(source: str, image_size: int, local_files_only: bool = False) -> Any:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # transformers: heavy (~0.8 s), only when a CLIP is loaded
 
         try:
             return CLIPImageProcessorPil.from_pretrained(source, local_files_only=local_files_only)
@@ -225,7 +224,7 @@ class ClipEncoder(Encoder):
     def tokenizer(self) -> Any:
         """The CLIP tokenizer saved with the model (loaded on first use)."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # transformers: heavy (~0.8 s), only when a CLIP is loaded
 
             try:
                 with _quiet_hub():

@@ -95,7 +95,7 @@ def effnet_preprocessor(input_size: int | None = None, variant: str = EFFNET_NAM
 def _effnet_architecture(variant: str = EFFNET_NAME) -> torch.nn.Module:
     _variant(variant)
     try:
-        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite_pytorch import EfficientNet  # torch backend: only when this encoder is loaded
     except ImportError as e:
         raise EncoderError(
             f"encoder {variant!r} needs the package efficientnet-lite-pytorch "
@@ -149,7 +149,7 @@ class EfficientNetLiteEncoder(Encoder):
             # The file name carries the first 8 hex digits of its sha256 (torchvision convention).
             self.revision = f"{package}:{wpath.stem.rsplit('-', 1)[-1]}"
         else:
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # torch backend: only when weights are read or written
 
             wpath = Path(weights_dir) / EFFNET_WEIGHTS
             if not wpath.is_file():
@@ -174,7 +174,7 @@ class EfficientNetLiteEncoder(Encoder):
     def save(self, path: str | os.PathLike) -> None:
         """Write ``model.safetensors`` (the full network, classifier included) and
         ``geosolver_encoder.json``; ``load_encoder(path)`` reloads it."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # torch backend: only when weights are read or written
 
         path = Path(path)
         _write_config(path, {"backend": self.backend, "format": 1, "dim": self.dim, "preprocessing": self.preprocessor.config()})

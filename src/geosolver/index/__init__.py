@@ -1,7 +1,6 @@
 """k-nearest-neighbour search over an :class:`~geosolver.store.EmbeddingStore` with faiss.
 
 Similarity is the inner product of L2-normalised embeddings (= cosine similarity). Three kinds:
-
 * ``flat`` (default): exact search (``IndexFlatIP``). Holds every vector as float32 in RAM
   (4 · dim bytes per row: 3 GB for 1 M × 768), fine below a few million rows.
 * ``ivf``: inverted file over ``nlist`` k-means cells, exact vectors inside the cells
@@ -21,7 +20,7 @@ Row ids returned by :meth:`KnnIndex.search` are store row numbers (0 … len(sto
 A saved index lives next to its store as ``STORE/index-<kind>.faiss`` plus
 ``STORE/index-<kind>.json`` (settings, faiss version, and the store's shard checksums). An index
 whose checksums no longer match the store's manifest is stale: :func:`load_index` refuses it
-and :meth:`KnnIndex.for_store` rebuilds it.
+and :func:`geosolver.index.index_for_store` rebuilds it.
 
 GPU: when ``faiss.get_num_gpus() > 0`` (a faiss-gpu build) the index is copied to all GPUs for
 search; it is always saved from its CPU copy.

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def faiss_module():
     """faiss, imported on first use (optional heavy backend: the CLI's parser must not load it)."""
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no "Loading faiss with AVX2" chatter
-    import faiss
+    import faiss  # faiss: optional heavy backend
 
     return faiss
 

@@ -40,7 +40,7 @@ class KnnIndex:
     """A faiss index over one store's embeddings (ids = store row numbers).
 
     Use :func:`~geosolver.index.build_index`, :func:`~geosolver.index.load_index` or
-    :meth:`KnnIndex.for_store` to get one.
+    :func:`geosolver.index.index_for_store` to get one.
 
     Attributes:
         kind: ``"flat"``, ``"ivf"`` or ``"ivfpq"``.
@@ -75,14 +75,6 @@ class KnnIndex:
         fi.add(g)
         fingerprint = {"rows": int(g.shape[0]), "dim": int(g.shape[1]), "in_memory": True}
         return cls(fi, "flat", {"kind": "flat", "metric": "inner_product"}, fingerprint, store=None, gpu=gpu)
-
-    @classmethod
-    def for_store(cls, store: EmbeddingStore | str | os.PathLike, kind: str = "flat", save: bool | None = None, rebuild: bool = False, **params: Any) -> "KnnIndex":
-        """Load ``STORE/index-<kind>.faiss`` if it exists and matches the store, else build it
-        (see :func:`geosolver.index.builder.index_for_store`)."""
-        from .builder import index_for_store  # builder.py makes KnnIndex objects: the package's one deferred import
-
-        return index_for_store(store, kind=kind, save=save, rebuild=rebuild, **params)
 
     def __len__(self) -> int:
         return int(self.cpu_index.ntotal)

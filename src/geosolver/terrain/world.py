@@ -51,10 +51,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from geosolver import geodata
+from geosolver import geodata, mp16
 from geosolver.errors import TerrainError
-from geosolver.geo import EARTH_RADIUS_KM, grid_cell, grid_cell_label, wrap_lon
+from geosolver.geo import EARTH_RADIUS_KM, grid_cell, grid_cell_label, validate_coords, wrap_lon
+from geosolver.places import load_places, reverse_geocode
+from geosolver.progress import tqdm
 from geosolver.rundir import RunDir
 from geosolver.terrain.config import GALLERY_SOURCES, QUERY_DISTRIBUTIONS, SETTLEMENT_KM, SPLITS, TerrainConfig
 
@@ -166,8 +169,6 @@ def _uniform_sphere(m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
 
 def near_settlement(lat: np.ndarray, lon: np.ndarray, max_km: float = SETTLEMENT_KM) -> np.ndarray:
     """Whether each point lies within ``max_km`` km (great circle) of a GeoNames populated place."""
-    from geosolver.places import reverse_geocode
-
     if len(lat) == 0:
         return np.zeros(0, bool)
     return reverse_geocode(lat, lon)["place_km"].to_numpy() <= max_km
@@ -214,9 +215,7 @@ def sample_mp16(
         ``usable``, ``drawn``.
     """
     if coords is None:
-        from geosolver.mp16 import load_coordinates
-
-        coords = load_coordinates()
+        coords = mp16.load_coordinates()
     la, lo = coords[:, 0].astype(np.float64), coords[:, 1].astype(np.float64)
     ok = geodata.is_land(la, lo)
     ok[ok] = has_raster_data(la[ok], lo[ok])
@@ -282,8 +281,6 @@ def render_tiles(
     Returns:
         uint8 array ``(n, tile_size, tile_size, 3)``.
     """
-    from geosolver.geo import validate_coords
-
     la, lo = validate_coords(np.atleast_1d(lat), np.atleast_1d(lon), "render_tiles")
     if tile_size < 1 or window_px < 1:
         raise TerrainError(f"tile_size and window_px must be >= 1, got {tile_size}, {window_px}")
@@ -324,8 +321,6 @@ def render_tiles(
 
 # ----------------------------------------------------------------------------- the world
 def _places() -> tuple[np.ndarray, np.ndarray]:
-    from geosolver.places import load_places
-
     p = load_places()
     return p["lat"].to_numpy(np.float64), p["lon"].to_numpy(np.float64)
 
@@ -349,7 +344,6 @@ def _metadata(prefix: str, sub: str, lat: np.ndarray, lon: np.ndarray, cell_size
 
 
 def _write_tiles(out: Path, meta: pd.DataFrame, rng: np.random.Generator, render_kw: dict, chunk: int, bar) -> None:
-    from PIL import Image
 
     lat, lon = meta["lat"].to_numpy(), meta["lon"].to_numpy()
     paths = meta["path"].tolist()
@@ -436,8 +430,6 @@ def run(cfg: TerrainConfig) -> TerrainWorld:
         TerrainError: a bad setting (:meth:`TerrainConfig.check`), or ``out`` already holds a world
             and ``overwrite`` is not set.
     """
-    from geosolver.progress import tqdm
-
     cfg.check()
     n_gallery, n_queries, split, seed, cell_size = cfg.n_gallery, cfg.n_queries, cfg.split, cfg.seed, cfg.cell_size
     queries_from, gallery_from, holdout_fraction, jitter_km = cfg.queries_from, cfg.gallery_from, cfg.holdout_fraction, cfg.jitter_km
@@ -529,9 +521,7 @@ def run(cfg: TerrainConfig) -> TerrainWorld:
         "attribution": dict(geodata.ATTRIBUTION),
     }
     if gallery_from == "mp16":
-        from geosolver.mp16 import ATTRIBUTION as MP16_ATTRIBUTION
-
-        world["attribution"]["mp16"] = MP16_ATTRIBUTION
+        world["attribution"]["mp16"] = mp16.ATTRIBUTION
     rundir.write_json("world.json", world)
     rundir.write_config({**settings, "out": str(out)})
     return TerrainWorld(out, world)

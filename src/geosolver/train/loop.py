@@ -67,9 +67,15 @@ from geosolver.train.params import (
     restore,
     snapshot,
 )
+from geosolver.analysis.curve import fit_monotone_curve
+from geosolver.analysis.pairs import all_pairs_stats
+from geosolver.data import read_dataset
+from geosolver.encoders import load_encoder
+from geosolver.progress import tqdm
 from geosolver.train.pixels import Pixels, TrainInputs, TrunkCache
 from geosolver.train.plots import plot_training
 from geosolver.train.sampler import CellGroupBatchSampler, SamplerPosition
+from geosolver.train.trunk import split_model
 from geosolver.train.validate import ValidationSet, collapse_reason
 
 log = logging.getLogger(__name__)
@@ -216,8 +222,8 @@ def setup(cfg: TrainConfig) -> Runtime:
         TrainError: ``accelerate`` is not installed (the ``[train]`` extra).
     """
     try:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate import Accelerator  # accelerate: the optional [train] extra
+        from accelerate.utils import DistributedDataParallelKwargs  # accelerate: the optional [train] extra
     except ImportError as e:
         raise missing_train_extra(e) from None
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
@@ -258,7 +264,6 @@ def read_data(cfg: TrainConfig, table: pd.DataFrame | None) -> tuple[Data, Rows]
     if table is None:
         if not cfg.root:
             raise TrainError("no dataset: give --root (and --csv / --dataset)")
-        from geosolver.data import read_dataset
 
         table = read_dataset(cfg.dataset, cfg.root, split=cfg.split, csv=cfg.csv, limit=cfg.limit)
     table = table.reset_index(drop=True)
@@ -285,8 +290,6 @@ def split_rows(n: int, cfg: TrainConfig) -> Rows:
 def load_model(cfg: TrainConfig, encoder: Encoder | None, rt: Runtime) -> Encoder:
     """``encoder``, else ``cfg.model`` loaded on the run's device; float32 unless autocasting."""
     if encoder is None:
-        from geosolver.encoders import load_encoder
-
         encoder = load_encoder(cfg.model, device=rt.device, precision="fp32" if rt.cpu else cfg.precision)
     if encoder.dtype != torch.float32 and rt.mixed == "no":
         encoder.dtype = torch.float32
@@ -309,7 +312,6 @@ def prepare_inputs(cfg: TrainConfig, enc: Encoder, data: Data, rows: Rows, rt: R
         raise TrainError(f"only {len(rows.train)} training rows for batch_size {cfg.batch_size}")
     if not cfg.cache_trunk:
         return TrainInputs(enc, pixels, eval_bs), rows
-    from geosolver.train.trunk import split_model
 
     trunk_fn, head = split_model(enc.model, cfg.train, cfg.blocks)
     needed = np.union1d(np.union1d(rows.train, rows.val_q), rows.val_g)
@@ -380,9 +382,6 @@ def fit_target_curve(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, sharpen:
         emb: ``(n, d)`` L2-normalised embeddings of a reference sample.
         lat, lon: ``(n,)`` degrees.
     """
-    from geosolver.analysis.curve import fit_monotone_curve
-    from geosolver.analysis.pairs import all_pairs_stats
-
     st = all_pairs_stats([emb], lat, lon, progress=False)[0]
     b = st.binned()
     return TargetCurve.from_monotone(fit_monotone_curve(st.bin_centers_km, b["mean"], b["count"]), sharpen)
@@ -549,8 +548,6 @@ class Trainer:
         """Validate at step 0, take the steps up to ``cfg.steps`` (validating every ``eval_every``,
         saving a checkpoint every ``save_every`` and at the last step), validate at the end; stops
         early when the space collapses. A resumed trainer goes on from :attr:`step`."""
-        from geosolver.progress import tqdm
-
         cfg = self.cfg
         if self.step == 0:
             self.evaluate()

@@ -128,7 +128,7 @@ def add_lora(model: torch.nn.Module, r: int = 8, alpha: float = 16.0, dropout: f
     if not is_clip(model):
         raise TrainSetupError(f"--train lora supports CLIP models only (got {type(model).__name__}); use last-blocks or all")
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # peft: the optional [train] extra, LoRA only
     except ImportError as e:
         raise missing_train_extra(e) from None
     model.requires_grad_(False)

@@ -20,6 +20,7 @@ import torch
 from geosolver.embed.decode import Decoded, ImageRows, make_loader
 from geosolver.encoders import Encoder
 from geosolver.errors import TrainError
+from geosolver.progress import tqdm
 from geosolver.train.sampler import CellGroupBatchSampler, SamplerPosition
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Pixels:
     def _loader(self, rows: Sequence[int] | None = None, batch_size: int = 64, batch_sampler=None):
         """A ``DataLoader`` of :class:`~geosolver.embed.decode.Decoded` batches over ``rows`` (all
         rows when None) or over ``batch_sampler``'s batches (workers kept between epochs)."""
-        from torch.utils.data import Subset
+        from torch.utils.data import Subset  # torch: optional heavy backend
 
         ds = self.images if rows is None else Subset(self.images, list(rows))
         return make_loader(ds, batch_size, self.num_workers, batch_sampler=batch_sampler, persistent_workers=batch_sampler is not None)
@@ -66,8 +67,6 @@ class Pixels:
 
     def build_cache(self, batch_size: int = 64) -> None:
         """Decode + preprocess every row once; rows that fail are marked in :attr:`ok`."""
-        from geosolver.progress import tqdm
-
         n = len(self.images)
         cache = None
         self.ok[:] = False
@@ -175,8 +174,6 @@ class TrunkCache:
     """
 
     def __init__(self, enc: Encoder, trunk, pixels: Pixels, rows: np.ndarray, flip_rows: np.ndarray | None, n_table: int, batch_size: int, progress: bool):
-        from geosolver.progress import tqdm
-
         self.pos = np.full(n_table, -1, np.int64)
         self.pos[rows] = np.arange(len(rows))
         self.ok = np.zeros(n_table, bool)

@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from geosolver.analysis.diagnostics import diagnostics
+from geosolver.analysis.pairs import random_pairs, spearman_pairs
 from geosolver.errors import CollapseError
 from geosolver.geo import distance_metrics, haversine
-from geosolver.locate import DEFAULT_STRATEGY
+from geosolver.index import KnnIndex
+from geosolver.locate import DEFAULT_STRATEGY, Neighbours
 
 if TYPE_CHECKING:
     from geosolver.locate import Neighbours
@@ -36,10 +39,7 @@ def knn_neighbours(q_emb: np.ndarray, g_emb: np.ndarray, g_lat: np.ndarray, g_lo
     Returns:
         :class:`~geosolver.locate.Neighbours` ``(n, min(k, m))``.
     """
-    from geosolver.locate import Neighbours
-
     k = max(1, min(int(k), np.shape(g_emb)[0]))
-    from geosolver.index import KnnIndex
 
     return Neighbours.search(KnnIndex.from_embeddings(g_emb), q_emb, k, g_lat, g_lon)
 
@@ -89,8 +89,6 @@ class ValidationSet:
 
     @classmethod
     def build(cls, q_lat, q_lon, g_lat, g_lon, n_pairs: int = 20000, seed: int = 0) -> "ValidationSet":
-        from geosolver.analysis.pairs import random_pairs
-
         g_lat, g_lon = np.asarray(g_lat, np.float64), np.asarray(g_lon, np.float64)
         i, j = random_pairs(len(g_lat), n_pairs, np.random.default_rng(seed))
         return cls(np.asarray(q_lat, np.float64), np.asarray(q_lon, np.float64), g_lat, g_lon, i, j)
@@ -103,9 +101,6 @@ class ValidationSet:
             ``spearman`` (similarity vs distance over the gallery pairs; more negative = better);
             ``mean_cosine``, ``effective_rank``, ``uniformity`` of the gallery embeddings.
         """
-        from geosolver.analysis.diagnostics import diagnostics
-        from geosolver.analysis.pairs import spearman_pairs
-
         out: dict[str, float] = {}
         if len(self.q_lat):
             plat, plon = knn_predict(q_emb, g_emb, self.g_lat, self.g_lon, k, strategy)

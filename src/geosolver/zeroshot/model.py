@@ -31,8 +31,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from geosolver import geodata
 from geosolver.errors import EncoderError, ZeroShotError
+from geosolver.files import atomic_write_npy, jsonable
 from geosolver.numeric import softmax_weights
+from geosolver.progress import tqdm
 from geosolver.zeroshot.labels import LEVELS, LabelSet, _check_level, _groups, label_set
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,6 @@ def _text_fingerprint(encoder) -> str:
 
 
 def _cache_path(encoder, labels: LabelSet, prompts: Sequence[str]):
-    from geosolver import geodata
-
     h = hashlib.sha256()
     h.update(_text_fingerprint(encoder).encode())
     h.update(f"\0{labels.level}\0".encode())
@@ -103,8 +104,6 @@ def text_embeddings(encoder, labels: LabelSet, template: str | None = None) -> n
     Raises:
         ZeroShotError: a bad template, an encoder without a text tower, or non-finite embeddings.
     """
-    from geosolver.files import atomic_write_npy
-
     prompts = labels.prompts(template)
     if not encoder.has_text:
         raise _no_text_tower(encoder)
@@ -116,8 +115,6 @@ def text_embeddings(encoder, labels: LabelSet, template: str | None = None) -> n
     out = np.zeros((len(prompts), dim), np.float32)
     bar = None
     if len(prompts) > TEXT_BATCH:
-        from geosolver.progress import tqdm
-
         bar = tqdm(total=len(prompts), desc=f"text embeddings ({labels.level})", unit="prompt")
     try:
         for start in range(0, len(prompts), TEXT_BATCH):
@@ -170,8 +167,6 @@ class ZeroShotPrediction:
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of every field."""
-        from geosolver.files import jsonable
-
         return jsonable(
             {
                 "lat": self.lat, "lon": self.lon, "label": self.label, "name": self.name, "cc": self.cc,

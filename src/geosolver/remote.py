@@ -30,7 +30,7 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def _fs(url: str):
-    import fsspec
+    import fsspec  # fsspec: optional, only for URLs
 
     fs, _, _ = fsspec.get_fs_token_paths(url)
     return fs
