@@ -40,7 +40,7 @@ from geosolver.terrain import build_world
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS = ("efficientnet-lite0@64", "histogram")
+from geosolver.names import DEMO_MODELS as DEFAULT_MODELS  # noqa: E402  (import-free: `demo --help` reads it)
 CAVEAT = (
     "Scores on the terrain world (map tiles rendered from MODIS land cover and Köppen–Geiger climate "
     "around GeoNames places) are not comparable with street-view benchmarks such as OSV5M; compare "

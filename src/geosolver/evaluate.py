@@ -57,6 +57,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings as _warnings_module
 from dataclasses import dataclass, field, fields
@@ -578,8 +579,6 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
 def _outside_stacklevel() -> int:
     """The ``stacklevel`` of the first caller outside this module, so that a warning of
     :func:`run_evaluate` points at the user's line whether it came through :func:`evaluate` or not."""
-    import sys
-
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1

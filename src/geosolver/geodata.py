@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -35,8 +36,6 @@ import numpy as np
 from geosolver.errors import GeodataError, InvalidValueError
 from geosolver.files import atomic_write_npy
 from geosolver.geo import grid_cell_label, validate_coords
-import importlib.util
-from geosolver.places import country_of
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +370,8 @@ def point_features(lat, lon, features: Sequence[str] = FEATURES, cell_size: floa
     out: dict[str, np.ndarray] = {}
     for f in features:
         if f == "country":
+            from geosolver.places import country_of  # pandas: geodata stays light for `enrich --help`
+
             out[f] = country_of(la, lo) if la.size else np.array([], dtype=object)
         elif f == "climate":
             out[f] = climate_name(la, lo)

@@ -18,3 +18,17 @@ PRIORS = ("none", "text")
 #: What a neighbour's prior probability is looked up by: its country, or its first-level region.
 PRIOR_BY = ("country", "region")
 DEFAULT_PRIOR_WEIGHT = 1.0
+
+#: zero-shot label levels (:mod:`geosolver.zeroshot`).
+ZERO_SHOT_LEVELS = ("countries", "regions", "cities")
+#: StreetCLIP paper's prompt forms (Haas et al., 2023).
+ZERO_SHOT_TEMPLATES = {
+    "countries": "A Street View photo in {country}.",
+    "regions": "A Street View photo in {region}, {country}.",
+    "cities": "A Street View photo close to the town of {city} in the region of {region} in {country}.",
+}
+#: default population threshold of the ``cities`` level (about 6 200 labels).
+ZERO_SHOT_MIN_POPULATION = 100_000
+
+#: the encoders the built-in demo compares (:mod:`geosolver.demo`).
+DEMO_MODELS = ("efficientnet-lite0@64", "histogram")

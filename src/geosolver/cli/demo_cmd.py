@@ -7,7 +7,7 @@ from geosolver.cli.args import add_overwrite_option, non_negative_int, positive_
 
 
 def register(sub) -> None:
-    from geosolver.demo import DEFAULT_MODELS
+    from geosolver.names import DEMO_MODELS as DEFAULT_MODELS
     from geosolver.terrain import SPLITS
 
     p = sub.add_parser(

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from geosolver.index import KINDS
     from geosolver.names import (DEFAULT_K, DEFAULT_PRIOR_WEIGHT, DEFAULT_RADIUS_KM, DEFAULT_STRATEGY, DEFAULT_TEMPERATURE,
                                  PRIOR_BY, PRIORS, STRATEGIES)
-    from geosolver.zeroshot import DEFAULT_MIN_POPULATION, DEFAULT_TEMPLATES, LEVELS
+    from geosolver.names import ZERO_SHOT_LEVELS as LEVELS
+    from geosolver.names import ZERO_SHOT_MIN_POPULATION as DEFAULT_MIN_POPULATION
+    from geosolver.names import ZERO_SHOT_TEMPLATES as DEFAULT_TEMPLATES
 
     p = sub.add_parser(
         "locate", help=summary("locate"),

@@ -41,8 +41,8 @@ def __getattr__(name: str) -> Any:
         from geosolver.encoders import base  # torch: base imports it; this package stays torch-free at import
 
         return getattr(base, name)
-    if name == "ResizeCropNormalize":  # numpy + PIL: not needed by the CLI's parsers, which import this package
-        from geosolver.encoders.preprocess import ResizeCropNormalize
+    if name == "ResizeCropNormalize":
+        from geosolver.encoders.preprocess import ResizeCropNormalize  # numpy + PIL: not for the CLI's parsers, which import this package
 
         return ResizeCropNormalize
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

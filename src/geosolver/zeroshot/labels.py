@@ -40,19 +40,13 @@ import numpy as np
 
 from geosolver import geodata, places
 from geosolver.errors import ZeroShotError
+from geosolver.names import ZERO_SHOT_LEVELS as LEVELS
+from geosolver.names import ZERO_SHOT_MIN_POPULATION as DEFAULT_MIN_POPULATION
+from geosolver.names import ZERO_SHOT_TEMPLATES as DEFAULT_TEMPLATES
 from geosolver.geo import haversine, latlon_to_xyz, medoid, spherical_mean
 
-LEVELS = ("countries", "regions", "cities")
-
-#: StreetCLIP paper's prompt forms (Haas et al., 2023).
-DEFAULT_TEMPLATES = {
-    "countries": "A Street View photo in {country}.",
-    "regions": "A Street View photo in {region}, {country}.",
-    "cities": "A Street View photo close to the town of {city} in the region of {region} in {country}.",
-}
-
-#: default population threshold of the ``cities`` level (about 6 200 labels).
-DEFAULT_MIN_POPULATION = 100_000
+# the levels, the StreetCLIP paper's prompt forms and the cities' population threshold live in the
+# import-free geosolver.names (the CLI's parsers need them without this module's pandas)
 
 #: placeholders each level can fill, and the one a template must contain at that level.
 _FIELDS = {"countries": ("country",), "regions": ("country", "region"), "cities": ("country", "region", "city")}
