@@ -19,7 +19,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _plt():
+def pyplot():
+    """matplotlib's ``pyplot`` on the non-interactive Agg backend (imported on first use)."""
     import matplotlib  # matplotlib: heavy, loaded only when a figure is drawn
 
     matplotlib.use("Agg", force=False)
@@ -98,7 +99,7 @@ def plot_error_map(
     """
     from matplotlib.colors import LogNorm  # matplotlib: heavy, loaded only when a figure is drawn
 
-    plt = _plt()
+    plt = pyplot()
     km = np.asarray(km, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(12, 6.2))
     world_axes(ax, coastlines)
@@ -125,7 +126,7 @@ def plot_error_distribution(series: Mapping[str, np.ndarray], path: str | os.Pat
         path: output image file.
         title: figure title.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     bins = np.logspace(-1, np.log10(20040), 60)
     for label, km in series.items():

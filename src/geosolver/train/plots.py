@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geosolver.plots import _plt
+from geosolver.plots import pyplot
 from geosolver.train.config import OBJECTIVE_NAMES as OBJECTIVE_ORDER
 
 def read_train_log(log_path: Path) -> tuple[list[dict], list[dict]]:
@@ -63,7 +63,7 @@ def plot_training(log_path: Path, out_png: Path, weights: dict[str, float] | Non
 
     ``weights``: the run's loss weights; default: ``weights`` of ``config.json`` next to the log.
     """
-    plt = _plt()
+    plt = pyplot()
     steps, evals = read_train_log(log_path)
     if weights is None:
         weights = _run_weights(log_path)

@@ -55,7 +55,8 @@ _FINEST = {"countries": "country", "regions": "region", "cities": "city"}
 _MEDOID_MAX = 1500
 
 
-def _check_level(level: str) -> str:
+def check_level(level: str) -> str:
+    """``level`` if it is one of :data:`LEVELS`, else a one-line :class:`ZeroShotError`."""
     if level not in LEVELS:
         raise ZeroShotError(f"unknown zero-shot level {level!r}; use one of {', '.join(LEVELS)}")
     return level
@@ -88,7 +89,7 @@ class LabelSet:
     lon: np.ndarray
 
     def __post_init__(self) -> None:
-        _check_level(self.level)
+        check_level(self.level)
         n = len(self.keys)
         for f in fields(self):
             if f.name == "level":
@@ -282,8 +283,8 @@ def _representative(rows: np.ndarray, w_lat: np.ndarray, w_lon: np.ndarray, w_po
     return float(plat[best]), float(plon[best])
 
 
-def _groups(keys: np.ndarray) -> dict[Any, np.ndarray]:
-    """Row indices of each distinct key (in first-appearance order)."""
+def rows_by_key(keys: np.ndarray) -> dict[Any, np.ndarray]:
+    """Row indices of each distinct key, keys in sorted order."""
     uniq, inv = np.unique(keys, return_inverse=True)
     order = np.argsort(inv, kind="stable")
     bounds = np.cumsum(np.bincount(inv, minlength=len(uniq)))[:-1]
@@ -294,9 +295,9 @@ def _build_countries() -> LabelSet:
     p = places.load_places()
     names = _country_names()
     pcc = p["cc"].to_numpy(dtype=object)
-    by_cc = _groups(pcc)
+    by_cc = rows_by_key(pcc)
     cities = _cities(15000)
-    city_groups = _groups(cities["cc"].to_numpy(dtype=object))
+    city_groups = rows_by_key(cities["cc"].to_numpy(dtype=object))
     clat, clon, cpop = cities["lat"].to_numpy(), cities["lon"].to_numpy(), cities["population"].to_numpy()
     rec = []
     for cc in sorted(by_cc):
@@ -314,10 +315,10 @@ def _build_regions() -> LabelSet:
     pcc, padm = p["cc"].to_numpy(dtype=object), p["admin1"].to_numpy(dtype=object)
     keep = (padm != "") & np.isin(pcc, list(names))
     region_key = np.where(keep, pcc + "/" + padm, "")
-    by_region = _groups(region_key)
+    by_region = rows_by_key(region_key)
     cities = _cities(15000)
     ckey = cities["cc"].to_numpy(dtype=object) + "/" + cities["admin1"].to_numpy(dtype=object)
-    city_groups = _groups(np.where(cities["admin1"].to_numpy(dtype=object) != "", ckey, ""))
+    city_groups = rows_by_key(np.where(cities["admin1"].to_numpy(dtype=object) != "", ckey, ""))
     clat, clon, cpop = cities["lat"].to_numpy(), cities["lon"].to_numpy(), cities["population"].to_numpy()
     rec = []
     for key in sorted(by_region):
@@ -375,7 +376,7 @@ def label_set(level: str, min_population: int | None = None) -> LabelSet:
     Raises:
         ZeroShotError: an unknown level or a negative ``min_population``.
     """
-    _check_level(level)
+    check_level(level)
     if level != "cities":
         return _label_set(level, 0)
     mp = DEFAULT_MIN_POPULATION if min_population is None else min_population

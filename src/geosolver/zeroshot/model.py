@@ -36,7 +36,7 @@ from geosolver.errors import EncoderError, ZeroShotError
 from geosolver.files import atomic_write_npy, jsonable
 from geosolver.numeric import softmax_weights
 from geosolver.progress import tqdm
-from geosolver.zeroshot.labels import LEVELS, LabelSet, _check_level, _groups, label_set
+from geosolver.zeroshot.labels import LEVELS, LabelSet, check_level, label_set, rows_by_key
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class ZeroShot:
         min_population: int | None = None,
         labels: LabelSet | None = None,
     ):
-        _check_level(level)
+        check_level(level)
         if not encoder.has_text:
             raise _no_text_tower(encoder)
         if hierarchical and level == "countries":
@@ -246,7 +246,7 @@ class ZeroShot:
             if missing:
                 raise ZeroShotError(f"labels of countries with no country label: {', '.join(missing[:5])}")
             self._fine_country = np.array([cidx[cc] for cc in labels.cc.tolist()], dtype=np.int64)
-            self._country_groups = _groups(self._fine_country)
+            self._country_groups = rows_by_key(self._fine_country)
 
     @staticmethod
     def _scale(encoder, temperature) -> float:
