@@ -104,10 +104,9 @@ def test_fusing_with_the_head_outvotes_the_look_alike(geoloc, world):
 
 def test_cell_boxes_tile_the_sphere_as_the_cells_do(world):
     from geosolver.heads import load_head
-    from geosolver.serve.headmap import cell_bounds
 
     cells = load_head(world["head"]).cells
-    b = cell_bounds(cells)
+    b = cells.bounds()
     rng = np.random.default_rng(3)
     lat, lon = rng.uniform(-90, 90, 2000), rng.uniform(-180, 180, 2000)
     inside = (b[None, :, 0] <= lat[:, None]) & (lat[:, None] < b[None, :, 2]) & (b[None, :, 1] <= lon[:, None]) & (lon[:, None] < b[None, :, 3])

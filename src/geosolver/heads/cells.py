@@ -66,6 +66,22 @@ class Geocells:
     def __len__(self) -> int:
         return int(self.lat.shape[0])
 
+    def bounds(self) -> np.ndarray:
+        """``(C, 4)`` ``[south, west, north, east]`` of each cell: the box of its leaf in the k-d
+        split (a point on a cut belongs to the upper side); the boxes tile the sphere."""
+        out = np.zeros((len(self), 4))
+        todo = [(0, -90.0, -180.0, 90.0, 180.0)]
+        while todo:
+            node, s, w, n, e = todo.pop()
+            dim = int(self.split_dim[node])
+            if dim < 0:
+                out[self.leaf_cell[node]] = (s, w, n, e)
+                continue
+            v = float(self.split_at[node])
+            low, high = ((s, w, v, e), (v, w, n, e)) if dim == 0 else ((s, w, n, v), (s, v, n, e))
+            todo += [(int(self.left[node]), *low), (int(self.right[node]), *high)]
+        return out
+
     @classmethod
     def build(cls, lat: np.ndarray, lon: np.ndarray, max_per_cell: int, seed: int = 0) -> "Geocells":
         """Cells from training coordinates (degrees) holding at most ``max_per_cell`` points each."""

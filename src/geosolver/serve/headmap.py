@@ -44,23 +44,6 @@ def open_head(head: Any, gallery) -> Any:
     return head
 
 
-def cell_bounds(cells) -> np.ndarray:
-    """``(C, 4)`` ``[south, west, north, east]`` of each geocell: the box of its leaf in the k-d split
-    (:class:`~geosolver.heads.cells.Geocells`; a point on a cut belongs to the upper side)."""
-    out = np.zeros((len(cells), 4))
-    todo = [(0, -90.0, -180.0, 90.0, 180.0)]
-    while todo:
-        node, s, w, n, e = todo.pop()
-        dim = int(cells.split_dim[node])
-        if dim < 0:
-            out[cells.leaf_cell[node]] = (s, w, n, e)
-            continue
-        v = float(cells.split_at[node])
-        low, high = ((s, w, v, e), (v, w, n, e)) if dim == 0 else ((s, w, n, v), (s, v, n, e))
-        todo += [(int(cells.left[node]), *low), (int(cells.right[node]), *high)]
-    return out
-
-
 def _floor6(p: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(p, np.float64) * 1e6) / 1e6
 
@@ -78,7 +61,7 @@ class HeadMap:
         if top < 1:
             raise ServeError(f"head cells per answer must be >= 1, got {top}")
         self.head, self.fuse, self.top = head, bool(fuse), int(top)
-        self.bounds = cell_bounds(head.cells) if head.kind == "cells" else None
+        self.bounds = head.cells.bounds() if head.kind == "cells" else None
 
     @property
     def prior(self) -> Any:
