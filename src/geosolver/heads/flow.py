@@ -149,24 +149,35 @@ class FlowHead(Head):
         return torch.cat([sample(self.model, e[s : s + 256], self.n_samples, self.steps, g) for s in range(0, len(e), 256)])
 
     def predict(self, emb: np.ndarray) -> HeadGuess:
-        s = self.samples(emb)
+        return self._mode(self.samples(emb))
+
+    def probabilities(self, emb: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        return self._density(self.samples(emb), lat, lon)
+
+    def density_map(self, emb: np.ndarray, step_deg: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The probability map of one query: ``(lat (H,), lon (W,), p (H, W))`` on a ``step_deg`` grid,
+        ``p`` the kernel density of the samples normalised to sum to 1 over the grid's cell areas."""
+        return self.guess_and_map(emb, step_deg)[1]
+
+    def guess_and_map(self, emb: np.ndarray, step_deg: float = 2.0) -> tuple[HeadGuess, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`predict` and :meth:`density_map` of one query from one set of samples (the web
+        app shows both; sampling is the cost)."""
+        s = self.samples(np.asarray(emb)[None] if np.ndim(emb) == 1 else emb[:1])
+        lat = np.arange(-90 + step_deg / 2, 90, step_deg)
+        lon = np.arange(-180 + step_deg / 2, 180, step_deg)
+        glat, glon = np.meshgrid(lat, lon, indexing="ij")
+        mass = self._density(s, glat.ravel()[None], glon.ravel()[None])[0].reshape(glat.shape) * np.cos(np.radians(glat))
+        return self._mode(s), (lat, lon, mass / max(mass.sum(), 1e-300))
+
+    def _mode(self, s: torch.Tensor) -> HeadGuess:
+        """The densest of each query's samples (its kernel density among them) as the guess."""
         dens = kernel_density(s, s, kappa(self.kde_km))  # (n, S): each sample's density among the samples
         best = dens.argmax(dim=1)
         mode = s[torch.arange(len(s)), best].cpu().numpy().astype(np.float64)
         lat, lon = xyz_to_latlon(mode)
         return HeadGuess(np.asarray(lat), np.asarray(lon), dens.max(dim=1).values.cpu().numpy().astype(np.float64))
 
-    def probabilities(self, emb: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-        s = self.samples(emb)
+    def _density(self, s: torch.Tensor, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """``(n, k)`` kernel density of each query's samples at its points ``lat``/``lon`` ``(n, k)``."""
         pts = torch.from_numpy(latlon_to_xyz(np.asarray(lat, np.float64), np.asarray(lon, np.float64))).float().to(self.device)
         return kernel_density(s, pts, kappa(self.kde_km)).cpu().numpy().astype(np.float64)
-
-    def density_map(self, emb: np.ndarray, step_deg: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The probability map of one query: ``(lat (H,), lon (W,), p (H, W))`` on a ``step_deg`` grid,
-        ``p`` the kernel density of the samples normalised to sum to 1 over the grid's cell areas."""
-        lat = np.arange(-90 + step_deg / 2, 90, step_deg)
-        lon = np.arange(-180 + step_deg / 2, 180, step_deg)
-        glat, glon = np.meshgrid(lat, lon, indexing="ij")
-        dens = self.probabilities(np.asarray(emb)[None] if np.ndim(emb) == 1 else emb[:1], glat.ravel()[None], glon.ravel()[None])[0]
-        mass = dens.reshape(glat.shape) * np.cos(np.radians(glat))
-        return lat, lon, mass / max(mass.sum(), 1e-300)

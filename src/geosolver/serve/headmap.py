@@ -94,7 +94,7 @@ class HeadMap:
         return out
 
     def _flow_block(self, e: np.ndarray) -> dict:
-        lat, lon, p = self.head.density_map(e, step_deg=FLOW_GRID_DEG)
+        g, (lat, lon, p) = self.head.guess_and_map(e, step_deg=FLOW_GRID_DEG)  # one set of samples for both
         flat = np.argsort(-p, axis=None, kind="stable")[: self.top]
         h = FLOW_GRID_DEG / 2
         cells = []
@@ -102,5 +102,4 @@ class HeadMap:
             i, j = np.unravel_index(f, p.shape)
             cells.append({"p": float(_floor6(p[i, j])), "bounds": [float(lat[i] - h), float(lon[j] - h), float(lat[i] + h), float(lon[j] + h)],
                           "lat": float(lat[i]), "lon": float(lon[j])})
-        g = self.head.predict(e[None])
         return self._block(cells, g.lat[0], g.lon[0], g.confidence[0])
