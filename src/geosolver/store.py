@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from geosolver.errors import IndexBuildError, StoreError
+from geosolver.errors import StoreError
 from geosolver.files import atomic_write_json, atomic_write_npy, atomic_write_parquet, sha256_file, temp_target, version
 from geosolver.geo import CoordinateError, validate_coords
 from geosolver.numeric import l2_normalize  # noqa: F401  (re-exported: geosolver.store.l2_normalize)
@@ -690,26 +690,6 @@ class EmbeddingStore:
             dup = all_ids[all_ids.duplicated()]
             if len(dup):
                 problems.append(f"{self.path}: {len(dup)} duplicate id(s) (first {dup.iloc[0]!r}); an id names one photo")
-        return problems + self._verify_indexes()
-
-    def _verify_indexes(self) -> list[str]:
-        """One line per saved ``index-*.faiss`` beside the store that is unreadable, stale, or not
-        the file its ``.json`` records (sha256, vector count, dim)."""
-        from geosolver.index import load_index  # the index package builds on this module; this check moves to `info`
-
-        problems = []
-        for f in sorted(self.path.glob("index-*.faiss")):
-            try:
-                record = json.loads(f.with_suffix(".json").read_text())
-                digest = record.get("sha256") if isinstance(record, dict) else None
-                if digest is not None and sha256_file(f) != digest:
-                    problems.append(f"{f} checksum mismatch with {f.with_suffix('.json').name} (the file was replaced or damaged)")
-                    continue
-                load_index(f, store=self)
-            except (OSError, ValueError) as e:
-                problems.append(f"{f}: its record {f.with_suffix('.json').name} cannot be read ({type(e).__name__}: {e})")
-            except (IndexBuildError, StoreError) as e:
-                problems.append(str(e))
         return problems
 
     def describe(self) -> str:

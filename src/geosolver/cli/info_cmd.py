@@ -13,11 +13,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from geosolver.index import verify_saved_indexes
     from geosolver.store import EmbeddingStore
 
     st = EmbeddingStore(args.store)
     if args.verify:  # check before describing: describe reads the metadata a damaged store may lack
         problems = st.verify()
+        problems += verify_saved_indexes(st)  # the saved index files beside it
         if problems:
             print(f"verify      {len(problems)} PROBLEM(S) in {st.path}:\n  " + "\n  ".join(problems))
             return 2

@@ -43,7 +43,7 @@ from .plan import default_nlist, plan_ivfpq
 #: public name → the module of this package that defines it.
 _LAZY = {
     "num_gpus": "backend", "set_threads": "backend",
-    "BuildResult": "builder", "build": "builder", "build_index": "builder", "index_for_store": "builder", "load_index": "builder",
+    "BuildResult": "builder", "build": "builder", "build_index": "builder", "index_for_store": "builder", "load_index": "builder", "verify_saved_indexes": "builder",
     "INDEX_FORMAT_VERSION": "persist", "index_paths": "persist", "store_fingerprint": "persist",
     "exact_topk": "recall", "measure_recall": "recall", "recall_at": "recall",
     "KnnIndex": "search",
@@ -71,6 +71,7 @@ __all__ = [
     "index_for_store",
     "index_paths",
     "load_index",
+    "verify_saved_indexes",
     "measure_recall",
     "num_gpus",
     "plan_ivfpq",

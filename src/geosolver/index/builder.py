@@ -9,6 +9,7 @@ settings is reported on a second, disjoint one. Both land in the index's ``.json
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 from geosolver.progress import tqdm
 
-from geosolver.errors import IndexBuildError, StaleIndexError
+from geosolver.errors import IndexBuildError, StaleIndexError, StoreError
+from geosolver.files import sha256_file
 from geosolver.store import EmbeddingStore
 
 from .backend import faiss_error, faiss_module, iter_batches, release_pages, set_threads, summarised_faiss_warnings
@@ -237,3 +239,23 @@ def index_for_store(store: EmbeddingStore | str | os.PathLike, kind: str = "flat
             log.warning("could not save index next to %s: %s", store.path, e)
     return idx
 
+
+
+def verify_saved_indexes(store: EmbeddingStore) -> list[str]:
+    """One line per saved ``index-*.faiss`` beside ``store`` that is unreadable, stale, or not the
+    file its ``.json`` records (sha256, vector count, dim); ``geosolver info --verify`` adds these
+    to :meth:`EmbeddingStore.verify`'s."""
+    problems = []
+    for f in sorted(store.path.glob("index-*.faiss")):
+        try:
+            record = json.loads(f.with_suffix(".json").read_text())
+            digest = record.get("sha256") if isinstance(record, dict) else None
+            if digest is not None and sha256_file(f) != digest:
+                problems.append(f"{f} checksum mismatch with {f.with_suffix('.json').name} (the file was replaced or damaged)")
+                continue
+            load_index(f, store=store)
+        except (OSError, ValueError) as e:
+            problems.append(f"{f}: its record {f.with_suffix('.json').name} cannot be read ({type(e).__name__}: {e})")
+        except (IndexBuildError, StoreError) as e:
+            problems.append(str(e))
+    return problems
