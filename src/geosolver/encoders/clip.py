@@ -143,19 +143,26 @@ def load_from_hub(key: str, repo: str, tried: list[str], device: torch.device, d
         raise EncoderError(f"{head}: {one_line(e)}") from None
 
 
-def cached_commit(repo: str) -> str | None:
-    """The commit of the cached snapshot ``from_pretrained(repo)`` loads (the one ``refs/main`` names):
-    transformers 5 no longer records it on the config. ``None`` for a local directory or an uncached id."""
+def cached_snapshot(repo: str) -> Path | None:
+    """The cached snapshot folder ``from_pretrained(repo)`` loads (the one ``refs/main`` names), or
+    ``None`` for a local directory or an uncached id."""
     from huggingface_hub import try_to_load_from_cache  # huggingface_hub: ~0.3 s, only when the hub is used
 
     if Path(repo).expanduser().exists():
         return None
     try:
         found = try_to_load_from_cache(repo, "config.json")
-    except Exception:  # noqa: BLE001 — not a hub id, or an unusable cache: no commit to record
+    except Exception:  # noqa: BLE001 — not a hub id, or an unusable cache
         return None
     snapshot = Path(found).parent if isinstance(found, str) else None
-    return snapshot.name if snapshot is not None and snapshot.parent.name == "snapshots" else None
+    return snapshot if snapshot is not None and snapshot.parent.name == "snapshots" else None
+
+
+def cached_commit(repo: str) -> str | None:
+    """The commit of the cached snapshot ``from_pretrained(repo)`` loads: transformers 5 no longer
+    records it on the config. ``None`` for a local directory or an uncached id."""
+    snapshot = cached_snapshot(repo)
+    return snapshot.name if snapshot is not None else None
 
 
 def check_clip_dir(path: Path) -> None:
@@ -220,6 +227,14 @@ class ClipEncoder(Encoder):
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return _pooled(self.model.get_image_features(pixel_values=pixels))
 
+    def _load_tokenizer(self, auto: Any) -> Any:
+        """From the cached snapshot the model was loaded from when it holds the tokenizer's files (no
+        request to the hub), else from ``source`` as given."""
+        snapshot = cached_snapshot(self._source)
+        if snapshot is not None and any((snapshot / f).exists() for f in ("tokenizer.json", "vocab.json")):
+            return auto.from_pretrained(str(snapshot), local_files_only=True)
+        return auto.from_pretrained(self._source, local_files_only=self._local_files_only)
+
     @property
     def tokenizer(self) -> Any:
         """The CLIP tokenizer saved with the model (loaded on first use)."""
@@ -228,7 +243,7 @@ class ClipEncoder(Encoder):
 
             try:
                 with _quiet_hub():
-                    self._tokenizer = AutoTokenizer.from_pretrained(self._source, local_files_only=self._local_files_only)
+                    self._tokenizer = self._load_tokenizer(AutoTokenizer)
             except Exception as e:  # noqa: BLE001 — any failure means: no tokenizer
                 raise EncoderError(f"{self.name}: no tokenizer could be loaded ({type(e).__name__}: {e})") from None
             # without its vocabulary files, transformers builds a tokenizer that knows only its special tokens:
